@@ -1,0 +1,1 @@
+"""The OCI core: references, digests, media types, manifests and error bodies. No I/O here."""

@@ -1,0 +1,102 @@
+"""An OCI image layout directory as a content store (`--store oci-layout:DIR`).
+
+Tags come from `index.json`: each top-level descriptor whose `org.opencontainers.image.ref.name` annotation
+is a full reference `registry/repository:tag` is that tag. Blobs are `DIR/blobs/<algorithm>/<hex>`; the path is
+built only from a validated `Digest`, so no request can name a file outside the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import trio
+
+from spegel.oci.digest import Digest
+from spegel.oci.manifest import REF_NAME_ANNOTATION, Descriptor, Index, InvalidManifest, parse
+from spegel.oci.reference import InvalidReference, Reference
+from spegel.store.base import ContentInfo, NotFound, StoredImage
+from spegel.store.files import FileBlobReader
+
+
+class InvalidLayout(ValueError):
+    """The directory is not an OCI image layout."""
+
+
+class OCILayoutStore:
+    """A `ContentStore` over an OCI image layout directory. `index.json` is re-read when it changes."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not (self.root / "oci-layout").is_file() or not (self.root / "index.json").is_file():
+            raise InvalidLayout(f"{self.root} is not an OCI image layout (needs oci-layout and index.json)")
+        self._index_stamp: tuple[int, int] | None = None
+        self._images: list[StoredImage] = []
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.hex
+
+    async def images(self) -> list[StoredImage]:
+        return await trio.to_thread.run_sync(self._load_images)
+
+    async def resolve(self, reference: Reference) -> Descriptor:
+        for image in await self.images():
+            if image.reference == reference:
+                return image.target
+        raise NotFound(str(reference))
+
+    async def describe(self, digest: Digest) -> ContentInfo:
+        try:
+            stat = await trio.to_thread.run_sync(os.stat, self.blob_path(digest))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(str(digest)) from None
+        return ContentInfo(digest, stat.st_size)
+
+    async def open(self, digest: Digest) -> FileBlobReader:
+        try:
+            return await FileBlobReader.open(self.blob_path(digest))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(str(digest)) from None
+
+    def _load_images(self) -> list[StoredImage]:
+        index_path = self.root / "index.json"
+        stat = index_path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp != self._index_stamp:
+            self._images = list(_tagged_images(index_path.read_bytes()))
+            self._index_stamp = stamp
+        return self._images
+
+
+def _tagged_images(index_json: bytes) -> list[StoredImage]:
+    try:
+        index = parse(index_json, "application/vnd.oci.image.index.v1+json")
+    except (InvalidManifest, ValueError) as exc:
+        raise InvalidLayout(f"invalid index.json: {exc}") from None
+    assert isinstance(index, Index)
+    images = []
+    for descriptor in index.manifests:
+        name = descriptor.annotations.get(REF_NAME_ANNOTATION)
+        if not name:
+            continue
+        try:
+            reference = Reference.parse(name)
+        except InvalidReference:
+            continue  # a bare tag ("latest") names no registry: not servable as a mirror tag
+        if reference.tag is not None and reference.digest is None:
+            images.append(StoredImage(reference, descriptor))
+    return images
+
+
+def write_layout(root: str | os.PathLike[str], blobs: dict[Digest, bytes], index: list[Descriptor]) -> None:
+    """Write an OCI image layout holding `blobs`, with `index` as the top-level descriptors."""
+    root = Path(root)
+    for digest, data in blobs.items():
+        path = root / "blobs" / digest.algorithm / digest.hex
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    (root / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "manifests": [d.to_json() for d in index]})
+    )
