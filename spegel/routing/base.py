@@ -1,0 +1,48 @@
+"""The router interface the mirror and the advertiser use.
+
+Keys are Spegel's: digest strings (`sha256:...`) and tags as `registry/repository:tag`. A node advertises the
+keys it holds, either complete or in progress (a blob still downloading), and withdraws them when gone.
+Lookups answer with holders as registry addresses (`host:port` of the peer's mirror), best first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+
+class KeyState(Enum):
+    COMPLETE = "complete"
+    IN_PROGRESS = "in_progress"
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A peer that holds a key. `available` is the number of bytes it has so far when in progress and known."""
+
+    address: str  # the peer mirror's registry address, "host:port"
+    state: KeyState = KeyState.COMPLETE
+    available: int | None = None
+
+
+class Router(Protocol):
+    async def advertise(self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE) -> None:
+        """Announce that this node holds `keys` (complete or in progress). Re-advertising changes the state."""
+        ...
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        """Announce that this node no longer holds `keys`."""
+        ...
+
+    async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
+        """Up to `count` holders of `key` other than this node, complete ones first, within `timeout` seconds.
+
+        Returns an empty list when none is found in time; never raises for a miss, never waits past `timeout`.
+        """
+        ...
+
+    def ready(self) -> bool:
+        """Whether the router is connected to at least one peer (or has no peers to wait for)."""
+        ...
