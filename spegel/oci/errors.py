@@ -8,36 +8,29 @@ from typing import Any
 
 
 class ErrorCode(Enum):
-    """An OCI error code with the HTTP status this registry answers it with."""
+    """An OCI error code: its name is the code, its value the HTTP status and default message."""
 
-    BLOB_UNKNOWN = 404
-    MANIFEST_UNKNOWN = 404
-    NAME_UNKNOWN = 404
-    NAME_INVALID = 400
-    DIGEST_INVALID = 400
-    TAG_INVALID = 400
-    RANGE_INVALID = 416
-    UNSUPPORTED = 405
+    BLOB_UNKNOWN = (404, "blob unknown to registry")
+    MANIFEST_UNKNOWN = (404, "manifest unknown")
+    NAME_UNKNOWN = (404, "repository name not known to registry")
+    NAME_INVALID = (400, "invalid repository name")
+    DIGEST_INVALID = (400, "provided digest is invalid")
+    TAG_INVALID = (400, "invalid tag")
+    RANGE_INVALID = (416, "requested range not satisfiable")
+    UNSUPPORTED = (405, "the operation is unsupported")
 
-    def __init__(self, status: int) -> None:
-        self.status = status
+    @property
+    def status(self) -> int:
+        return self.value[0]
 
-
-_MESSAGES = {
-    ErrorCode.BLOB_UNKNOWN: "blob unknown to registry",
-    ErrorCode.MANIFEST_UNKNOWN: "manifest unknown",
-    ErrorCode.NAME_UNKNOWN: "repository name not known to registry",
-    ErrorCode.NAME_INVALID: "invalid repository name",
-    ErrorCode.DIGEST_INVALID: "provided digest did not match uploaded content",
-    ErrorCode.TAG_INVALID: "invalid tag",
-    ErrorCode.RANGE_INVALID: "requested range not satisfiable",
-    ErrorCode.UNSUPPORTED: "the operation is unsupported",
-}
+    @property
+    def message(self) -> str:
+        return self.value[1]
 
 
-def error_body(code: ErrorCode, detail: Any = None, message: str | None = None) -> bytes:
+def error_body(code: ErrorCode, detail: Any = None) -> bytes:
     """`{"errors":[{"code":...,"message":...,"detail":...}]}` as bytes."""
-    entry: dict[str, Any] = {"code": code.name, "message": message or _MESSAGES[code]}
+    entry: dict[str, Any] = {"code": code.name, "message": code.message}
     if detail is not None:
         entry["detail"] = detail
     return json.dumps({"errors": [entry]}).encode()

@@ -34,12 +34,17 @@ class StoredImage:
 class BlobReader(Protocol):
     """Read access to one blob. `size` is the blob's full size.
 
+    `ranged` tells whether any range of it may be served (206). It is False for content still arriving,
+    which is answered 200 with the whole body in one stream: containerd fails a whole pull when a later chunk
+    fails after a 206, while a broken single stream is resumed.
+
     `chunks(start, end)` yields the bytes `start..end` (inclusive) in order, in pieces of any size. It never
     yields bytes that are not the blob's: if the content is gone or short it raises `NotFound` (or OSError)
     instead. Cancelling the iteration, or closing it early, stops all reading at once.
     """
 
     size: int
+    ranged: bool
 
     def chunks(self, start: int, end: int) -> AsyncIterator[bytes]: ...
 

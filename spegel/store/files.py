@@ -18,6 +18,8 @@ class FileBlobReader:
     underneath us) raises `OSError` rather than yielding short data.
     """
 
+    ranged = True
+
     def __init__(self, fd: int, size: int) -> None:
         self._fd = fd
         self.size = size

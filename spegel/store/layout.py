@@ -97,6 +97,4 @@ def write_layout(root: str | os.PathLike[str], blobs: dict[Digest, bytes], index
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     (root / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    (root / "index.json").write_text(
-        json.dumps({"schemaVersion": 2, "manifests": [d.to_json() for d in index]})
-    )
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [d.to_json() for d in index]}))

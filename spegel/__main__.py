@@ -1,0 +1,5 @@
+import sys
+
+from spegel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The pull-only OCI registry HTTP server (hypercorn + quart-trio)."""

@@ -1,0 +1,163 @@
+"""The registry app: `/v2/` manifests and blobs answered from a `Backend`, plus `/livez` and `/readyz`.
+
+Contract, per request:
+- GET and HEAD only; other methods on `/v2/...` get 405 UNSUPPORTED. HEAD answers GET's headers, no body.
+- The image's registry is `?ns=`; without it, the app's default registry.
+- Blobs: `Range` per RFC 9110 (see spegel.httprange): one range → 206, unsatisfiable → 416 with
+  `Content-Range: bytes */SIZE`, multi-range or invalid → 200 with the whole body. A backend blob that is
+  not `ranged` (content still arriving) is always answered 200 with the whole body.
+- Manifests ignore `Range` and are checked against their digest before they are sent.
+- Malformed names, tags and digests → 400 NAME_INVALID / TAG_INVALID / DIGEST_INVALID; unknown content →
+  404 BLOB_UNKNOWN / MANIFEST_UNKNOWN. No `Content-Encoding` is ever sent.
+- A body is streamed piece by piece; when the client closes, the handler is cancelled and reading stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from spegel import httprange
+from spegel.oci.errors import ErrorCode, error_body
+from spegel.oci.reference import InvalidReference, Reference, validate_registry
+from spegel.registry.backend import Backend, BlobRequest, ManifestRequest
+from spegel.registry.routes import BaseRoute, BlobRoute, ManifestRoute, RouteError, parse_route
+from spegel.store.base import BlobReader, NotFound
+
+log = logging.getLogger("spegel.registry")
+
+MIRRORED_HEADER = "X-Spegel-Mirrored"
+OCTET_STREAM = "application/octet-stream"
+_ALLOWED = ("GET", "HEAD")
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def oci_error(code: ErrorCode, detail: str | None = None, status: int | None = None) -> Response:
+    response = Response(error_body(code, detail), status=status or code.status, content_type="application/json")
+    response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+    return response
+
+
+def create_app(backend: Backend, default_registry: str, ready: Callable[[], bool] | None = None) -> QuartTrio:
+    """Build the registry app. `ready` (default: the backend's `ready`) drives `/readyz`."""
+    app = QuartTrio("spegel.registry")
+    app.config["RESPONSE_TIMEOUT"] = None  # a registry must not cut long downloads
+    app.config["BODY_TIMEOUT"] = 10
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
+    is_ready = ready or backend.ready
+
+    @app.route("/livez")
+    async def livez() -> Response:
+        return Response("ok\n", content_type="text/plain")
+
+    @app.route("/readyz")
+    async def readyz() -> Response:
+        if is_ready():
+            return Response("ok\n", content_type="text/plain")
+        return Response("not ready\n", status=503, content_type="text/plain")
+
+    @app.route("/v2", methods=_ALL_METHODS)
+    @app.route("/v2/<path:rest>", methods=_ALL_METHODS)
+    async def v2(rest: str = "") -> Response:
+        if request.method not in _ALLOWED:
+            return oci_error(ErrorCode.UNSUPPORTED, "this registry is pull-only")
+        try:
+            route = parse_route(request.path)
+            registry = validate_registry(request.args.get("ns", default_registry))
+        except RouteError as exc:
+            return oci_error(exc.code, exc.detail, exc.status)
+        except InvalidReference as exc:
+            return oci_error(ErrorCode.NAME_INVALID, str(exc))
+        mirrored = request.headers.get(MIRRORED_HEADER, "").lower() == "true"
+        if isinstance(route, BaseRoute):
+            return with_api_version(Response("{}", content_type="application/json"))
+        if isinstance(route, ManifestRoute):
+            return await serve_manifest(backend, registry, route, mirrored)
+        return await serve_blob(backend, registry, route, mirrored)
+
+    @app.errorhandler(404)
+    async def not_found(_: Exception) -> Response:
+        return oci_error(ErrorCode.UNSUPPORTED, "not found", 404)
+
+    @app.errorhandler(405)
+    async def not_allowed(_: Exception) -> Response:
+        return oci_error(ErrorCode.UNSUPPORTED, "method not allowed")
+
+    return app
+
+
+def with_api_version(response: Response) -> Response:
+    response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+    return response
+
+
+async def serve_manifest(backend: Backend, registry: str, route: ManifestRoute, mirrored: bool) -> Response:
+    reference = Reference(registry, route.repository, route.tag, route.digest)
+    try:
+        content = await backend.manifest(ManifestRequest(reference, mirrored))
+    except NotFound as exc:
+        return oci_error(ErrorCode.MANIFEST_UNKNOWN, str(exc))
+    body = b"" if request.method == "HEAD" else content.data
+    response = Response(body, content_type=content.media_type)
+    response.headers["Content-Length"] = str(len(content.data))
+    response.headers["Docker-Content-Digest"] = str(content.digest)
+    return with_api_version(response)
+
+
+async def serve_blob(backend: Backend, registry: str, route: BlobRoute, mirrored: bool) -> Response:
+    head = request.method == "HEAD"
+    range_header = request.headers.get("Range")
+    blob_request = BlobRequest(registry, route.repository, route.digest, range_header, mirrored, head)
+    try:
+        blob = await backend.blob(blob_request)
+    except NotFound as exc:
+        return oci_error(ErrorCode.BLOB_UNKNOWN, str(exc))
+    use_range = blob.ranged and not head and _if_range_holds(request.headers.get("If-Range"), route)
+    decision = httprange.decide(range_header if use_range else None, blob.size)
+    headers = {"Docker-Content-Digest": str(route.digest), "ETag": f'"{route.digest}"', **decision.headers()}
+    if blob.ranged:
+        headers["Accept-Ranges"] = "bytes"
+    if isinstance(decision, httprange.Unsatisfiable) or head or decision.length == 0:
+        await blob.aclose()
+        if isinstance(decision, httprange.Unsatisfiable):
+            response = oci_error(ErrorCode.RANGE_INVALID, f"range {range_header!r} of {blob.size} bytes")
+            response.headers.update(headers)
+            return response
+        response = Response(_empty(), status=decision.status, content_type=OCTET_STREAM, headers=headers)
+        return with_api_version(response)
+    start = decision.start
+    body = _stream(blob, start, start + decision.length - 1, route)
+    response = Response(body, status=decision.status, content_type=OCTET_STREAM, headers=headers)
+    response.timeout = None
+    return with_api_version(response)
+
+
+def _if_range_holds(if_range: str | None, route: BlobRoute) -> bool:
+    """RFC 9110 §13.1.5: a Range applies only when If-Range (if sent) matches our strong ETag."""
+    return if_range is None or if_range.strip() == f'"{route.digest}"'
+
+
+async def _empty() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+async def _stream(blob: BlobReader, start: int, end: int, route: BlobRoute) -> AsyncIterator[bytes]:
+    """The body of a blob response. A read error after the headers went out can only cut the body short
+    (the client sees a truncated transfer and resumes with a Range request): it is logged in one line."""
+    try:
+        async for chunk in blob.chunks(start, end):
+            yield chunk
+    except (NotFound, OSError) as exc:
+        log.warning("blob body cut short", extra={"digest": str(route.digest), "error": str(exc)})
+        raise BodyCutShort(str(exc)) from None
+    finally:
+        await blob.aclose()
+
+
+class BodyCutShort(Exception):
+    """Raised into the HTTP server so it drops the connection instead of finishing a short body."""
