@@ -1,0 +1,1 @@
+"""The benchmark suite: daemons, synthetic images, cluster backends, scenarios and reports."""

@@ -1,0 +1,81 @@
+"""The daemon launchers start real processes that answer, and stop them by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmark.daemons import Containerd, DaemonError, Registry, Spegel, free_port, parse_access_line
+from spegel.store.layout import write_layout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_containerd_answers_and_stops(tmp_path: Path) -> None:
+    daemon = Containerd(tmp_path / "c", chunk_size=1 << 20, max_concurrent_downloads=4)
+    with daemon:
+        assert "2.1" in daemon.ctr("version").stdout
+        config = daemon.config_path.read_text()
+        assert "concurrent_layer_fetch_buffer = 1048576" in config
+        assert str(daemon.hosts_dir) in config
+        plugins = daemon.ctr("plugins", "ls").stdout
+        assert "io.containerd.nri.v1" not in plugins
+        assert any(line.split()[:2] == ["io.containerd.grpc.v1", "cri"] for line in plugins.splitlines())
+        assert daemon.content_root == daemon.root / "io.containerd.content.v1.content"
+        pid, state = daemon.pid, daemon.state
+    assert not _alive(pid)
+    assert not state.exists()
+
+
+def test_registry_answers_and_logs_access(tmp_path: Path) -> None:
+    with Registry(tmp_path / "r") as registry:
+        assert httpx.get(f"{registry.url}/v2/").status_code == 200
+        assert httpx.get(f"{registry.url}/v2/nothing/manifests/here").status_code == 404
+        pid = registry.pid
+        entries = registry.access_log()
+    assert ("/v2/nothing/manifests/here", 404) in [(e.path, e.status) for e in entries]
+    assert not _alive(pid)
+
+
+def test_access_line_parsing() -> None:
+    line = '127.0.0.1 - - [28/Nov/2026:07:00:24 +0000] "GET /v2/a/blobs/x?ns=b HTTP/1.1" 206 1048576 "" "ua"'
+    entry = parse_access_line(line)
+    assert entry is not None
+    assert (entry.method, entry.path, entry.status, entry.bytes) == ("GET", "/v2/a/blobs/x?ns=b", 206, 1048576)
+    assert parse_access_line('time="..." level=info msg="response completed"') is None
+
+
+def test_spegel_registry_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+    (tmp_path / "layout").mkdir()
+    write_layout(tmp_path / "layout", {}, [])
+    with Spegel.registry(f"oci-layout:{tmp_path / 'layout'}", tmp_path / "spegel.log") as spegel:
+        assert httpx.get(f"{spegel.url}/v2/").status_code == 200
+        assert httpx.get(f"http://{spegel.metrics_addr}/metrics").status_code == 200
+        pid = spegel.pid
+    assert not _alive(pid)
+    assert spegel.process is not None and spegel.process.returncode in (0, -signal.SIGTERM)
+
+
+def test_daemon_that_dies_reports_its_log(tmp_path: Path) -> None:
+    daemon = Spegel.registry("oci-layout:/nonexistent", tmp_path / "bad.log")
+    with pytest.raises(DaemonError, match="exited with status 2"):
+        daemon.__enter__()
