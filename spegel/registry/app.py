@@ -5,7 +5,9 @@ Contract, per request:
 - The image's registry is `?ns=`; without it, the app's default registry.
 - Blobs: `Range` per RFC 9110 (see spegel.httprange): one range → 206, unsatisfiable → 416 with
   `Content-Range: bytes */SIZE`, multi-range or invalid → 200 with the whole body. A backend blob that is
-  not `ranged` (content still arriving) is always answered 200 with the whole body.
+  not `ranged` (content still arriving) answers a range starting at 0 with 200 and the whole body, so that
+  containerd streams it in one request instead of opening parallel chunks; a resume (`bytes=N-`, N > 0) is
+  still answered 206.
 - Manifests ignore `Range` and are checked against their digest before they are sent.
 - Malformed names, tags and digests → 400 NAME_INVALID / TAG_INVALID / DIGEST_INVALID; unknown content →
   404 BLOB_UNKNOWN / MANIFEST_UNKNOWN. No `Content-Encoding` is ever sent.
@@ -116,8 +118,10 @@ async def serve_blob(backend: Backend, registry: str, route: BlobRoute, mirrored
         blob = await backend.blob(blob_request)
     except NotFound as exc:
         return oci_error(ErrorCode.BLOB_UNKNOWN, str(exc))
-    use_range = blob.ranged and not head and _if_range_holds(request.headers.get("If-Range"), route)
+    use_range = not head and _if_range_holds(request.headers.get("If-Range"), route)
     decision = httprange.decide(range_header if use_range else None, blob.size)
+    if not blob.ranged and isinstance(decision, httprange.Partial) and decision.start == 0:
+        decision = httprange.Whole(blob.size)
     headers = {"Docker-Content-Digest": str(route.digest), "ETag": f'"{route.digest}"', **decision.headers()}
     if blob.ranged:
         headers["Accept-Ranges"] = "bytes"

@@ -34,9 +34,9 @@ class StoredImage:
 class BlobReader(Protocol):
     """Read access to one blob. `size` is the blob's full size.
 
-    `ranged` tells whether any range of it may be served (206). It is False for content still arriving,
-    which is answered 200 with the whole body in one stream: containerd fails a whole pull when a later chunk
-    fails after a 206, while a broken single stream is resumed.
+    `ranged` tells whether a request for the start of the blob may be answered 206 (which makes containerd
+    open parallel chunk requests). It is False for content still arriving, answered 200 in one stream:
+    containerd fails a whole pull when a later chunk fails after a 206, while a broken stream is resumed.
 
     `chunks(start, end)` yields the bytes `start..end` (inclusive) in order, in pieces of any size. It never
     yields bytes that are not the blob's: if the content is gone or short it raises `NotFound` (or OSError)

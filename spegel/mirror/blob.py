@@ -1,0 +1,123 @@
+"""A blob served from peers: the first response streamed, and on a break, resumed from another holder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+
+from spegel.metrics import Metrics
+from spegel.mirror.peers import PeerClient, PeerError, PeerResponse
+from spegel.mirror.policy import order_holders
+from spegel.oci.digest import Digest
+from spegel.routing.base import Holder
+
+log = logging.getLogger("spegel.mirror")
+
+
+class PeerBlob:
+    """A `BlobReader` over peers holding a blob.
+
+    `chunks(start, end)` streams from the response opened first when it covers the range, else opens a
+    request for exactly `bytes=start-end`. When a transfer breaks (error, stall past the read timeout, body
+    ending early), it resumes with `Range: bytes=<offset>-<end>` from the next holder not yet failed, so the
+    reader's consumer never sees the break. Only when every holder failed does it raise OSError.
+    """
+
+    def __init__(
+        self,
+        peers: PeerClient,
+        holders: list[Holder],
+        registry: str,
+        repository: str,
+        digest: Digest,
+        first: PeerResponse,
+        metrics: Metrics,
+    ) -> None:
+        self._peers, self._holders = peers, holders
+        self._registry, self._repository, self._digest = registry, repository, digest
+        self._current: PeerResponse | None = first
+        self._metrics = metrics
+        self.size = first.size
+        self.ranged = first.ranged
+        self.holder = first.holder
+        peers.track(first.holder.address, +1)
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        offset, failed = start, set[str]()
+        try:
+            while offset <= end:
+                current = self._current
+                if current is None or current.closed or not current.start <= offset or current.end < end:
+                    current = await self._reopen(offset, end, failed)
+                try:
+                    async for piece in _body_from(current, offset):
+                        piece = piece[: end - offset + 1]
+                        offset += len(piece)
+                        yield piece
+                        if offset > end:
+                            break
+                    if offset <= end:
+                        raise PeerError(f"{current.holder.address}: body ended at {offset}")
+                except (PeerError, httpx.HTTPError) as exc:
+                    failed.add(current.holder.address)
+                    self._metrics.peer_errors.labels("broken").inc()
+                    log.warning(
+                        "peer transfer broke",
+                        extra={
+                            "peer": current.holder.address,
+                            "digest": str(self._digest),
+                            "offset": offset,
+                            "error": str(exc) or type(exc).__name__,
+                        },
+                    )
+                    await self._close_current()
+                    if offset > start:
+                        self._metrics.peer_resumes.inc()
+        finally:
+            await self._close_current()
+
+    async def _reopen(self, offset: int, end: int, failed: set[str]) -> PeerResponse:
+        await self._close_current()
+        for holder in order_holders([h for h in self._holders if h.address not in failed], self._peers.load):
+            try:
+                response = await self._peers.open_blob_range(
+                    holder, self._registry, self._repository, self._digest, offset, end
+                )
+            except PeerError as exc:
+                failed.add(holder.address)
+                self._metrics.peer_errors.labels("open").inc()
+                log.warning("peer refused a resume", extra={"peer": holder.address, "error": str(exc)})
+                continue
+            if response.start > offset or response.size != self.size:
+                failed.add(holder.address)
+                await response.aclose()
+                continue
+            self._current = response
+            self._peers.track(holder.address, +1)
+            return response
+        raise OSError(f"every holder of {self._digest} failed at byte {offset}")
+
+    async def _close_current(self) -> None:
+        if self._current is not None:
+            current, self._current = self._current, None
+            self._peers.track(current.holder.address, -1)
+            await current.aclose()
+
+    async def aclose(self) -> None:
+        await self._close_current()
+
+
+async def _body_from(response: PeerResponse, offset: int) -> AsyncIterator[bytes]:
+    """The response body from `offset` on, skipping what lies before it."""
+    position = response.start
+    async for piece in response.pieces():
+        if position + len(piece) <= offset:
+            position += len(piece)
+            continue
+        if position < offset:
+            piece = piece[offset - position :]
+            position = offset
+        position += len(piece)
+        yield piece

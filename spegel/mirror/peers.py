@@ -1,0 +1,231 @@
+"""Talking to peer mirrors over HTTP: timeouts, hedged first requests, load accounting.
+
+Every request to a peer carries `X-Spegel-Mirrored: true` (the peer serves it from its own store only, so
+requests never loop) and `Accept-Encoding: identity`. Each call has a connect timeout, a first-byte timeout
+(time to the response headers) and a read timeout between body pieces: a silent peer costs bounded time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+import trio
+
+from spegel import httprange
+from spegel.mirror.policy import LatencyTracker
+from spegel.oci.digest import Digest, InvalidDigest
+from spegel.oci.manifest import detect_media_type
+from spegel.oci.reference import Reference
+from spegel.registry.backend import MAX_MANIFEST_SIZE, ManifestContent
+from spegel.routing.base import Holder, KeyState
+
+MIRRORED_HEADER = "X-Spegel-Mirrored"
+READ_PIECE = 1 << 20
+T = TypeVar("T")
+
+
+class PeerError(Exception):
+    """A peer could not deliver what was asked: refused, timed out, answered an error or broke off."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 0.5
+    first_byte: float = 2.0  # for complete holders; in-progress holders get `first_byte + inflight_wait`
+    read: float = 5.0
+    inflight_wait: float = 2.0
+
+
+class PeerResponse:
+    """An open blob response from a peer: its body covers bytes `start..end` of a blob of `size` bytes."""
+
+    def __init__(self, holder: Holder, response: httpx.Response, start: int, end: int, size: int) -> None:
+        self.holder = holder
+        self.response = response
+        self.start, self.end, self.size = start, end, size
+        self.ranged = response.headers.get("Accept-Ranges", "").lower() == "bytes"
+        self.closed = False
+
+    async def pieces(self) -> AsyncIterator[bytes]:
+        async for piece in self.response.aiter_raw(READ_PIECE):
+            yield piece
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self.response.aclose()
+
+
+class PeerClient:
+    """A pooled HTTP client to peer mirrors. `load[address]` counts open transfers per peer."""
+
+    def __init__(self, timeouts: Timeouts = Timeouts()) -> None:
+        self.timeouts = timeouts
+        self.load: dict[str, int] = {}
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=1.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        self.latency = LatencyTracker()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _first_byte_timeout(self, holder: Holder) -> float:
+        if holder.state is KeyState.IN_PROGRESS:
+            return self.timeouts.first_byte + self.timeouts.inflight_wait
+        return self.timeouts.first_byte
+
+    async def _send(self, holder: Holder, request: httpx.Request) -> httpx.Response:
+        """Send and wait for the response headers within the first-byte timeout; errors become PeerError."""
+        started = time.perf_counter()
+        try:
+            with trio.fail_after(self._first_byte_timeout(holder)):
+                response = await self._client.send(request, stream=True)
+        except trio.TooSlowError:
+            raise PeerError(f"{holder.address}: no answer within the first-byte timeout") from None
+        except httpx.HTTPError as exc:
+            raise PeerError(f"{holder.address}: {type(exc).__name__}: {exc}") from None
+        self.latency.observe(time.perf_counter() - started)
+        return response
+
+    def _request(self, method: str, holder: Holder, path: str, registry: str, headers: dict[str, str]) -> httpx.Request:
+        return self._client.build_request(
+            method,
+            f"http://{holder.address}{path}",
+            params={"ns": registry},
+            headers={MIRRORED_HEADER: "true", "Accept-Encoding": "identity", **headers},
+        )
+
+    async def fetch_manifest(self, holder: Holder, reference: Reference) -> ManifestContent:
+        """Fetch a manifest from a peer and check it: by digest it must hash to that digest; by tag to the
+        digest the peer names in Docker-Content-Digest."""
+        target = str(reference.digest) if reference.digest is not None else reference.tag
+        path = f"/v2/{reference.repository}/manifests/{target}"
+        response = await self._send(holder, self._request("GET", holder, path, reference.registry, {}))
+        try:
+            if response.status_code != 200:
+                raise PeerError(f"{holder.address}: manifest answered {response.status_code}")
+            data = bytearray()
+            async for piece in response.aiter_raw():
+                data += piece
+                if len(data) > MAX_MANIFEST_SIZE:
+                    raise PeerError(f"{holder.address}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
+        except httpx.HTTPError as exc:
+            raise PeerError(f"{holder.address}: {type(exc).__name__}: {exc}") from None
+        finally:
+            await response.aclose()
+        expected = reference.digest or _header_digest(response)
+        if expected is None or Digest.of(bytes(data), expected.algorithm) != expected:
+            raise PeerError(f"{holder.address}: manifest bytes do not match {expected}")
+        media_type = response.headers.get("Content-Type") or detect_media_type(bytes(data))
+        if media_type is None or detect_media_type(bytes(data)) is None:
+            raise PeerError(f"{holder.address}: answered something that is not a manifest")
+        return ManifestContent(media_type, expected, bytes(data))
+
+    async def open_blob(
+        self, holder: Holder, registry: str, repository: str, digest: Digest, range_header: str | None, head: bool
+    ) -> PeerResponse:
+        """Open a blob on a peer, asking for `range_header` (forwarded only when it is one valid range)."""
+        headers = {}
+        specs = httprange.parse_range(range_header) if range_header else None
+        if specs is not None and len(specs) == 1:
+            headers["Range"] = range_header or ""
+        path = f"/v2/{repository}/blobs/{digest}"
+        request = self._request("HEAD" if head else "GET", holder, path, registry, headers)
+        response = await self._send(holder, request)
+        try:
+            return _blob_response(holder, response, digest)
+        except PeerError:
+            await response.aclose()
+            raise
+
+    async def open_blob_range(
+        self, holder: Holder, registry: str, repository: str, digest: Digest, start: int, end: int
+    ) -> PeerResponse:
+        return await self.open_blob(holder, registry, repository, digest, f"bytes={start}-{end}", head=False)
+
+    def track(self, address: str, delta: int) -> None:
+        self.load[address] = self.load.get(address, 0) + delta
+
+
+def _header_digest(response: httpx.Response) -> Digest | None:
+    try:
+        return Digest.parse(response.headers.get("Docker-Content-Digest", ""))
+    except InvalidDigest:
+        return None
+
+
+def _blob_response(holder: Holder, response: httpx.Response, digest: Digest) -> PeerResponse:
+    """Validate a peer's blob answer and say which bytes its body holds."""
+    if response.status_code not in (200, 206):
+        raise PeerError(f"{holder.address}: blob answered {response.status_code}")
+    if response.headers.get("Content-Encoding", "identity") != "identity":
+        raise PeerError(f"{holder.address}: blob sent with a Content-Encoding")
+    if _header_digest(response) != digest:
+        raise PeerError(f"{holder.address}: answered for another digest")
+    try:
+        length = int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        raise PeerError(f"{holder.address}: blob answer without Content-Length") from None
+    if response.status_code == 200:
+        return PeerResponse(holder, response, 0, length - 1, length)
+    content_range = httprange.parse_content_range(response.headers.get("Content-Range", ""))
+    if content_range is None or content_range.size is None or content_range.end - content_range.start + 1 != length:
+        raise PeerError(f"{holder.address}: 206 with a bad Content-Range")
+    return PeerResponse(holder, response, content_range.start, content_range.end, content_range.size)
+
+
+async def first_success(
+    attempts: Sequence[Callable[[], Awaitable[T]]],
+    hedge_delay: float,
+    discard: Callable[[T], Awaitable[None]],
+) -> T:
+    """Run `attempts` staggered: the next starts when the previous fails or `hedge_delay` passes without an
+    answer. Returns the first success and cancels the rest (a success that loses the race is `discard`ed).
+    Raises PeerError (the last error) when all fail."""
+    if not attempts:
+        raise PeerError("no holders to ask")
+    send, receive = trio.open_memory_channel[tuple[T | None, PeerError | None]](len(attempts))
+    winner: T | None = None
+    errors: list[PeerError] = []
+
+    async def run(attempt: Callable[[], Awaitable[T]]) -> None:
+        try:
+            send.send_nowait((await attempt(), None))
+        except PeerError as exc:
+            send.send_nowait((None, exc))
+
+    async with trio.open_nursery() as nursery:
+        started = running = 0
+        while winner is None:
+            if started < len(attempts):
+                nursery.start_soon(run, attempts[started])
+                started += 1
+                running += 1
+            elif running == 0:
+                break
+            wait = hedge_delay if started < len(attempts) else math.inf
+            with trio.move_on_after(wait):
+                result, error = await receive.receive()
+                running -= 1
+                if error is None:
+                    winner = result
+                else:
+                    errors.append(error)
+        nursery.cancel_scope.cancel()
+    while True:
+        try:
+            late, _ = receive.receive_nowait()
+        except trio.WouldBlock:
+            break
+        if late is not None:
+            await discard(late)
+    if winner is None:
+        raise errors[-1]
+    return winner
