@@ -1,0 +1,229 @@
+"""The mirror's data path over real HTTP: several mirrors in one trio run, each with its own OCI layout store,
+joined by a router that knows who holds what. Tests the request classification, multi-source chunks, resume
+after a peer breaks, hedging past a silent peer, and misses answered within the resolve budget."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from benchmark.images import ImageSpec, build
+from spegel.metrics import Metrics
+from spegel.mirror.backend import MirrorBackend, MirrorOptions
+from spegel.mirror.peers import PeerClient, Timeouts
+from spegel.mirror.policy import RegistryFilters
+from spegel.oci.digest import Digest
+from spegel.registry.app import create_app
+from spegel.registry.server import serve_app
+from spegel.routing.base import Holder, KeyState
+from spegel.store.layout import OCILayoutStore, write_layout
+
+REFERENCE = "example.com/team/app:v1"
+CHUNK = 256 << 10
+
+
+class StaticRouter:
+    """Answers lookups from a fixed table (key -> holders); records what is advertised."""
+
+    def __init__(self, table: dict[str, list[Holder]]) -> None:
+        self.table = table
+        self.lookups: list[str] = []
+
+    async def advertise(self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE) -> None:
+        return None
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        return None
+
+    async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
+        self.lookups.append(key)
+        return self.table.get(key, [])[:count]
+
+    def ready(self) -> bool:
+        return True
+
+
+@pytest.fixture(scope="module")
+def image():
+    return build(ImageSpec(layers=(3 << 20,), compression="none", seed=7))
+
+
+def layer_of(image) -> Digest:
+    return image.platforms[0].layers[0].digest
+
+
+async def start_mirror(
+    nursery: trio.Nursery, layout: Path, router: StaticRouter, options: MirrorOptions
+) -> tuple[str, Metrics]:
+    metrics = Metrics()
+    peers = PeerClient(Timeouts(connect=0.5, first_byte=1.0, read=1.0, inflight_wait=0.0))
+    backend = MirrorBackend(OCILayoutStore(layout), router, peers, metrics, options)
+    bound = await nursery.start(serve_app, create_app(backend, "example.com"), "127.0.0.1:0")
+    return bound[0].removeprefix("http://"), metrics
+
+
+def empty_layout(path: Path) -> Path:
+    write_layout(path, {}, [])
+    return path
+
+
+def peer_count(metrics: Metrics, source: str) -> float:
+    return (
+        metrics.registry.get_sample_value("spegel_mirror_requests_total", {"registry": "example.com", "source": source})
+        or 0.0
+    )
+
+
+async def test_blob_and_manifest_served_from_a_peer(tmp_path: Path, image) -> None:
+    image.to_layout(tmp_path / "a", REFERENCE)
+    layer = layer_of(image)
+    async with trio.open_nursery() as nursery:
+        a_addr, a_metrics = await start_mirror(nursery, tmp_path / "a", StaticRouter({}), MirrorOptions())
+        holders = [Holder(a_addr)]
+        table = {str(d.digest): holders for d in image.blobs()} | {REFERENCE: holders}
+        c_addr, c_metrics = await start_mirror(
+            nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions()
+        )
+        async with httpx.AsyncClient(base_url=f"http://{c_addr}") as client:
+            manifest = await client.get("/v2/team/app/manifests/v1", params={"ns": "example.com"})
+            assert manifest.status_code == 200
+            assert manifest.headers["Docker-Content-Digest"] == str(image.top.digest)
+            assert Digest.of(manifest.content) == image.top.digest
+            blob = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
+            assert blob.status_code == 200
+            assert Digest.of(blob.content) == layer
+            first = await client.get(
+                f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"}, headers={"Range": "bytes=0-"}
+            )
+            assert first.status_code == 206, "complete peer content must invite parallel chunks"
+            assert (
+                first.headers["Content-Range"]
+                == f"bytes 0-{image.platforms[0].layers[0].size - 1}/{image.platforms[0].layers[0].size}"
+            )
+            # a peer's request is never forwarded
+            mirrored = await client.get(
+                f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"}, headers={"X-Spegel-Mirrored": "true"}
+            )
+            assert mirrored.status_code == 404
+            assert mirrored.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        assert peer_count(c_metrics, "peer") == 3
+        assert peer_count(a_metrics, "local") == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_chunks_spread_over_complete_holders(tmp_path: Path, image) -> None:
+    """containerd's parallel chunk requests (open-ended, one chunk read each) go to both holders."""
+    image.to_layout(tmp_path / "a", REFERENCE)
+    image.to_layout(tmp_path / "b", REFERENCE)
+    layer = layer_of(image)
+    size = image.platforms[0].layers[0].size
+    data = image.read_blob(layer)
+    async with trio.open_nursery() as nursery:
+        a_addr, a_metrics = await start_mirror(nursery, tmp_path / "a", StaticRouter({}), MirrorOptions())
+        b_addr, b_metrics = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
+        table = {str(layer): [Holder(a_addr), Holder(b_addr)]}
+        c_addr, _ = await start_mirror(nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions())
+        assembled = bytearray(size)
+
+        async def fetch_chunk(client: httpx.AsyncClient, start: int) -> None:
+            headers = {"Range": f"bytes={start}-"}
+            async with client.stream(
+                "GET", f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"}, headers=headers
+            ) as response:
+                assert response.status_code == 206
+                got = bytearray()
+                async for piece in response.aiter_raw():
+                    got += piece
+                    if len(got) >= CHUNK:
+                        break
+            want = min(CHUNK, size - start)
+            assembled[start : start + want] = got[:want]
+
+        async with httpx.AsyncClient(base_url=f"http://{c_addr}") as client, trio.open_nursery() as chunks:
+            for start in range(0, size, CHUNK):
+                chunks.start_soon(fetch_chunk, client, start)
+        assert bytes(assembled) == data
+        assert peer_count(a_metrics, "local") >= 2
+        assert peer_count(b_metrics, "local") >= 2
+        nursery.cancel_scope.cancel()
+
+
+async def serve_then_die(listener: trio.SocketListener, data: bytes, digest: Digest, cut: int) -> None:
+    """A peer that answers a blob request with the right headers, sends `cut` bytes, then dies."""
+    stream = await listener.accept()
+    await stream.receive_some(65536)
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nDocker-Content-Digest: {digest}\r\n"
+        "Accept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    await stream.send_all(head + data[:cut])
+    await stream.aclose()
+
+
+async def test_transfer_resumes_from_another_holder_when_a_peer_breaks(tmp_path: Path, image) -> None:
+    layer = layer_of(image)
+    data = image.read_blob(layer)
+    image.to_layout(tmp_path / "b", REFERENCE)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    dying_addr = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_then_die, listeners[0], data, layer, (1 << 20) + 12345)
+        b_addr, b_metrics = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
+        table = {str(layer): [Holder(dying_addr), Holder(b_addr)]}
+        c_addr, c_metrics = await start_mirror(
+            nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions()
+        )
+        async with httpx.AsyncClient(base_url=f"http://{c_addr}", timeout=10) as client:
+            response = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
+        assert response.status_code == 200
+        assert Digest.of(response.content) == layer
+        assert c_metrics.registry.get_sample_value("spegel_peer_resumes_total") == 1
+        resumed_bytes = b_metrics.registry.get_sample_value("spegel_mirror_bytes_total", {"source": "local"})
+        assert resumed_bytes <= len(data) - (1 << 20), "the second holder must resume, not start over"
+        nursery.cancel_scope.cancel()
+
+
+async def test_silent_peer_costs_only_the_hedge_delay(tmp_path: Path, image) -> None:
+    """A peer that accepts connections and never answers must not hold containerd: the hedged request to the
+    next holder answers."""
+    image.to_layout(tmp_path / "b", REFERENCE)
+    layer = layer_of(image)
+    silent = trio.socket.socket()
+    await silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    silent_addr = f"127.0.0.1:{silent.getsockname()[1]}"
+    async with trio.open_nursery() as nursery:
+        b_addr, _ = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
+        table = {str(layer): [Holder(silent_addr), Holder(b_addr)]}
+        c_addr, _ = await start_mirror(nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions())
+        async with httpx.AsyncClient(base_url=f"http://{c_addr}", timeout=10) as client:
+            started = time.perf_counter()
+            response = await client.head(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
+            elapsed = time.perf_counter() - started
+        assert response.status_code == 200
+        assert elapsed < 1.0, f"a silent first holder held the request for {elapsed:.3f} s"
+        nursery.cancel_scope.cancel()
+    silent.close()
+
+
+async def test_miss_is_404_and_tags_can_be_filtered(tmp_path: Path, image) -> None:
+    image.to_layout(tmp_path / "a", REFERENCE)
+    async with trio.open_nursery() as nursery:
+        a_addr, _ = await start_mirror(nursery, tmp_path / "a", StaticRouter({}), MirrorOptions())
+        router = StaticRouter({REFERENCE: [Holder(a_addr)]})
+        options = MirrorOptions(filters=RegistryFilters([r":v1$"]))
+        c_addr, c_metrics = await start_mirror(nursery, empty_layout(tmp_path / "c"), router, options)
+        async with httpx.AsyncClient(base_url=f"http://{c_addr}") as client:
+            unknown = "sha256:" + "0" * 64
+            miss = await client.get(f"/v2/team/app/blobs/{unknown}", params={"ns": "example.com"})
+            assert miss.status_code == 404 and miss.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+            filtered = await client.get("/v2/team/app/manifests/v1", params={"ns": "example.com"})
+            assert filtered.status_code == 404 and filtered.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+        assert REFERENCE not in router.lookups, "a filtered tag must not even be looked up"
+        assert peer_count(c_metrics, "miss") == 2
+        nursery.cancel_scope.cancel()
