@@ -28,8 +28,13 @@ class Holder:
 
 
 class Router(Protocol):
-    async def advertise(self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE) -> None:
-        """Announce that this node holds `keys` (complete or in progress). Re-advertising changes the state."""
+    async def advertise(
+        self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE, available: int | None = None
+    ) -> None:
+        """Announce that this node holds `keys` (complete or in progress). Re-advertising changes the state.
+
+        `available` is the number of bytes held so far of in-progress keys, when known (ignored when complete).
+        """
         ...
 
     async def withdraw(self, keys: Iterable[str]) -> None:

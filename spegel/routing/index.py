@@ -1,0 +1,124 @@
+"""The holder index (pure): which peer holds which key, as last announced, with expiry.
+
+Every entry carries the time it stops counting (`expires`); a peer refreshes its entries by announcing them again
+(a full snapshot replaces everything it announced before). Time is passed in by the caller, never read here.
+Lookups order holders: complete before in progress, in-progress ones with more bytes first, then peers the caller
+prefers (e.g. currently connected), then by peer name so the order is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from spegel.routing.base import Holder, KeyState
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """One key as a peer announces it."""
+
+    key: str
+    state: KeyState = KeyState.COMPLETE
+    available: int | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    state: KeyState
+    available: int | None
+    expires: float
+
+
+class HolderIndex:
+    """Who holds which key. `ttl` is how long an announcement counts unless refreshed."""
+
+    def __init__(self, ttl: float) -> None:
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        self.ttl = ttl
+        self._by_key: dict[str, dict[str, _Entry]] = {}
+        self._by_peer: dict[str, set[str]] = {}
+        self._addresses: dict[str, str] = {}
+
+    def set_address(self, peer: str, address: str) -> None:
+        """Record the registry address (`host:port`) lookups return for `peer`."""
+        self._addresses[peer] = address
+
+    def address(self, peer: str) -> str | None:
+        return self._addresses.get(peer)
+
+    def update(self, peer: str, announcements: Iterable[Announcement], now: float) -> None:
+        """Add or refresh `peer`'s announcements; other keys of `peer` stay as they are."""
+        keys = self._by_peer.setdefault(peer, set())
+        expires = now + self.ttl
+        for item in announcements:
+            available = None if item.state is KeyState.COMPLETE else item.available
+            self._by_key.setdefault(item.key, {})[peer] = _Entry(item.state, available, expires)
+            keys.add(item.key)
+
+    def replace(self, peer: str, announcements: Iterable[Announcement], now: float) -> None:
+        """Make `announcements` the whole of what `peer` holds (a full-state snapshot)."""
+        self.forget(peer)
+        self.update(peer, announcements, now)
+
+    def remove(self, peer: str, keys: Iterable[str]) -> None:
+        """`peer` no longer holds `keys`."""
+        held = self._by_peer.get(peer)
+        if held is None:
+            return
+        for key in keys:
+            if key in held:
+                held.discard(key)
+                self._drop(key, peer)
+
+    def forget(self, peer: str) -> None:
+        """Drop every key of `peer` (its address stays known)."""
+        for key in self._by_peer.pop(peer, ()):
+            self._drop(key, peer)
+
+    def expire(self, now: float) -> int:
+        """Drop the entries whose time has passed; returns how many were dropped."""
+        dropped = 0
+        for key in list(self._by_key):
+            holders = self._by_key[key]
+            for peer in [p for p, entry in holders.items() if entry.expires <= now]:
+                self._by_peer[peer].discard(key)
+                self._drop(key, peer)
+                dropped += 1
+        for peer in [p for p, keys in self._by_peer.items() if not keys]:
+            del self._by_peer[peer]
+        return dropped
+
+    def lookup(
+        self, key: str, count: int, now: float, exclude: str | None = None, preferred: Collection[str] = ()
+    ) -> list[Holder]:
+        """Up to `count` live holders of `key` with a known address, best first, leaving out `exclude`."""
+        holders = self._by_key.get(key)
+        if not holders or count <= 0:
+            return []
+        ranked = []
+        for peer, entry in holders.items():
+            address = self._addresses.get(peer)
+            if peer == exclude or entry.expires <= now or address is None:
+                continue
+            rank = (
+                entry.state is not KeyState.COMPLETE,
+                -(entry.available or 0),
+                peer not in preferred,
+                peer,
+            )
+            ranked.append((rank, Holder(address, entry.state, entry.available)))
+        ranked.sort(key=lambda pair: pair[0])
+        return [holder for _, holder in ranked[:count]]
+
+    def holds(self, peer: str) -> int:
+        """How many keys `peer` has announced (live or not yet swept)."""
+        return len(self._by_peer.get(peer, ()))
+
+    def _drop(self, key: str, peer: str) -> None:
+        holders = self._by_key.get(key)
+        if holders is not None:
+            holders.pop(peer, None)
+            if not holders:
+                del self._by_key[key]

@@ -1,0 +1,97 @@
+"""The holder index: announcements, snapshots, withdrawal, expiry and ranking."""
+
+import pytest
+
+from spegel.routing.base import Holder, KeyState
+from spegel.routing.index import Announcement, HolderIndex
+
+DONE = KeyState.COMPLETE
+PART = KeyState.IN_PROGRESS
+
+
+def index_with(*peers: str, ttl: float = 10.0) -> HolderIndex:
+    index = HolderIndex(ttl)
+    for peer in peers:
+        index.set_address(peer, f"{peer}:5000")
+    return index
+
+
+def test_update_and_lookup() -> None:
+    index = index_with("a", "b")
+    index.update("a", [Announcement("k1"), Announcement("k2")], now=0)
+    index.update("b", [Announcement("k1")], now=0)
+    assert index.lookup("k1", 5, now=1) == [Holder("a:5000"), Holder("b:5000")]
+    assert index.lookup("k2", 5, now=1) == [Holder("a:5000")]
+    assert index.lookup("k3", 5, now=1) == []
+    assert index.lookup("k1", 1, now=1) == [Holder("a:5000")]
+    assert index.lookup("k1", 0, now=1) == []
+
+
+def test_exclude_self_and_unknown_address() -> None:
+    index = index_with("a")
+    index.update("a", [Announcement("k")], now=0)
+    index.update("nameless", [Announcement("k")], now=0)
+    assert index.lookup("k", 5, now=0, exclude="a") == []
+    assert index.lookup("k", 5, now=0) == [Holder("a:5000")]
+
+
+def test_complete_first_then_most_bytes_then_preferred() -> None:
+    index = index_with("a", "b", "c", "d")
+    index.update("a", [Announcement("k", PART, 10)], now=0)
+    index.update("b", [Announcement("k", PART, 500)], now=0)
+    index.update("c", [Announcement("k", DONE)], now=0)
+    index.update("d", [Announcement("k", DONE)], now=0)
+    assert index.lookup("k", 4, now=0) == [
+        Holder("c:5000"),
+        Holder("d:5000"),
+        Holder("b:5000", PART, 500),
+        Holder("a:5000", PART, 10),
+    ]
+    assert index.lookup("k", 1, now=0, preferred={"d"}) == [Holder("d:5000")]
+
+
+def test_state_changes_on_reannounce_and_complete_drops_available() -> None:
+    index = index_with("a")
+    index.update("a", [Announcement("k", PART, 7)], now=0)
+    assert index.lookup("k", 1, now=0) == [Holder("a:5000", PART, 7)]
+    index.update("a", [Announcement("k", DONE, 99)], now=0)
+    assert index.lookup("k", 1, now=0) == [Holder("a:5000", DONE, None)]
+
+
+def test_remove_and_forget() -> None:
+    index = index_with("a", "b")
+    index.update("a", [Announcement("k1"), Announcement("k2")], now=0)
+    index.update("b", [Announcement("k1")], now=0)
+    index.remove("a", ["k1", "never-held"])
+    index.remove("stranger", ["k1"])
+    assert index.lookup("k1", 5, now=0) == [Holder("b:5000")]
+    index.forget("a")
+    assert index.lookup("k2", 5, now=0) == []
+    assert index.holds("a") == 0
+
+
+def test_replace_is_a_full_snapshot() -> None:
+    index = index_with("a")
+    index.update("a", [Announcement("old"), Announcement("kept")], now=0)
+    index.replace("a", [Announcement("kept"), Announcement("new")], now=0)
+    assert index.lookup("old", 1, now=0) == []
+    assert index.lookup("kept", 1, now=0) == [Holder("a:5000")]
+    assert index.holds("a") == 2
+
+
+def test_entries_expire_unless_refreshed() -> None:
+    index = index_with("a", "b", ttl=10)
+    index.update("a", [Announcement("k")], now=0)
+    index.update("b", [Announcement("k")], now=0)
+    index.update("b", [Announcement("k")], now=8)
+    assert index.lookup("k", 5, now=9.9) == [Holder("a:5000"), Holder("b:5000")]
+    assert index.lookup("k", 5, now=10) == [Holder("b:5000")]
+    assert index.expire(now=10) == 1
+    assert index.holds("a") == 0
+    assert index.expire(now=18) == 1
+    assert index.lookup("k", 5, now=18) == []
+
+
+def test_ttl_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        HolderIndex(0)
