@@ -6,6 +6,7 @@ Bad flags print one line (`spegel: error: ...`) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,99 @@ def address(text: str) -> str:
     return f"{host or '0.0.0.0'}:{port}"
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration(text: str) -> float:
+    """A Go-style duration (`20ms`, `1.5s`, `2m`) or plain seconds, as seconds (>= 0)."""
+    number, unit = text, "s"
+    for suffix in ("ms", "s", "m", "h"):
+        if text.endswith(suffix):
+            number, unit = text[: -len(suffix)], suffix
+            break
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: want e.g. 20ms, 1s, 2m") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be finite and >= 0")
+    return seconds
+
+
+def regex(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: want an integer >= 1")
+    return int(text)
+
+
+def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("mirror")
+    group.add_argument(
+        "--router",
+        choices=("libp2p", "none"),
+        default="libp2p",
+        help="libp2p (default): find and serve peers' content; none: serve local content only",
+    )
+    group.add_argument(
+        "--advertise",
+        choices=("image", "layer", "inflight"),
+        default="inflight",
+        help="when content is advertised: on image events, on each committed blob, or also while "
+        "a blob is still downloading (default: inflight)",
+    )
+    group.add_argument(
+        "--mirror-resolve-timeout",
+        type=duration,
+        default=0.02,
+        help="how long to look for peers before answering 404 (default: 20ms)",
+    )
+    group.add_argument(
+        "--mirror-resolve-retries", type=positive_int, default=3, help="how many holders to try (default: 3)"
+    )
+    group.add_argument(
+        "--resolve-tags",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resolve tags through peers (default: on)",
+    )
+    group.add_argument(
+        "--registry-filters",
+        type=regex,
+        nargs="*",
+        default=[],
+        metavar="REGEX",
+        help="tags (registry/repository:tag) matching any of these are neither advertised nor "
+        "resolved through peers, e.g. ':latest$'",
+    )
+    group.add_argument("--mirror-peer-connect-timeout", type=duration, default=0.5, help="default: 500ms")
+    group.add_argument(
+        "--mirror-peer-first-byte-timeout",
+        type=duration,
+        default=2.0,
+        help="time a peer has to answer with headers (default: 2s)",
+    )
+    group.add_argument(
+        "--mirror-peer-read-timeout",
+        type=duration,
+        default=5.0,
+        help="longest pause in a peer's body before the transfer moves to another holder (default: 5s)",
+    )
+    group.add_argument(
+        "--mirror-inflight-wait",
+        type=duration,
+        default=2.0,
+        help="how long a peer's request waits for a download this node announced on a miss to start (default: 2s)",
+    )
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="spegel", description="A stateless, cluster-local OCI registry mirror.")
     parser.add_argument("--log-level", choices=logs.LEVELS, default="info", help="default: info")
@@ -43,6 +137,7 @@ def build_parser() -> ArgumentParser:
         help="the image registry of requests that carry no ?ns= (default: docker.io)",
     )
     registry.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS)
+    add_mirror_arguments(registry)
     return parser
 
 
