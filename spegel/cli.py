@@ -6,11 +6,15 @@ Bad flags print one line (`spegel: error: ...`) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from spegel import logs
+from spegel import hostsconfig, logs
+
+log = logging.getLogger("spegel")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -138,7 +142,93 @@ def build_parser() -> ArgumentParser:
     )
     registry.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS)
     add_mirror_arguments(registry)
+    add_configuration_commands(commands)
     return parser
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type from a `hostsconfig` parser (its errors become one-line usage errors)."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except hostsconfig.HostsConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _comma_list(parse: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    return _checked(lambda text: [parse(item.strip()) for item in text.split(",") if item.strip()])
+
+
+def add_configuration_commands(commands: Any) -> None:
+    """`spegel configuration` (write containerd's hosts.toml files) and `spegel cleanup` (restore the backup)."""
+    config_path_help = f"containerd's registry config_path (default: {hostsconfig.DEFAULT_CONFIG_PATH})"
+    configuration = commands.add_parser("configuration", help="send containerd's pulls to the mirror first")
+    cleanup = commands.add_parser("cleanup", help="restore containerd's registry configuration from the backup")
+    for sub in (configuration, cleanup):
+        sub.add_argument(
+            "--containerd-registry-config-path", default=hostsconfig.DEFAULT_CONFIG_PATH, help=config_path_help
+        )
+        sub.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS)
+    configuration.add_argument(
+        "--mirrored-registries",
+        type=_comma_list(hostsconfig.MirroredRegistry.parse),
+        action="extend",
+        default=[],
+        help="registries to mirror, HOST[:PORT] or URL, comma-separated or repeated (default: all, via _default)",
+    )
+    configuration.add_argument(
+        "--mirror-targets",
+        type=_comma_list(hostsconfig.parse_mirror_target),
+        action="extend",
+        required=True,
+        help="mirror URLs http(s)://HOST:PORT, tried in order before the registry, comma-separated or repeated",
+    )
+    configuration.add_argument(
+        "--dial-timeout",
+        type=_checked(hostsconfig.validate_duration),
+        default=hostsconfig.DEFAULT_DIAL_TIMEOUT,
+        help=f"containerd's connect timeout per mirror, a Go duration (default: {hostsconfig.DEFAULT_DIAL_TIMEOUT})",
+    )
+    configuration.add_argument(
+        "--resolve-tags",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="let the mirror resolve tags to digests (default: yes)",
+    )
+    configuration.add_argument(
+        "--prepend-existing", action="store_true", help="keep the registry's existing hosts after the mirrors"
+    )
+
+
+def run_configuration(args: argparse.Namespace) -> int:
+    try:
+        written = hostsconfig.apply(
+            args.containerd_registry_config_path,
+            args.mirrored_registries,
+            args.mirror_targets,
+            resolve_tags=args.resolve_tags,
+            dial_timeout=args.dial_timeout,
+            prepend_existing=args.prepend_existing,
+        )
+    except (hostsconfig.HostsConfigError, OSError) as exc:
+        sys.stderr.write(f"spegel: error: {exc}\n")
+        return 1
+    log.info("containerd registry configuration written", extra={"files": [str(p) for p in written]})
+    return 0
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    try:
+        restored = hostsconfig.restore(args.containerd_registry_config_path)
+    except OSError as exc:
+        sys.stderr.write(f"spegel: error: {exc}\n")
+        return 1
+    message = "containerd registry configuration restored" if restored else "no backup to restore: nothing done"
+    log.info(message, extra={"path": args.containerd_registry_config_path})
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from spegel.app import run_registry
 
         return run_registry(args)
+    if args.command == "configuration":
+        return run_configuration(args)
+    if args.command == "cleanup":
+        return run_cleanup(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
