@@ -92,6 +92,7 @@ def _tagged_images(index_json: bytes) -> list[StoredImage]:
 def write_layout(root: str | os.PathLike[str], blobs: dict[Digest, bytes], index: list[Descriptor]) -> None:
     """Write an OCI image layout holding `blobs`, with `index` as the top-level descriptors."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     for digest, data in blobs.items():
         path = root / "blobs" / digest.algorithm / digest.hex
         path.parent.mkdir(parents=True, exist_ok=True)
