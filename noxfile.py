@@ -1,6 +1,8 @@
 """Sessions: `tests` (everything CI runs), `lint`, `proto` (regenerate containerd stubs),
 `benchmark` (the main job: the default scenario on the netns cluster) and `report` (rebuild a report)."""
 
+from pathlib import Path
+
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
@@ -33,3 +35,38 @@ def report(session: nox.Session) -> None:
     """Rebuild the report of a kept run: `nox -s report -- reports/<run>`."""
     session.install("-q", "-e", ".[bench]")
     session.run("python", "-m", "benchmark", "report", *session.posargs)
+
+
+@nox.session
+def proto(session: nox.Session) -> None:
+    """Regenerate the containerd gRPC stubs (spegel/store/containerd/proto/*_pb2.py, *_grpc.py) from our .proto files.
+
+    The generator versions are pinned so that the committed code is reproducible; grpcio-tools 1.81.1 bundles
+    protoc 33.5, whose code needs the protobuf runtime >= 6.33.5 (libp2p keeps it < 7).
+    """
+    session.install("-q", "grpcio-tools==1.81.1", "grpclib==0.4.9")
+    protos = sorted(str(p) for p in Path("spegel/store/containerd/proto").glob("*.proto"))
+    session.run("python", "-m", "grpc_tools.protoc", "-I", ".", "--python_out=.", "--grpclib_python_out=.", *protos)
+
+
+@nox.session(python=False)
+def image(session: nox.Session) -> None:
+    """Build the mirror's container image (deploy/Containerfile) as spegel:<version>, or as `-- NAME:TAG`.
+
+    Uses docker when its daemon answers, else buildah; fails with a message saying so when neither can build.
+    """
+    import shutil
+    import subprocess
+    import tomllib
+
+    version = tomllib.loads(Path("pyproject.toml").read_text())["project"]["version"]
+    tag = session.posargs[0] if session.posargs else f"spegel:{version}"
+    build = ["-f", "deploy/Containerfile", "-t", tag, "."]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "info"], capture_output=True, timeout=60).returncode == 0:
+        session.run(docker, "build", *build, external=True)
+    elif buildah := shutil.which("buildah"):
+        session.run(buildah, "build", "--ignorefile", "deploy/Containerfile.dockerignore", *build, external=True)
+    else:
+        why = "the docker CLI cannot reach a Docker daemon (`docker info` failed)" if docker else "docker is missing"
+        session.error(f"cannot build the image: {why}, and buildah is not installed (apt-get install buildah)")

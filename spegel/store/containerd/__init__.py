@@ -1,0 +1,1 @@
+"""The containerd content store: gRPC client, store, ingest reader and event watcher."""
