@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -437,7 +438,11 @@ class Spegel(Daemon):
     def ready(self) -> bool:
         return self.ready_url is None or http_answers(self.ready_url)
 
-    def log_records(self) -> list[dict[str, object]]:
+    def access_log(self) -> list[dict[str, Any]]:
+        """The access-log records (logger `spegel.access`: method, path, query, range, status, bytes, seconds)."""
+        return [r for r in self.log_records() if r.get("logger") == "spegel.access"]
+
+    def log_records(self) -> list[dict[str, Any]]:
         """The JSON log records written so far (non-JSON lines are skipped)."""
         records = []
         with open(self.log_path, errors="replace") as log:
