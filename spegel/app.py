@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import TypeVar
 
 import trio
 
@@ -19,6 +20,7 @@ from spegel.store.base import ContentStore
 from spegel.store.layout import InvalidLayout, OCILayoutStore
 
 log = logging.getLogger("spegel")
+E = TypeVar("E", bound=BaseException)
 
 
 class ConfigurationError(Exception):
@@ -38,12 +40,37 @@ def open_store(spec: str) -> ContentStore:
 def run_registry(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.store)
-    except ConfigurationError as exc:
-        sys.stderr.write(f"spegel: error: {exc}\n")
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(serve_registry, args, store)
+    except (ConfigurationError, BaseExceptionGroup) as exc:
+        error = find_exception(exc, ConfigurationError)
+        if error is None:
+            raise
+        sys.stderr.write(f"spegel: error: {error}\n")
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve_registry, args, store)
     return 0
+
+
+def find_exception(exc: BaseException, kind: type[E]) -> E | None:
+    """`exc` itself if it is a `kind`, else the first `kind` nested in it (exception groups), else None."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := find_exception(inner, kind)) is not None:
+                return found
+    return None
+
+
+async def listen(nursery: trio.Nursery, app: object, address: str) -> list[str]:
+    """Start serving `app` on `address` in `nursery`; a failure to bind raises `ConfigurationError`."""
+    try:
+        return await nursery.start(serve_app, app, address)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = find_exception(exc, OSError)
+        if error is None:
+            raise
+        raise ConfigurationError(f"cannot listen on {address}: {error.strerror or error}") from None
 
 
 async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
@@ -52,8 +79,8 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
     registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-        bound = await nursery.start(serve_app, registry_app, args.registry_addr)
-        metrics_bound = await nursery.start(serve_app, create_metrics_app(metrics), args.metrics_addr)
+        bound = await listen(nursery, registry_app, args.registry_addr)
+        metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
         log.info("serving", extra={"registry": bound, "metrics": metrics_bound, "store": args.store})
 
 

@@ -33,6 +33,7 @@ class OCILayoutStore:
             raise InvalidLayout(f"{self.root} is not an OCI image layout (needs oci-layout and index.json)")
         self._index_stamp: tuple[int, int] | None = None
         self._images: list[StoredImage] = []
+        self._load_images()  # a broken index.json is a configuration error, reported at once
 
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
