@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -22,8 +24,6 @@ def _alive(pid: int) -> bool:
 
 
 def test_free_port_is_bindable() -> None:
-    import socket
-
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
@@ -79,3 +79,19 @@ def test_daemon_that_dies_reports_its_log(tmp_path: Path) -> None:
     daemon = Spegel.registry("oci-layout:/nonexistent", tmp_path / "bad.log")
     with pytest.raises(DaemonError, match="exited with status 2"):
         daemon.__enter__()
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_containerd_in_a_network_namespace(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    netns = f"spegel-test-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        with Containerd(tmp_path / "c", netns=netns) as daemon:
+            assert os.readlink(f"/proc/{daemon.pid}/exe") == os.path.realpath(daemon.binary)
+            assert os.readlink(f"/proc/{daemon.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+            assert "2.1" in daemon.ctr("version").stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)
