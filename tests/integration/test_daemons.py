@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from benchmark.daemons import Containerd, DaemonError, Registry, Spegel, free_port, parse_access_line
+from benchmark.images import ImageSpec, build, push
 from spegel.store.layout import write_layout
 
 
@@ -95,3 +96,15 @@ def test_containerd_in_a_network_namespace(tmp_path: Path) -> None:
             assert "2.1" in daemon.ctr("version").stdout
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+async def test_registry_proxy_mode_pulls_through(tmp_path: Path, upstream_registry: Registry) -> None:
+    image = build(ImageSpec((10_000,), seed=501))
+    async with httpx.AsyncClient() as client:
+        await push(image, client, upstream_registry.url, "cached/img", "v1")
+    with Registry(tmp_path / "proxy", proxy_remote_url=upstream_registry.url) as proxy:
+        layer = image.platforms[0].layers[0]
+        response = httpx.get(f"{proxy.url}/v2/cached/img/blobs/{layer.digest}")
+        assert response.status_code == 200
+        assert response.content == image.read_blob(layer.digest)
+    assert any(e.path.endswith(str(layer.digest)) and e.method == "GET" for e in upstream_registry.access_log())
