@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 
 MAX_RANGE_HEADER_LENGTH = 1024
-_RANGE_SPEC_RE = re.compile(r"^(?:(?P<first>[0-9]+)-(?P<last>[0-9]*)|-(?P<suffix>[0-9]+))$")
+_RANGE_SPEC_RE = re.compile(r"^(?:(?P<first>[0-9]+)-(?P<last>[0-9]*)|-(?P<suffix>[0-9]+))\Z")
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class ContentRange:
     size: int | None
 
 
-_CONTENT_RANGE_RE = re.compile(r"^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)$")
+_CONTENT_RANGE_RE = re.compile(r"^bytes ([0-9]+)-([0-9]+)/([0-9]+|\*)\Z")
 
 
 def parse_content_range(header: str) -> ContentRange | None:

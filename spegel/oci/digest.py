@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
-_DIGEST_RE = re.compile(r"^(?P<algorithm>[a-z0-9]+(?:[.+_-][a-z0-9]+)*):(?P<encoded>[a-zA-Z0-9=_-]+)$")
+_DIGEST_RE = re.compile(r"^(?P<algorithm>[a-z0-9]+(?:[.+_-][a-z0-9]+)*):(?P<encoded>[a-zA-Z0-9=_-]+)\Z")
 
 
 class InvalidDigest(ValueError):
