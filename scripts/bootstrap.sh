@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${SPEGEL_CACHE:-/var/cache/spegel-py}
 containerd_version=${SPEGEL_CONTAINERD_VERSION:-2.1.9}
 containerd_dir="$cache/containerd-$containerd_version"
-packages=(docker-registry skopeo nginx-light iproute2 ca-certificates)
+packages=(docker-registry skopeo nginx-light iproute2 nftables ca-certificates)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -50,6 +50,18 @@ if [ ! -x "$containerd_dir/usr/bin/containerd" ]; then
     rm -rf "$containerd_dir" && mv "$containerd_dir.tmp" "$containerd_dir"
 fi
 "$containerd_dir/usr/bin/containerd" --version >&2
+
+# Debian's kubectl 1.20 (kustomize v2), unpacked into the cache: the deploy/ manifests must render with it too.
+kubectl_dir="$cache/kubernetes-client-1.20"
+if [ ! -x "$kubectl_dir/usr/bin/kubectl" ]; then
+    log "fetching Debian's kubernetes-client (kubectl 1.20) into $kubectl_dir"
+    kc_work=$(mktemp -d)
+    kc_download() { (cd "$kc_work" && apt-get -o APT::Sandbox::User=root download -qq "kubernetes-client=1.20.*"); }
+    kc_download || { apt-get update -qq && kc_download; }
+    mkdir -p "$kubectl_dir.tmp"
+    dpkg-deb -x "$kc_work"/kubernetes-client_*.deb "$kubectl_dir.tmp"
+    rm -rf "$kubectl_dir" "$kc_work" && mv "$kubectl_dir.tmp" "$kubectl_dir"
+fi
 
 if [ ! -x "$here/.venv/bin/nox" ]; then
     log "creating $here/.venv with nox"
