@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spegel.cli import main
 from spegel.hostsconfig import (
     BACKUP_DIR,
     HEADER,
@@ -197,3 +198,45 @@ def test_invalid_existing_file_changes_nothing(certs: Path) -> None:
         apply(certs, [MirroredRegistry.parse("ghcr.io")], [MIRROR], prepend_existing=True)
     assert _tree(certs) == before
     assert not (certs / BACKUP_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "the following arguments are required: --mirror-targets"),
+        (["--mirror-targets", "127.0.0.1:5000"], "invalid mirror target"),
+        (["--mirror-targets", MIRROR, "--dial-timeout", "5"], "invalid duration"),
+        (["--mirror-targets", MIRROR, "--mirrored-registries", "bad!"], "invalid mirrored registry"),
+    ],
+)
+def test_configuration_bad_flags_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["configuration", "--containerd-registry-config-path", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("spegel: error: ") and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_configuration_and_cleanup_commands(certs: Path) -> None:
+    before = _tree(certs)
+    targets = f"{MIRROR},http://127.0.0.1:5001"
+    common = ["--containerd-registry-config-path", str(certs)]
+    args = ["--mirror-targets", targets, "--mirrored-registries", "ghcr.io", "--no-resolve-tags"]
+    extra = ["--dial-timeout", "2s", "--mirrored-registries", "http://127.0.0.1:7000"]
+    assert main(["configuration", *common, *args, *extra]) == 0
+    doc = tomllib.loads((certs / "ghcr.io" / "hosts.toml").read_text())
+    assert doc["host"] == {t: {"capabilities": ["pull"], "dial_timeout": "2s"} for t in targets.split(",")}
+    assert tomllib.loads((certs / "127.0.0.1:7000" / "hosts.toml").read_text())["server"] == "http://127.0.0.1:7000"
+    assert main(["cleanup", *common]) == 0
+    assert _tree(certs) == before
+    assert main(["cleanup", *common]) == 0  # nothing to restore is not an error
+
+
+def test_configuration_reports_an_unreadable_existing_file(certs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (certs / "ghcr.io" / "hosts.toml").write_text("[[[")
+    args = ["--mirror-targets", MIRROR, "--mirrored-registries", "ghcr.io", "--prepend-existing"]
+    assert main(["configuration", "--containerd-registry-config-path", str(certs), *args]) == 1
+    assert "not valid TOML" in capsys.readouterr().err
