@@ -1,0 +1,204 @@
+"""The announcement protocol's messages and framing (pure, no I/O).
+
+Each node writes its own announcements to every peer on one long-lived stream (`ANNOUNCE_PROTOCOL`), as
+length-prefixed frames: a 4-byte big-endian length, then a UTF-8 JSON object. Two kinds of message:
+
+- `State`: everything the sender holds, its registry address, its listen addresses and the peers it knows
+  (peer exchange). Sent first on every stream and again periodically; the receiver replaces what it knew.
+- `Delta`: keys added (or changed state) and keys withdrawn since the previous message.
+
+Any malformed frame raises `ProtocolError`; the reader then drops the stream, never the process.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from spegel.routing.base import KeyState
+from spegel.routing.index import Announcement
+
+ANNOUNCE_PROTOCOL = "/spegel/announce/1.0.0"
+MAX_FRAME = 16 * 1024 * 1024
+_LENGTH = struct.Struct(">I")
+_STATES = {"c": KeyState.COMPLETE, "p": KeyState.IN_PROGRESS}
+_CODES = {state: code for code, state in _STATES.items()}
+
+
+class ProtocolError(Exception):
+    """A frame or message that does not follow the announcement protocol."""
+
+
+@dataclass(frozen=True)
+class PeerRecord:
+    """A peer as known to the sender: its id (base58) and dialable multiaddrs (without `/p2p`)."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class State:
+    registry: str
+    listen: tuple[str, ...]
+    peers: tuple[PeerRecord, ...]
+    keys: tuple[Announcement, ...]
+
+
+@dataclass(frozen=True)
+class Delta:
+    added: tuple[Announcement, ...] = ()
+    withdrawn: tuple[str, ...] = ()
+
+
+Message = State | Delta
+
+
+def encode(message: Message) -> bytes:
+    """One frame holding `message`."""
+    if isinstance(message, State):
+        body: dict[str, object] = {
+            "type": "state",
+            "registry": message.registry,
+            "listen": list(message.listen),
+            "peers": [[p.peer_id, list(p.addrs)] for p in message.peers],
+            "keys": [_encode_announcement(a) for a in message.keys],
+        }
+    else:
+        body = {
+            "type": "delta",
+            "add": [_encode_announcement(a) for a in message.added],
+            "del": list(message.withdrawn),
+        }
+    data = json.dumps(body, separators=(",", ":")).encode()
+    if len(data) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+    return _LENGTH.pack(len(data)) + data
+
+
+def decode(data: bytes) -> Message:
+    """The message in one frame body (without the length prefix)."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("message is not an object")
+    kind = body.get("type")
+    try:
+        if kind == "state":
+            return State(
+                registry=_text(body["registry"]),
+                listen=tuple(_text(a) for a in _list(body["listen"])),
+                peers=tuple(_decode_peer(p) for p in _list(body["peers"])),
+                keys=tuple(_decode_announcement(a) for a in _list(body["keys"])),
+            )
+        if kind == "delta":
+            return Delta(
+                added=tuple(_decode_announcement(a) for a in _list(body["add"])),
+                withdrawn=tuple(_key(k) for k in _list(body["del"])),
+            )
+    except KeyError as exc:
+        raise ProtocolError(f"{kind} message lacks {exc}") from None
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies. Feed bytes as they arrive, then iterate `frames()`."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._buffer = bytearray()
+        self._max_frame = max_frame
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def frames(self) -> Iterator[bytes]:
+        """The complete frame bodies received so far; raises ProtocolError for an oversized frame."""
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > self._max_frame:
+                raise ProtocolError(f"frame of {length} bytes exceeds the {self._max_frame}-byte limit")
+            end = _LENGTH.size + length
+            if len(self._buffer) < end:
+                return
+            body = bytes(self._buffer[_LENGTH.size : end])
+            del self._buffer[:end]
+            yield body
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return len(self._buffer)
+
+
+@dataclass
+class PendingChanges:
+    """Changes not yet sent to one peer, coalesced: the last word on each key wins."""
+
+    _changes: dict[str, Announcement | None] = field(default_factory=dict)
+
+    def add(self, announcements: Iterable[Announcement]) -> None:
+        for item in announcements:
+            self._changes[item.key] = item
+
+    def withdraw(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._changes[key] = None
+
+    def clear(self) -> None:
+        self._changes.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._changes)
+
+    def take(self) -> Delta:
+        """The pending changes as one Delta; nothing is pending afterwards."""
+        added = tuple(item for item in self._changes.values() if item is not None)
+        withdrawn = tuple(key for key, item in self._changes.items() if item is None)
+        self._changes.clear()
+        return Delta(added, withdrawn)
+
+
+def _encode_announcement(item: Announcement) -> list[object]:
+    if item.available is None:
+        return [item.key, _CODES[item.state]]
+    return [item.key, _CODES[item.state], item.available]
+
+
+def _decode_announcement(raw: object) -> Announcement:
+    if not isinstance(raw, list) or len(raw) not in (2, 3):
+        raise ProtocolError(f"bad key entry {raw!r}")
+    state = _STATES.get(raw[1]) if isinstance(raw[1], str) else None
+    if state is None:
+        raise ProtocolError(f"bad key state {raw[1]!r}")
+    available = raw[2] if len(raw) == 3 else None
+    if available is not None and (not isinstance(available, int) or isinstance(available, bool) or available < 0):
+        raise ProtocolError(f"bad available byte count {available!r}")
+    return Announcement(_key(raw[0]), state, available)
+
+
+def _decode_peer(raw: object) -> PeerRecord:
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise ProtocolError(f"bad peer entry {raw!r}")
+    return PeerRecord(_text(raw[0]), tuple(_text(a) for a in _list(raw[1])))
+
+
+def _key(raw: object) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise ProtocolError(f"bad key {raw!r}")
+    return raw
+
+
+def _text(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ProtocolError(f"expected text, got {raw!r}")
+    return raw
+
+
+def _list(raw: object) -> list[object]:
+    if not isinstance(raw, list):
+        raise ProtocolError(f"expected a list, got {raw!r}")
+    return raw

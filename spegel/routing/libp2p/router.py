@@ -1,0 +1,453 @@
+"""The libp2p router: a holder index fed by direct announcement streams, backed by Kademlia provider records.
+
+The fast path: every node keeps one announcement stream open to every peer it is connected to and writes its
+own changes there (`messages.ANNOUNCE_PROTOCOL`): a full `State` first (the state exchange on join) and again
+every `refresh` seconds (anti-entropy, and it keeps the peer's entries alive), `Delta`s in between, coalesced
+per peer so a burst of advertisements becomes one message. Receivers keep a `HolderIndex`; entries a peer stops
+refreshing expire after `ttl`. `State` also carries peer exchange (the peers the sender knows), so bootstrapping
+to one node yields a full mesh. Lookups read the index (no I/O) and fall back to the DHT only when it knows no
+holder, within the caller's timeout.
+
+The DHT: complete keys are provided (one key at a time, in the background) and republished every `refresh`;
+records expire `ttl` after their last republish, so a vanished node ages out of both.
+
+`open_libp2p_router` runs it all; everything stops when its context exits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.tools.anyio_service import background_trio_service
+
+from spegel.routing.base import Holder, KeyState
+from spegel.routing.index import Announcement, HolderIndex
+from spegel.routing.keys import key_multihash
+from spegel.routing.libp2p import messages
+from spegel.routing.libp2p.bootstrap import BootstrapError, Bootstrapper, backoff_delays
+from spegel.routing.libp2p.host import build_host, learn_peer_id
+from spegel.routing.libp2p.workarounds import relax_dht_server_limits, set_provider_record_ttl
+
+log = logging.getLogger("spegel.routing")
+
+ANNOUNCE = TProtocol(messages.ANNOUNCE_PROTOCOL)
+DIAL_TIMEOUT = 5.0
+WRITE_TIMEOUT = 10.0
+READ_CHUNK = 256 * 1024
+MAX_CONCURRENT_DIALS = 8
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """How the router runs. `refresh` defaults to a third of `ttl`; `rejoin` is how often bootstrap repeats."""
+
+    listen: multiaddr.Multiaddr
+    key_pair: KeyPair
+    bootstrapper: Bootstrapper
+    psk: str | None = None
+    ttl: float = 600.0
+    refresh: float | None = None
+    rejoin: float = 60.0
+    dht: bool = True
+
+    @property
+    def refresh_interval(self) -> float:
+        return self.refresh if self.refresh is not None else self.ttl / 3
+
+
+class _Link:
+    """What is still to be sent to one peer."""
+
+    def __init__(self) -> None:
+        self.pending = messages.PendingChanges()
+        self.wake = trio.Event()
+        self.cancel_scope = trio.CancelScope()
+
+
+class _ConnectionEvents:
+    """A swarm notifee that forwards (dis)connections to the router's task."""
+
+    def __init__(self, send: trio.MemorySendChannel[tuple[bool, ID]]) -> None:
+        self._send = send
+
+    async def connected(self, network: object, conn: INetConn) -> None:
+        await self._send.send((True, conn.muxed_conn.peer_id))
+
+    async def disconnected(self, network: object, conn: INetConn) -> None:
+        await self._send.send((False, conn.muxed_conn.peer_id))
+
+    async def opened_stream(self, network: object, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: object, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: object, addr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: object, addr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+class Libp2pRouter:
+    """A `Router` (see `spegel.routing.base`) on a running libp2p host. Made by `open_libp2p_router`."""
+
+    def __init__(
+        self,
+        host: IHost,
+        dht: KadDHT | None,
+        settings: RouterSettings,
+        registry_address: str,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.host = host
+        self.peer_id = host.get_id()
+        self._dht = dht
+        self._settings = settings
+        self._registry_address = registry_address
+        self._nursery = nursery
+        self.index = HolderIndex(settings.ttl)
+        self._held: dict[str, Announcement] = {}
+        self._links: dict[ID, _Link] = {}
+        self._peer_addrs: dict[ID, tuple[str, ...]] = {}
+        self._dialing: set[ID] = set()
+        self._dial_limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
+        self._alone = False
+        self._changed = trio.Event()
+        self._to_provide: dict[str, None] = {}
+        self._provide_wake = trio.Event()
+
+    # The Router contract.
+
+    async def advertise(
+        self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE, available: int | None = None
+    ) -> None:
+        items = [Announcement(key, state, None if state is KeyState.COMPLETE else available) for key in keys]
+        for item in items:
+            key_multihash(item.key)  # refuse bad keys before anything is announced
+        for item in items:
+            self._held[item.key] = item
+            if item.state is KeyState.COMPLETE:
+                self._to_provide[item.key] = None
+        for link in self._links.values():
+            link.pending.add(items)
+            link.wake.set()
+        self._provide_wake.set()
+        await trio.lowlevel.checkpoint()
+
+    async def withdraw(self, keys: Iterable[str]) -> None:
+        keys = [key for key in keys if self._held.pop(key, None) is not None]
+        for key in keys:
+            self._to_provide.pop(key, None)
+        for link in self._links.values():
+            link.pending.withdraw(keys)
+            link.wake.set()
+        await trio.lowlevel.checkpoint()
+
+    async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
+        deadline = trio.current_time() + timeout
+        holders = self.index.lookup(key, count, trio.current_time(), preferred=self._connected_names())
+        if holders or self._dht is None or count <= 0:
+            await trio.lowlevel.checkpoint()
+            return holders
+        with trio.move_on_at(deadline):
+            try:
+                multihash = key_multihash(key)
+            except ValueError:
+                return []
+            providers = await self._dht.provider_store.find_providers(multihash, count + 1)
+            for info in providers:
+                address = self.index.address(str(info.peer_id))
+                if info.peer_id != self.peer_id and address is not None:
+                    holders.append(Holder(address))
+        return holders[:count]
+
+    def ready(self) -> bool:
+        if self._alone:
+            return True
+        return any(self.index.address(str(peer)) is not None for peer in self._links)
+
+    # Introspection.
+
+    def connected_peers(self) -> list[ID]:
+        return list(self.host.get_connected_peers())
+
+    def listen_addrs(self) -> list[str]:
+        """This node's dialable multiaddrs, each with `/p2p/<id>`."""
+        return [str(addr) for addr in self.host.get_addrs()]
+
+    async def wait_changed(self) -> None:
+        """Return at the next change of the holder index (any peer's announcement)."""
+        await self._changed.wait()
+
+    # Background tasks.
+
+    def start(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
+        self.host.set_stream_handler(ANNOUNCE, self._receive)
+        self._nursery.start_soon(self._follow_connections, events)
+        self._nursery.start_soon(self._bootstrap)
+        self._nursery.start_soon(self._expire)
+        if self._dht is not None:
+            self._nursery.start_soon(self._provide)
+
+    async def _follow_connections(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
+        async for connected, peer in events:
+            if connected and peer not in self._links:
+                link = self._links[peer] = _Link()
+                self._nursery.start_soon(self._send, peer, link)
+                if self._dht is not None:
+                    await self._dht.add_peer(peer, skip_server_mode_check=True)
+            elif not connected and not self.host.get_network().get_connections(peer):
+                link = self._links.pop(peer, None)
+                if link is not None:
+                    link.cancel_scope.cancel()
+
+    async def _send(self, peer: ID, link: _Link) -> None:
+        """Keep an announcement stream to `peer` and write our changes to it, until the peer disconnects."""
+        delays = backoff_delays(first=0.5, cap=10.0)
+        with link.cancel_scope:
+            while self._links.get(peer) is link:
+                try:
+                    await self._send_session(peer, link)
+                except Exception as exc:  # the stream broke; reopen while still connected
+                    log.debug("announce stream to %s ended: %s", peer, exc)
+                await trio.sleep(next(delays))
+
+    async def _send_session(self, peer: ID, link: _Link) -> None:
+        with trio.fail_after(DIAL_TIMEOUT):
+            stream = await self.host.new_stream(peer, [ANNOUNCE])
+        try:
+            refresh = self._settings.refresh_interval
+            full_due = True
+            while True:
+                if full_due:
+                    link.pending.clear()
+                    message: messages.Message = self._state_message()
+                    full_due = False
+                elif link.pending:
+                    message = link.pending.take()
+                else:
+                    link.wake = trio.Event()
+                    with trio.move_on_after(refresh * random.uniform(0.9, 1.1)) as waited:
+                        await link.wake.wait()
+                    full_due = waited.cancelled_caught
+                    continue
+                with trio.fail_after(WRITE_TIMEOUT):
+                    await stream.write(messages.encode(message))
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.reset()
+
+    def _state_message(self) -> messages.State:
+        peers = tuple(
+            messages.PeerRecord(str(peer), self._peer_addrs[peer]) for peer in self._links if peer in self._peer_addrs
+        )
+        listen = tuple(str(addr) for addr in self.host.get_transport_addrs())
+        return messages.State(self._registry_address, listen, peers, tuple(self._held.values()))
+
+    async def _receive(self, stream: INetStream) -> None:
+        """Apply the announcements `stream`'s peer writes, until it closes or breaks the protocol."""
+        peer = stream.muxed_conn.peer_id
+        name = str(peer)
+        remote = stream.get_remote_address()
+        remote_ip = remote[0] if remote else None
+        decoder = messages.FrameDecoder()
+        try:
+            while data := await stream.read(READ_CHUNK):
+                decoder.feed(data)
+                for frame in decoder.frames():
+                    self._apply(peer, name, remote_ip, messages.decode(frame))
+        except messages.ProtocolError as exc:
+            log.warning("dropping announcements from %s: %s", peer, exc)
+        except Exception as exc:
+            log.debug("announce stream from %s ended: %s", peer, exc)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.reset()
+
+    def _apply(self, peer: ID, name: str, remote_ip: str | None, message: messages.Message) -> None:
+        now = trio.current_time()
+        if isinstance(message, messages.State):
+            self.index.set_address(name, with_host(message.registry, remote_ip))
+            self._peer_addrs[peer] = tuple(with_host_multiaddr(addr, remote_ip) for addr in message.listen)
+            self.index.replace(name, message.keys, now)
+            for record in message.peers:
+                self._learn_peer(record)
+        else:
+            self.index.update(name, message.added, now)
+            self.index.remove(name, message.withdrawn)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _learn_peer(self, record: messages.PeerRecord) -> None:
+        try:
+            peer = ID.from_base58(record.peer_id)
+            addrs = [multiaddr.Multiaddr(addr) for addr in record.addrs]
+        except Exception:
+            log.debug("ignoring a malformed peer record %r", record)
+            return
+        if peer == self.peer_id or peer in self._links or peer in self._dialing or not addrs:
+            return
+        self._dialing.add(peer)
+        self._nursery.start_soon(self._dial, peer, addrs)
+
+    async def _dial(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        try:
+            async with self._dial_limiter:
+                with trio.fail_after(DIAL_TIMEOUT):
+                    await self.host.connect(PeerInfo(peer, addrs))
+        except Exception as exc:
+            log.debug("cannot dial %s: %s", peer, exc)
+        finally:
+            self._dialing.discard(peer)
+
+    async def _bootstrap(self) -> None:
+        """Dial the bootstrap candidates, retrying with backoff until connected, then again every `rejoin` s."""
+        delays = backoff_delays()
+        while True:
+            try:
+                candidates = await self._settings.bootstrapper.candidates()
+            except BootstrapError as exc:
+                log.warning("bootstrap: %s", exc)
+                candidates = None
+            if candidates is not None:
+                others: list[bool] = []
+                async with trio.open_nursery() as nursery:
+                    for addr in candidates:
+                        nursery.start_soon(self._bootstrap_dial, addr, others)
+                self._alone = not any(others)
+                if self.host.get_connected_peers() or self._alone:
+                    await trio.sleep(self._settings.rejoin)
+                    delays = backoff_delays()
+                    continue
+            await trio.sleep(next(delays))
+
+    async def _bootstrap_dial(self, addr: multiaddr.Multiaddr, others: list[bool]) -> None:
+        """Connect to the node at `addr`; appends to `others` whether it may be another node than this one."""
+        try:
+            peer_text = addr.get_peer_id()
+            if peer_text is None:
+                peer = await learn_peer_id(self.host, addr, DIAL_TIMEOUT)
+                target = addr
+            else:
+                peer = ID.from_base58(peer_text)
+                target = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_text}"))
+            others.append(peer != self.peer_id)
+            if peer == self.peer_id or self.host.get_network().get_connections(peer):
+                return
+            with trio.fail_after(DIAL_TIMEOUT):
+                await self.host.connect(PeerInfo(peer, [target]))
+        except Exception as exc:
+            others.append(True)
+            log.debug("bootstrap dial %s failed: %s", addr, exc)
+
+    async def _expire(self) -> None:
+        while True:
+            await trio.sleep(min(self._settings.ttl / 4, 60.0))
+            if self.index.expire(trio.current_time()):
+                self._changed.set()
+                self._changed = trio.Event()
+
+    async def _provide(self) -> None:
+        """Provide complete keys in the DHT one at a time; re-queue all of them every refresh interval."""
+        assert self._dht is not None
+        store = self._dht.provider_store
+        next_republish = trio.current_time() + self._settings.refresh_interval
+        while True:
+            if not self._to_provide:
+                self._provide_wake = trio.Event()
+                with trio.move_on_at(next_republish):
+                    await self._provide_wake.wait()
+            if trio.current_time() >= next_republish:
+                next_republish = trio.current_time() + self._settings.refresh_interval
+                self._to_provide.update(
+                    (key, None) for key, item in self._held.items() if item.state is KeyState.COMPLETE
+                )
+            if not self._to_provide:
+                continue
+            key = next(iter(self._to_provide))
+            del self._to_provide[key]
+            multihash = key_multihash(key)
+            with trio.move_on_after(30):
+                try:
+                    await store.provide(multihash)
+                except Exception as exc:
+                    log.debug("provide %s failed: %s", key, exc)
+            # We republish on our schedule; keep the library's own 22 h republish loop out of it.
+            store.providing_keys.discard(multihash)
+
+    def _connected_names(self) -> set[str]:
+        return {str(peer) for peer in self._links}
+
+
+def with_host(address: str, remote_ip: str | None) -> str:
+    """`address` (`host:port`), with an unspecified or missing host replaced by the peer's `remote_ip`."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if sep and remote_ip and (not host or _unspecified(host)):
+        host = remote_ip
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}" if sep else address
+
+
+def with_host_multiaddr(addr: str, remote_ip: str | None) -> str:
+    """A listen multiaddr with an unspecified IP (`0.0.0.0`, `::`) replaced by the peer's `remote_ip`."""
+    parts = addr.split("/")
+    if remote_ip and len(parts) > 2 and parts[1] in ("ip4", "ip6") and _unspecified(parts[2]):
+        version = ipaddress.ip_address(remote_ip).version
+        parts[1:3] = [f"ip{version}", remote_ip]
+    return "/".join(parts)
+
+
+def _unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+@asynccontextmanager
+async def open_libp2p_router(settings: RouterSettings, registry_address: str) -> AsyncIterator[Libp2pRouter]:
+    """Start a host listening on `settings.listen`, the DHT and the router's tasks; stop them all on exit.
+
+    `registry_address` is this node's registry (`host:port`) as announced to peers; an unspecified host
+    (`0.0.0.0:5000`) is replaced by each peer with the address it sees this node connect from.
+    """
+    host = build_host(settings.key_pair, settings.psk)
+    send, receive = trio.open_memory_channel[tuple[bool, ID]](1024)
+    host.get_network().register_notifee(_ConnectionEvents(send))
+    async with host.run([settings.listen]):
+        dht = None
+        if settings.dht:
+            set_provider_record_ttl(settings.ttl)
+            dht = KadDHT(host, DHTMode.SERVER)
+            relax_dht_server_limits(dht)
+        async with trio.open_nursery() as nursery:
+            if dht is not None:
+                await nursery.start(_run_service, dht)
+            router = Libp2pRouter(host, dht, settings, registry_address, nursery)
+            router.start(receive)
+            try:
+                yield router
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def _run_service(service: KadDHT, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async with background_trio_service(service):
+        task_status.started()
+        await trio.sleep_forever()
