@@ -1,7 +1,8 @@
 """containerd 2.1 honours the hosts.toml that `spegel configuration` writes, and `spegel cleanup` undoes it.
 
 Real parts only: a CNCF distribution registry as the upstream, `spegel registry` (CLI process) as the mirror,
-containerd 2.1.9 pulling with `ctr images pull --hosts-dir` (transfer service), and the `spegel` CLI itself.
+containerd 2.1.9 pulling as the kubelet does (CRI `PullImage`, which reads the `config_path` of containerd's
+configuration) and with `ctr images pull --hosts-dir` (transfer service), and the `spegel` CLI itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from benchmark.daemons import Containerd, Registry, Spegel, spegel_command
 from benchmark.images import ImageSpec, build, push
+from spegel.store.containerd.client import ContainerdClient
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,30 @@ def _manifest_requests(records: list[dict], repository: str) -> list[tuple[str, 
     return [(r["method"], r["status"]) for r in records if r["path"].startswith(f"/v2/{repository}/manifests/")]
 
 
+class Puller:
+    """Pulls and removes images in a containerd instance, through CRI or through `ctr`."""
+
+    def __init__(self, kind: str, containerd: Containerd) -> None:
+        self.kind, self.containerd = kind, containerd
+
+    async def pull(self, reference: str) -> None:
+        if self.kind == "cri":
+            async with ContainerdClient(str(self.containerd.socket)) as client:
+                await client.pull_image(reference, timeout=60)
+        else:
+            self.containerd.ctr("images", "pull", "--hosts-dir", str(self.containerd.hosts_dir), reference)
+
+    async def remove(self, reference: str) -> None:
+        if self.kind == "cri":
+            async with ContainerdClient(str(self.containerd.socket)) as client:
+                await client.remove_image(reference)
+        else:
+            self.containerd.ctr("images", "rm", reference)
+
+
+@pytest.mark.parametrize("puller", ["cri", "ctr"])
 async def test_pull_goes_to_mirror_first_falls_back_and_cleanup_restores(
+    puller: str,
     tmp_path: Path,
     upstream_registry: Registry,
     spegel_registry_factory: Callable[..., Spegel],
@@ -45,14 +70,16 @@ async def test_pull_goes_to_mirror_first_falls_back_and_cleanup_restores(
     build(ImageSpec((300_000,), seed=302)).to_layout(tmp_path / "layout", f"{upstream.address}/mirror/only:v1")
     mirror = spegel_registry_factory(f"oci-layout:{tmp_path / 'layout'}")
 
+    containerd = containerd_factory()
+    pulls = Puller(puller, containerd)
+
     # the user's configuration before spegel: a hosts.toml for the upstream, and another registry's directory
-    certs = tmp_path / "certs.d"
+    certs = containerd.hosts_dir
     (certs / upstream.address).mkdir(parents=True)
     (certs / upstream.address / "hosts.toml").write_text(f'server = "{upstream.url}"\n')
     (certs / "ghcr.io").mkdir()
     (certs / "ghcr.io" / "hosts.toml").write_text('server = "https://ghcr.io"\n')
     before = _tree(certs)
-    containerd = containerd_factory(hosts_dir=certs)
 
     _spegel(
         "configuration",
@@ -65,14 +92,14 @@ async def test_pull_goes_to_mirror_first_falls_back_and_cleanup_restores(
     )
 
     # only the mirror has this image: the pull succeeds only if containerd asked the mirror
-    containerd.ctr("images", "pull", "--hosts-dir", str(certs), f"{upstream.address}/mirror/only:v1")
+    await pulls.pull(f"{upstream.address}/mirror/only:v1")
     assert ("HEAD", 200) in _manifest_requests(mirror.access_log(), "mirror/only")
     assert all("/v2/mirror/only/" not in e.path for e in upstream.access_log())
     ns = f"ns={upstream.address.replace(':', '%3A')}"
     assert all(r["query"] == ns for r in mirror.access_log() if r["path"].startswith("/v2/"))
 
     # the mirror answers 404 for this one: containerd falls back to the upstream
-    containerd.ctr("images", "pull", "--hosts-dir", str(certs), f"{upstream.address}/up/only:v1")
+    await pulls.pull(f"{upstream.address}/up/only:v1")
     assert ("HEAD", 404) in _manifest_requests(mirror.access_log(), "up/only")
     upstream_pulls = [
         (e.method, e.status) for e in upstream.access_log() if e.path.startswith("/v2/up/only/manifests/")
@@ -84,7 +111,7 @@ async def test_pull_goes_to_mirror_first_falls_back_and_cleanup_restores(
 
     # restored: a new pull resolves at the upstream only, the mirror sees nothing more
     mirror_seen = len(mirror.access_log())
-    containerd.ctr("images", "rm", f"{upstream.address}/up/only:v1")
-    containerd.ctr("images", "pull", "--hosts-dir", str(certs), f"{upstream.address}/up/only:v1")
+    await pulls.remove(f"{upstream.address}/up/only:v1")
+    await pulls.pull(f"{upstream.address}/up/only:v1")
     assert len(mirror.access_log()) == mirror_seen
     assert len([e for e in upstream.access_log() if "/up/only/manifests/" in e.path]) > len(upstream_pulls)
