@@ -79,6 +79,19 @@ class AsyncioThread:
             raise BridgeClosed("the asyncio bridge is closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
+    def call(self, fn: Callable[[], T], timeout: float = 10.0) -> T:
+        """Run the plain function `fn()` in the loop's thread and return its result; blocks the caller.
+
+        For setup and teardown from synchronous code (objects such as grpclib channels must be made there).
+        """
+        if self._closed:
+            raise BridgeClosed("the asyncio bridge is closed")
+
+        async def wrapper() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout)
+
     async def run(self, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run `factory()` as one asyncio task and return its result (or raise its exception).
 

@@ -9,6 +9,7 @@ other answer). Unary calls have a deadline (`timeout`); streams have none.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
@@ -21,7 +22,7 @@ from google.protobuf import empty_pb2
 from grpclib.const import Status
 
 from spegel.store.base import NotFound
-from spegel.store.containerd.bridge import AsyncioThread, Emit, StreamReceiver
+from spegel.store.containerd.bridge import AsyncioThread, BridgeClosed, Emit, StreamReceiver
 from spegel.store.containerd.proto import (
     content_grpc,
     content_pb2,
@@ -87,8 +88,8 @@ def _map_error(exc: BaseException, what: str) -> BaseException | None:
 class ContainerdClient:
     """A connection to one containerd socket, for calls in one namespace (CRI calls ignore it).
 
-    Use as `async with ContainerdClient(socket, namespace) as client:`; `aclose()` closes the channel and
-    stops the bridge thread. Safe to use from many trio tasks at once.
+    Making one starts its bridge thread (no connection yet); `close()` (or leaving `async with`) closes the
+    channel and stops the thread. Safe to use from many trio tasks, and from several trio runs one after another.
     """
 
     def __init__(self, socket: str, namespace: str = "k8s.io", timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -97,34 +98,24 @@ class ContainerdClient:
         self.timeout = timeout
         self._metadata = {NAMESPACE_HEADER: namespace}
         self._bridge = AsyncioThread(name=f"containerd-grpc:{socket}")
-        self._channel: grpclib.client.Channel | None = None
-
-    async def __aenter__(self) -> ContainerdClient:
-        await self._connect()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _connect(self) -> None:
-        async def make() -> grpclib.client.Channel:
-            return grpclib.client.Channel(path=self.socket)  # connects lazily, on the first call
-
-        self._channel = await self._bridge.run(make)
+        # grpclib binds a channel to the loop it is made in; it connects lazily, on the first call
+        self._channel = self._bridge.call(lambda: grpclib.client.Channel(path=socket))
         self._content = content_grpc.ContentStub(self._channel)
         self._images = images_grpc.ImagesStub(self._channel)
         self._events = events_grpc.EventsStub(self._channel)
         self._version = version_grpc.VersionStub(self._channel)
         self._cri = cri_grpc.ImageServiceStub(self._channel)
 
-    async def aclose(self) -> None:
-        channel, self._channel = self._channel, None
-        if channel is not None:
+    async def __aenter__(self) -> ContainerdClient:
+        return self
 
-            async def close() -> None:
-                channel.close()
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
-            await self._bridge.run(close)
+    def close(self) -> None:
+        """Close the connection and stop the bridge thread (calls still running are cancelled). Idempotent."""
+        with contextlib.suppress(BridgeClosed):
+            self._bridge.call(self._channel.close)
         self._bridge.close()
 
     async def _call(self, what: str, factory: Callable[[], Coroutine[Any, Any, T]]) -> T:

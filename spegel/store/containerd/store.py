@@ -1,0 +1,230 @@
+"""containerd as a content store (`--store containerd`, the default).
+
+Images and content metadata come from containerd's gRPC API in one namespace. Tags are the image names of the
+form `registry/repository:tag`; an image's content is its target walked through indexes (every platform
+present) and manifests down to configs and layers. Blobs are read straight from the content root
+(`<content path>/blobs/<algorithm>/<hex>`) and, when that directory is not mounted here, through the
+Content.Read API. Blobs still downloading are opened from their ingest (`open_ingest`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from spegel.oci import manifest as oci_manifest
+from spegel.oci import mediatypes
+from spegel.oci.digest import Digest, InvalidDigest
+from spegel.oci.manifest import Descriptor, InvalidManifest
+from spegel.oci.reference import InvalidReference, Reference
+from spegel.store.base import BlobReader, ContentInfo, NotFound, StoredImage
+from spegel.store.containerd.client import ContainerdClient
+from spegel.store.containerd.ingest import (
+    DEFAULT_STALL_TIMEOUT,
+    IngestReader,
+    blob_path,
+    find_ingest,
+)
+from spegel.store.containerd.proto import images_pb2
+from spegel.store.files import FileBlobReader
+
+log = logging.getLogger("spegel.containerd")
+
+DEFAULT_SOCKET = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE = "k8s.io"
+DEFAULT_CONTENT_PATH = "/var/lib/containerd/io.containerd.content.v1.content"
+MAX_DOCUMENT_SIZE = 4 << 20  # larger than any manifest or index CNCF distribution accepts
+
+
+def add_containerd_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--containerd-sock`, `--containerd-namespace` and `--containerd-content-path` to `parser`."""
+    parser.add_argument("--containerd-sock", default=DEFAULT_SOCKET, help=f"default: {DEFAULT_SOCKET}")
+    parser.add_argument("--containerd-namespace", default=DEFAULT_NAMESPACE, help=f"default: {DEFAULT_NAMESPACE}")
+    parser.add_argument(
+        "--containerd-content-path",
+        default=DEFAULT_CONTENT_PATH,
+        help=f"containerd's content root, read directly when mounted (default: {DEFAULT_CONTENT_PATH})",
+    )
+
+
+def image_reference(name: str) -> Reference | None:
+    """The tag reference an image name is, or None for names that are not `registry/repository:tag`."""
+    try:
+        reference = Reference.parse(name)
+    except InvalidReference:
+        return None
+    return reference if reference.tag is not None and reference.digest is None else None
+
+
+def to_descriptor(target: object) -> Descriptor:
+    """A `Descriptor` from containerd's protobuf descriptor; raises `InvalidManifest` when it is not valid."""
+    try:
+        digest = Digest.parse(target.digest)  # type: ignore[attr-defined]
+    except InvalidDigest as exc:
+        raise InvalidManifest(f"invalid image target: {exc}") from None
+    return Descriptor(target.media_type, digest, target.size, dict(target.annotations))  # type: ignore[attr-defined]
+
+
+class ContainerdStore:
+    """A `ContentStore` over one containerd namespace. The client is owned by the store: `close()` it."""
+
+    def __init__(
+        self,
+        client: ContainerdClient,
+        content_path: str | Path = DEFAULT_CONTENT_PATH,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+    ) -> None:
+        self.client = client
+        self.content_path = Path(content_path)
+        self.stall_timeout = stall_timeout
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ContainerdStore:
+        """The store the flags of `add_containerd_arguments` describe (connects lazily, on the first call)."""
+        client = ContainerdClient(args.containerd_sock, args.containerd_namespace)
+        return cls(client, args.containerd_content_path)
+
+    @property
+    def namespace(self) -> str:
+        return self.client.namespace
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- ContentStore ---
+
+    async def resolve(self, reference: Reference) -> Descriptor:
+        if reference.tag is None or reference.digest is not None:
+            raise NotFound(f"{reference} is not a tag")
+        image = await self.client.get_image(reference.tag_key())
+        try:
+            return to_descriptor(image.target)
+        except InvalidManifest as exc:
+            raise NotFound(f"{reference}: {exc}") from None
+
+    async def describe(self, digest: Digest) -> ContentInfo:
+        info = await self.client.content_info(str(digest))
+        return ContentInfo(digest, info.size)
+
+    async def open(self, digest: Digest) -> BlobReader:
+        info = await self.describe(digest)
+        try:
+            return await FileBlobReader.open(blob_path(self.content_path, digest), info.size)
+        except (FileNotFoundError, NotADirectoryError):
+            return ContentAPIReader(self.client, digest, info.size)  # the content root is not mounted here
+
+    async def images(self) -> list[StoredImage]:
+        images = []
+        for image in await self.client.list_images():
+            reference = image_reference(image.name)
+            if reference is None:
+                continue
+            try:
+                images.append(StoredImage(reference, to_descriptor(image.target)))
+            except InvalidManifest:
+                log.warning("skipping image with an invalid target", extra={"image": image.name})
+        return images
+
+    # --- beyond ContentStore ---
+
+    async def open_ingest(self, digest: Digest) -> BlobReader:
+        """A reader of a blob still downloading in this namespace; `NotFound` when there is no such ingest."""
+        ingest = await trio.to_thread.run_sync(find_ingest, self.content_path, digest, self.namespace)
+        if ingest is None:
+            raise NotFound(f"no download of {digest} in progress")
+        return await IngestReader.open_ingest(ingest, self.content_path, self.stall_timeout)
+
+    async def read_blob(self, digest: Digest, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
+        """A whole (small) blob; `NotFound` when absent or larger than `limit`."""
+        reader = await self.open(digest)
+        try:
+            if reader.size > limit:
+                raise NotFound(f"{digest} is larger than {limit} bytes")
+            return b"".join([chunk async for chunk in reader.chunks(0, reader.size - 1)]) if reader.size else b""
+        finally:
+            await reader.aclose()
+
+    async def walk(self, root: Descriptor) -> list[Descriptor]:
+        """`root` and every descriptor below it that this namespace holds, parents before children, once each.
+
+        Indexes are followed into every platform's manifest that is present (containerd usually fetches one);
+        absent or unparsable children are skipped, never an error. `NotFound` when `root` itself is absent.
+        """
+        await self.describe(root.digest)
+        found: dict[Digest, Descriptor] = {}
+        pending = [root]
+        while pending:
+            descriptor = pending.pop(0)
+            if descriptor.digest in found:
+                continue
+            if descriptor is not root:
+                try:
+                    await self.describe(descriptor.digest)
+                except NotFound:
+                    continue
+            found[descriptor.digest] = descriptor
+            if mediatypes.is_index(descriptor.media_type) or mediatypes.is_manifest(descriptor.media_type):
+                try:
+                    document = oci_manifest.parse(await self.read_blob(descriptor.digest), descriptor.media_type)
+                except (NotFound, InvalidManifest, ValueError, OSError) as exc:
+                    log.warning("cannot read manifest", extra={"digest": str(descriptor.digest), "error": str(exc)})
+                    continue
+                pending.extend(oci_manifest.children(document))
+        return list(found.values())
+
+    async def image_keys(self, image: images_pb2.Image) -> list[str]:
+        """The keys an image is advertised under: its tag (if its name is one), then every digest it holds."""
+        reference = image_reference(image.name)
+        keys = [reference.tag_key()] if reference is not None else []
+        try:
+            content = await self.walk(to_descriptor(image.target))
+        except (NotFound, InvalidManifest):
+            return []  # an image without its content is not served
+        return keys + [str(d.digest) for d in content]
+
+    async def image_keys_by_name(self, name: str) -> list[str]:
+        """`image_keys` of the image called `name`; empty when it is gone."""
+        try:
+            return await self.image_keys(await self.client.get_image(name))
+        except NotFound:
+            return []
+
+    async def all_image_keys(self) -> list[str]:
+        """The keys of every image of the namespace (tags and digests), each once."""
+        keys: dict[str, None] = {}
+        for image in await self.client.list_images():
+            keys.update(dict.fromkeys(await self.image_keys(image)))
+        return list(keys)
+
+    async def all_content_keys(self) -> list[str]:
+        """The digest of every committed blob of the namespace (whether or not an image refers to it)."""
+        return [info.digest for info in await self.client.list_content()]
+
+
+class ContentAPIReader:
+    """A `BlobReader` reading through containerd's Content.Read API (when the content root is not mounted)."""
+
+    ranged = True
+
+    def __init__(self, client: ContainerdClient, digest: Digest, size: int) -> None:
+        self._client = client
+        self.digest = digest
+        self.size = size
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        offset = start
+        async with self._client.read_content(str(self.digest), start, end - start + 1) as pieces:
+            async for piece in pieces:
+                piece = piece[: end + 1 - offset]
+                if piece:
+                    offset += len(piece)
+                    yield piece
+        if offset != end + 1:
+            raise OSError(f"content API returned {offset - start} of {end - start + 1} bytes of {self.digest}")
+
+    async def aclose(self) -> None:
+        pass
