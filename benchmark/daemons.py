@@ -142,10 +142,14 @@ class Daemon:
                     process.send_signal(signal.SIGTERM)
                 try:
                     process.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
+                except (subprocess.TimeoutExpired, KeyboardInterrupt) as exc:
+                    # too slow, or a second Ctrl-C while waiting: never leave the process behind
                     with contextlib.suppress(ProcessLookupError):
                         process.kill()
                     process.wait(timeout=grace)
+                    if isinstance(exc, KeyboardInterrupt):
+                        self.cleanup()
+                        raise
             code = process.returncode
         self.cleanup()
         return code

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmark.daemons import Containerd, DaemonError, Registry, Spegel, free_port, parse_access_line
+from benchmark.daemons import Containerd, Daemon, DaemonError, Registry, Spegel, free_port, parse_access_line
 from benchmark.images import ImageSpec, build, push
 from spegel.store.layout import write_layout
 
@@ -108,3 +108,27 @@ async def test_registry_proxy_mode_pulls_through(tmp_path: Path, upstream_regist
         assert response.status_code == 200
         assert response.content == image.read_blob(layer.digest)
     assert any(e.path.endswith(str(layer.digest)) and e.method == "GET" for e in upstream_registry.access_log())
+
+
+class _Stubborn(Daemon):
+    """A process that ignores SIGTERM."""
+
+    name = "stubborn"
+
+    def command(self) -> list[str]:
+        return ["sh", "-c", "trap '' TERM; echo started; while :; do sleep 1; done"]
+
+    def ready(self) -> bool:
+        return "started" in self.log_tail()
+
+
+def test_a_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
+    daemon = _Stubborn(tmp_path / "stubborn.log")
+    daemon.start()
+    try:
+        daemon.wait_ready(timeout=10)
+        pid = daemon.pid
+    finally:
+        code = daemon.stop(grace=0.5)
+    assert code == -signal.SIGKILL
+    assert not _alive(pid)
