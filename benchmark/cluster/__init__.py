@@ -1,0 +1,1 @@
+"""Cluster backends: `netns` (network namespaces on this machine) and `kind` (a kind cluster in Docker)."""

@@ -1,0 +1,307 @@
+"""The `netns` cluster: N nodes in network namespaces on one bridge, shaped with tc, each a real containerd.
+
+Entering the cluster (as root) builds the network of `netplan` and starts the upstream registry (CNCF
+distribution) in its own namespace. `start_nodes(mode, run_dir)` then starts, for one run, a fresh
+containerd per node (multipart fetch on, hosts.toml written by `spegel configuration`), plus per mode:
+- `upstream`: nothing else; containerd pulls from the upstream registry;
+- `proxy`: a distribution pull-through cache in the `cache` namespace is every node's mirror;
+- `image` / `layer` / `inflight`: `spegel registry --store containerd --advertise MODE` on every node, its
+  own containerd's mirror, peers bootstrapped statically.
+
+Everything created is recorded as it is created (namespaces, the bridge, daemons by PID) and removed on leave
+(success, error, Ctrl-C: a SIGTERM or SIGHUP is turned into KeyboardInterrupt while the cluster is up).
+Only names with this run's prefix are ever deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from types import FrameType, TracebackType
+
+from benchmark.cluster import netplan
+from benchmark.cluster.base import ClusterError, Node, ProcessUsage, process_usage
+from benchmark.daemons import Containerd, Daemon, DaemonError, Registry, Spegel, spegel_command
+from benchmark.scenario import MIRROR_MODES, ClusterSpec
+from spegel import hostsconfig
+
+log = logging.getLogger("benchmark.netns")
+
+REGISTRY_PORT = 5000
+MIRROR_PORT = 5000
+METRICS_PORT = 9090
+ROUTER_PORT = 5001
+COMMAND_TIMEOUT = 30.0
+
+
+def run(argv: list[str], timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run one command; raise `ClusterError` with its stderr when it fails."""
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise ClusterError(f"{argv[0]} not found: install iproute2") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from None
+    if result.returncode != 0:
+        raise ClusterError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def check_environment(latency: float) -> None:
+    """Root, `ip`, `tc` and the kernel's HTB (and netem when latency is asked for), or a `ClusterError`."""
+    if os.geteuid() != 0:
+        raise ClusterError(
+            "the netns cluster needs root (it creates network namespaces and tc qdiscs): run as root, "
+            "or use the kind backend"
+        )
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            raise ClusterError(f"{tool} not found: install iproute2")
+    if latency > 0 and not _kernel_has("sch_netem"):
+        raise ClusterError(
+            f"latency {latency * 1000:g} ms needs the netem qdisc, which this kernel lacks: set cluster.latency = 0"
+        )
+
+
+def _kernel_has(module: str) -> bool:
+    if Path(f"/sys/module/{module}").exists():
+        return True
+    return subprocess.run(["modprobe", "-q", module], capture_output=True, check=False).returncode == 0
+
+
+def _used_subnets() -> set[ipaddress.IPv4Network]:
+    """The /24s of 198.18.0.0/15 that some address or route on this machine already uses."""
+    used = set()
+    for line in run(["ip", "-4", "-o", "addr", "show"]).splitlines() + run(["ip", "-4", "route", "show"]).splitlines():
+        for word in line.split():
+            with contextlib.suppress(ValueError):
+                net = ipaddress.ip_network(word.split("/")[0] + "/24", strict=False)
+                if net.subnet_of(netplan.NETWORK):  # type: ignore[arg-type]
+                    used.add(net)
+    return used  # type: ignore[return-value]
+
+
+class NetnsCluster:
+    """The netns backend of `Cluster`. Use as `with NetnsCluster(spec, workdir) as cluster:`."""
+
+    def __init__(self, spec: ClusterSpec, workdir: Path, prefix: str | None = None) -> None:
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.prefix = prefix or "sb" + secrets.token_hex(2)
+        self.plan: netplan.NetPlan | None = None
+        self.upstream: Registry | None = None
+        self.nodes: list[Node] = []
+        self._node_daemons: list[tuple[str, str, Daemon]] = []
+        self._network_made = False
+        self._old_handlers: dict[int, object] = {}
+
+    # --- addresses ---
+
+    @property
+    def net(self) -> netplan.NetPlan:
+        if self.plan is None:
+            raise ClusterError("the cluster is not up")
+        return self.plan
+
+    @property
+    def registry_host(self) -> str:
+        return f"{self.net.upstream.address}:{REGISTRY_PORT}"
+
+    @property
+    def upstream_url(self) -> str:
+        return f"http://{self.registry_host}"
+
+    @property
+    def cache_url(self) -> str:
+        return f"http://{self.net.cache.address}:{REGISTRY_PORT}"
+
+    # --- lifecycle ---
+
+    def __enter__(self) -> NetnsCluster:
+        check_environment(self.spec.latency)
+        self._trap_signals()
+        try:
+            self._build_network()
+            self.upstream = Registry(
+                self.workdir / "upstream", self.registry_host, netns=self.net.upstream.netns
+            ).__enter__()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every process and delete every namespace and link of this run. Idempotent; never raises."""
+        with contextlib.suppress(Exception):
+            self.stop_nodes()
+        if self.upstream is not None:
+            with contextlib.suppress(Exception):
+                self.upstream.stop()
+            self.upstream = None
+        if self._network_made and self.plan is not None:
+            for argv in netplan.teardown_commands(self.plan):
+                subprocess.run(argv, capture_output=True, check=False, timeout=COMMAND_TIMEOUT)
+            self._network_made = False
+        self._restore_signals()
+
+    def _build_network(self) -> None:
+        used = _used_subnets()
+        free = [s for s in netplan.subnets() if s not in used]
+        if not free:
+            raise ClusterError("no free /24 left in 198.18.0.0/15")
+        subnet = free[secrets.randbelow(len(free))]
+        spec = self.spec
+        self.plan = netplan.make_plan(
+            self.prefix, subnet, spec.nodes, spec.upstream_bandwidth, spec.node_bandwidth, spec.latency
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "network.json").write_text(
+            json.dumps(
+                {"prefix": self.prefix, "subnet": str(subnet), "namespaces": [e.netns for e in self.plan.endpoints]}
+            )
+        )
+        self._network_made = True  # from the first command on, teardown has something to remove
+        for argv in netplan.setup_commands(self.plan):
+            run(argv)
+
+    def _trap_signals(self) -> None:
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
+                self._old_handlers[sig] = signal.signal(sig, interrupt)
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._old_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._old_handlers.clear()
+
+    # --- nodes ---
+
+    def start_nodes(self, mode: str, run_dir: Path) -> list[Node]:
+        """Fresh nodes for one run in `mode` (stopping the previous ones); logs and content under `run_dir`."""
+        self.stop_nodes()
+        run_dir = Path(run_dir)
+        if run_dir.exists():
+            raise ClusterError(f"{run_dir} exists: every run needs fresh nodes")
+        started: list[Daemon] = []
+        try:
+            if mode == "proxy":
+                cache = Registry(
+                    run_dir / "cache", f"{self.net.cache.address}:{REGISTRY_PORT}",
+                    proxy_remote_url=self.upstream_url, netns=self.net.cache.netns,
+                )  # fmt: skip
+                self._node_daemons.append(("cache", "registry", cache))
+                started.append(cache)
+            for i, ep in enumerate(self.net.nodes):
+                base = run_dir / ep.name
+                hosts_dir = base / "certs.d"
+                self._write_hosts(mode, hosts_dir, ep.address)
+                containerd = Containerd(
+                    base, hosts_dir,
+                    chunk_size=self.spec.chunk_size,
+                    max_concurrent_downloads=self.spec.max_concurrent_downloads,
+                    netns=ep.netns,
+                )  # fmt: skip
+                node = Node(i, ep.name, ep.address, containerd)
+                self._node_daemons.append((ep.name, "containerd", containerd))
+                started.append(containerd)
+                self.nodes.append(node)
+            for daemon in started:
+                daemon.start()
+            for daemon in started:
+                daemon.wait_ready()
+            if mode in MIRROR_MODES:
+                mirrors = [self._mirror(node, mode, run_dir) for node in self.nodes]
+                for mirror in mirrors:
+                    mirror.start()
+                for mirror in mirrors:
+                    mirror.wait_ready()
+        except DaemonError as exc:
+            self.stop_nodes()
+            raise ClusterError(f"starting the nodes for mode {mode} failed: {exc}") from None
+        except BaseException:
+            self.stop_nodes()
+            raise
+        return self.nodes
+
+    def _mirror(self, node: Node, mode: str, run_dir: Path) -> Spegel:
+        ep = self.net.nodes[node.index]
+        peers = [f"{other.address}:{ROUTER_PORT}" for other in self.net.nodes if other.name != ep.name]
+        extra = [
+            "--advertise", mode,
+            "--containerd-sock", str(node.containerd.socket),
+            "--containerd-content-path", str(node.containerd.content_root),
+            "--router-addr", f"{ep.address}:{ROUTER_PORT}",
+            "--bootstrap", ",".join(peers),
+        ]  # fmt: skip
+        mirror = Spegel.registry(
+            "containerd",
+            run_dir / ep.name / "spegel.log",
+            registry_addr=f"{ep.address}:{MIRROR_PORT}",
+            metrics_addr=f"{ep.address}:{METRICS_PORT}",
+            extra=extra,
+            netns=ep.netns,
+        )
+        node.mirror = mirror
+        self._node_daemons.append((ep.name, "spegel", mirror))
+        return mirror
+
+    def _write_hosts(self, mode: str, hosts_dir: Path, node_address: str) -> None:
+        """containerd's hosts.toml for `mode`: as a user would, with `spegel configuration` (upstream only:
+        just the registry's plain-HTTP server)."""
+        if mode == "upstream":
+            directory = hosts_dir / self.registry_host
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / hostsconfig.HOSTS_FILE).write_text(hostsconfig.render_toml({"server": self.upstream_url}))
+            return
+        target = self.cache_url if mode == "proxy" else f"http://{node_address}:{MIRROR_PORT}"
+        argv = [
+            *spegel_command(), "configuration",
+            "--containerd-registry-config-path", str(hosts_dir),
+            "--mirrored-registries", self.upstream_url,
+            "--mirror-targets", target,
+        ]  # fmt: skip
+        run(argv)
+
+    def stop_nodes(self) -> list[ProcessUsage]:
+        """Stop this run's processes (mirrors first, then containerd, then the cache), delete their content
+        (logs stay), and return what each process used."""
+        usage = []
+        for node, process, daemon in reversed(self._node_daemons):
+            if daemon.process is not None and daemon.process.poll() is None:
+                measured = process_usage(daemon.pid, node, process)
+                if measured is not None:
+                    usage.append(measured)
+            daemon.stop()
+            if isinstance(daemon, Containerd | Registry):  # their content is not data: free the disk
+                shutil.rmtree(daemon.root if isinstance(daemon, Containerd) else daemon.storage, ignore_errors=True)
+        self._node_daemons.clear()
+        self.nodes = []
+        return usage
+
+    # --- measurements ---
+
+    def upstream_bytes(self) -> int:
+        """Bytes the upstream has sent through its shaper so far (tc class counter, with framing)."""
+        ep = self.net.upstream
+        out = run(["ip", "netns", "exec", ep.netns, "tc", "-s", "class", "show", "dev", netplan.INNER_IF])
+        try:
+            return netplan.class_bytes(out)
+        except ValueError:
+            raise ClusterError(f"no HTB class on the upstream's {netplan.INNER_IF}: {out[:300]}") from None
