@@ -1,0 +1,170 @@
+"""The containerd client and store against a real containerd 2.1.9 and a real upstream (CNCF distribution).
+
+- after a CRI pull of a two-platform image, the store lists the tag, resolves it, walks every digest this
+  node holds, and serves each blob byte-exact, from the content root and through the Content.Read API;
+- the trio <-> asyncio bridge under load (hundreds of concurrent calls and streams) and under cancellation
+  (unary calls, Content.Read streams and Events.Subscribe cancelled mid-flight): the channel keeps working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from benchmark.daemons import Containerd, Registry
+from benchmark.images import ImageSpec, SyntheticImage, build, push
+from spegel.oci.digest import Digest
+from spegel.oci.reference import Reference
+from spegel.store.base import NotFound
+from spegel.store.containerd.client import ContainerdClient, ContainerdUnavailable
+from spegel.store.containerd.proto import images_pb2
+from spegel.store.containerd.store import ContainerdStore, ContentAPIReader
+from spegel.store.files import FileBlobReader
+
+pytestmark = pytest.mark.slow
+
+
+def plain_http_upstream(containerd: Containerd, upstream: Registry) -> None:
+    """Let containerd pull from the plain-HTTP upstream registry under its own name."""
+    directory = containerd.hosts_dir / upstream.address
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "hosts.toml").write_text(f'server = "{upstream.url}"\n')
+
+
+async def pushed(upstream: Registry, spec: ImageSpec, repository: str, tag: str) -> tuple[SyntheticImage, str]:
+    image = build(spec)
+    async with httpx.AsyncClient() as client:
+        await push(image, client, upstream.url, repository, tag)
+    return image, f"{upstream.address}/{repository}:{tag}"
+
+
+async def _read(reader, start: int = 0, end: int | None = None) -> bytes:
+    end = reader.size - 1 if end is None else end
+    try:
+        return b"".join([chunk async for chunk in reader.chunks(start, end)])
+    finally:
+        await reader.aclose()
+
+
+async def test_store_after_cri_pull(
+    tmp_path: Path, upstream_registry: Registry, containerd_factory: Callable[..., Containerd]
+) -> None:
+    image, name = await pushed(upstream_registry, ImageSpec((300_000, 700_000), seed=501, platforms=2), "s/app", "v1")
+    containerd = containerd_factory()
+    plain_http_upstream(containerd, upstream_registry)
+    store = ContainerdStore(ContainerdClient(str(containerd.socket)), containerd.content_root)
+    api_store = ContainerdStore(ContainerdClient(str(containerd.socket)), tmp_path / "not-mounted")
+    try:
+        await store.client.pull_image(name, timeout=120)
+
+        [stored] = await store.images()
+        assert stored.reference == Reference.parse(name)
+        assert stored.target.digest == image.top.digest == image.index.digest
+        assert (await store.resolve(Reference.parse(name))).digest == image.top.digest
+        with pytest.raises(NotFound):
+            await store.resolve(Reference.parse(f"{upstream_registry.address}/s/app:v2"))
+
+        host = image.platforms[0]
+        held = [image.index, host.manifest, host.config, *host.layers]
+        keys = await store.all_image_keys()
+        assert keys[0] == Reference.parse(name).tag_key()
+        assert set(keys[1:]) == {str(d.digest) for d in held}  # the other platform's manifest is not held
+        assert str(image.platforms[1].manifest.digest) not in keys
+
+        for descriptor in held:
+            expected = image.read_blob(descriptor.digest)
+            assert (await store.describe(descriptor.digest)).size == len(expected)
+            reader = await store.open(descriptor.digest)
+            assert isinstance(reader, FileBlobReader)
+            assert await _read(reader) == expected
+            api_reader = await api_store.open(descriptor.digest)
+            assert isinstance(api_reader, ContentAPIReader)
+            assert await _read(api_reader) == expected
+            assert await _read(await api_store.open(descriptor.digest), 7, 7 + 99) == expected[7:107]
+        missing = Digest.of(b"not stored")
+        with pytest.raises(NotFound):
+            await store.open(missing)
+        with pytest.raises(NotFound):
+            await api_store.describe(missing)
+    finally:
+        store.close()
+        api_store.close()
+
+
+async def test_bridge_under_load_and_cancellation(
+    upstream_registry: Registry, containerd_factory: Callable[..., Containerd]
+) -> None:
+    image, name = await pushed(upstream_registry, ImageSpec((3 << 20,), compression="none", seed=502), "s/l", "v1")
+    containerd = containerd_factory()
+    plain_http_upstream(containerd, upstream_registry)
+    layer = image.platforms[0].layers[0]
+    async with ContainerdClient(str(containerd.socket)) as client:
+        await client.pull_image(name, timeout=120)
+        layer_hash = hashlib.sha256(image.read_blob(layer.digest)).hexdigest()
+
+        # load: 400 unary calls and 20 full Content.Read streams at once, all correct
+        results: list[object] = []
+
+        async def info() -> None:
+            results.append((await client.content_info(str(layer.digest))).size)
+
+        async def read_layer() -> None:
+            digest = hashlib.sha256()
+            async with client.read_content(str(layer.digest), 0, 0) as pieces:
+                async for piece in pieces:
+                    digest.update(piece)
+            results.append(digest.hexdigest())
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for _ in range(400):
+                    nursery.start_soon(info)
+                for _ in range(20):
+                    nursery.start_soon(read_layer)
+        assert results.count(layer.size) == 400 and results.count(layer_hash) == 20
+
+        # cancellation of unary calls mid-flight, of Read streams after one piece, of idle subscriptions
+        for _ in range(5):
+            with trio.move_on_after(0.002):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(100):
+                        nursery.start_soon(client.list_content)
+            with trio.move_on_after(5) as scope:
+                async with client.read_content(str(layer.digest), 0, 0) as pieces:
+                    async for _ in pieces:
+                        scope.cancel()
+            assert scope.cancelled_caught
+            with trio.move_on_after(0.05) as scope:
+                async with client.subscribe([]) as envelopes:
+                    async for _ in envelopes:
+                        pass
+            assert scope.cancelled_caught
+
+        # the channel still works, and a subscription still receives events in order
+        with trio.fail_after(30):
+            assert (await client.version()).at_least(2, 1)
+            async with client.subscribe(['topic~="/images/"']) as envelopes:
+                for tag in ("a", "b", "c"):
+                    await trio.to_thread.run_sync(containerd.ctr, "images", "tag", name, f"{name}-{tag}")
+                created = []
+                async for envelope in envelopes:
+                    if envelope.topic == "/images/create":  # (CRI follows each with an update: a label)
+                        created.append(images_pb2.ImageCreate.FromString(envelope.event.value).name)
+                        if len(created) == 3:
+                            break
+            assert created == [f"{name}-{tag}" for tag in ("a", "b", "c")]
+
+
+async def test_unavailable_containerd_is_a_clear_error(tmp_path: Path) -> None:
+    async with ContainerdClient(str(tmp_path / "no.sock")) as client:
+        with trio.fail_after(10), pytest.raises(ContainerdUnavailable):
+            await client.version()
+        with trio.fail_after(10), pytest.raises(ContainerdUnavailable):
+            async with client.subscribe([]) as envelopes:
+                async for _ in envelopes:
+                    pass
