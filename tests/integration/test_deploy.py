@@ -1,0 +1,486 @@
+"""The deploy/ manifests and container image definition, checked as far as this machine allows.
+
+- Every kustomization renders with today's `kubectl kustomize` and with Debian's kubectl 1.20 (kustomize v2),
+  identically, and every object validates against the Kubernetes JSON schemas (kubernetes-validate, offline).
+- The objects hang together: Services select the mirror pods and name their ports, the mirror targets written
+  by the init container are the hostPort and NodePort, every path a flag names is mounted, probes hit the
+  registry port.
+- The exact command lines of the containers (image ENTRYPOINT + args, `$(VAR)` expanded as the kubelet does)
+  parse with the real CLI, and run: on a "node" made of a network namespace, real containerd 2.1 and host
+  directories standing in for the hostPath volumes, the init container configures containerd, the registry
+  container serves containerd's content and its probes answer, and the preStop hook restores the configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes_validate
+import pytest
+import yaml
+
+from benchmark.daemons import Containerd, Registry, Spegel, spegel_command
+from benchmark.images import ImageSpec, build, push
+from spegel.cli import build_parser
+from spegel.preflight import check_containerd, run_preflight
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+KUSTOMIZATIONS = ("base", "overlays/k3s", "overlays/servicemonitor", "cleanup")
+CACHE = Path(os.environ.get("SPEGEL_CACHE", "/var/cache/spegel-py"))
+KUBECTL_1_20 = CACHE / "kubernetes-client-1.20" / "usr" / "bin" / "kubectl"
+KUBERNETES_VERSIONS = ("1.26.0", kubernetes_validate.utils.latest_version())
+CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+NAMESPACE = "spegel"
+
+
+# ---- reading the manifests -----------------------------------------------------------------------------------
+
+
+@functools.cache
+def render(kustomization: str, kubectl: str = "kubectl") -> tuple[dict[str, Any], ...]:
+    """`kubectl kustomize deploy/kustomize/<kustomization>`, parsed."""
+    result = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "kustomize" / kustomization)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"{kubectl} kustomize {kustomization}: {result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def find(docs: Sequence[Mapping[str, Any]], kind: str, name: str | None = None) -> list[Mapping[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+
+
+def one(docs: Sequence[Mapping[str, Any]], kind: str, name: str) -> Mapping[str, Any]:
+    [doc] = find(docs, kind, name)
+    return doc
+
+
+def pod_spec(daemonset: Mapping[str, Any]) -> Mapping[str, Any]:
+    return daemonset["spec"]["template"]["spec"]
+
+
+def containers(daemonset: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    spec = pod_spec(daemonset)
+    return {c["name"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+
+
+def port_number(container: Mapping[str, Any], name: str, field: str = "containerPort") -> int:
+    [port] = [p for p in container["ports"] if p["name"] == name]
+    return port[field]
+
+
+@functools.cache
+def image_entrypoint() -> tuple[str, ...]:
+    """The ENTRYPOINT of deploy/Containerfile's last stage (exec form)."""
+    lines = (DEPLOY / "Containerfile").read_text().splitlines()
+    stage = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    [entrypoint] = [json.loads(line.split(None, 1)[1]) for line in lines[stage:] if line.startswith("ENTRYPOINT ")]
+    return tuple(entrypoint)
+
+
+def container_argv(container: Mapping[str, Any]) -> list[str]:
+    """What the container runs: its `command` (else the image's ENTRYPOINT) followed by its `args`."""
+    return [*container.get("command", image_entrypoint()), *container.get("args", [])]
+
+
+def prestop_argv(container: Mapping[str, Any]) -> list[str]:
+    return list(container["lifecycle"]["preStop"]["exec"]["command"])
+
+
+_VARIABLE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand(args: Sequence[str], variables: Mapping[str, str]) -> list[str]:
+    """Kubernetes' `$(NAME)` expansion in command and args: defined names are replaced, unknown ones kept
+    verbatim, `$$` is a literal `$`."""
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return variables.get(match.group(1), match.group(0))
+
+    return [_VARIABLE.sub(substitute, arg) for arg in args]
+
+
+def environment(container: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, str]:
+    """The container's env: literal values, and downward-API `fieldRef`s looked up in `fields`."""
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            env[var["name"]] = fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def mounts(daemonset: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """mountPath -> the volume mounted there (with `readOnly` of the mount)."""
+    volumes = {v["name"]: v for v in pod_spec(daemonset)["volumes"]}
+    return {
+        m["mountPath"]: {**volumes[m["name"]], "readOnly": m.get("readOnly", False)} for m in container["volumeMounts"]
+    }
+
+
+def flag(argv: Sequence[str], name: str) -> str:
+    [value] = [arg.split("=", 1)[1] for arg in argv if arg.startswith(f"{name}=")]
+    return value
+
+
+# ---- rendering and schemas ------------------------------------------------------------------------------------
+
+
+def test_kubectl_1_20_is_installed_by_bootstrap() -> None:
+    assert KUBECTL_1_20.exists(), f"{KUBECTL_1_20} is missing: run scripts/bootstrap.sh"
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_renders_identically_with_kustomize_v5_and_v2(kustomization: str) -> None:
+    docs = render(kustomization)
+    assert find(docs, "DaemonSet")
+    if KUBECTL_1_20.exists():
+        assert render(kustomization, str(KUBECTL_1_20)) == docs
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_objects_validate_against_the_kubernetes_schemas(kustomization: str, version: str) -> None:
+    for doc in render(kustomization):
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_validation_would_catch_a_mistake() -> None:
+    daemonset = json.loads(json.dumps(one(render("base"), "DaemonSet", "spegel")))
+    pod_spec(daemonset)["containers"][0]["ports"][0]["containerPort"] = "5000"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(daemonset, KUBERNETES_VERSIONS[0], strict=True)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_everything_is_in_the_spegel_namespace(kustomization: str) -> None:
+    for doc in render(kustomization):
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
+
+
+# ---- the objects hang together ---------------------------------------------------------------------------------
+
+
+def test_services_select_the_mirror_pods_and_name_their_ports() -> None:
+    docs = render("base")
+    daemonset = one(docs, "DaemonSet", "spegel")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert daemonset["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    registry = containers(daemonset)["registry"]
+    services = {s["metadata"]["name"]: s for s in find(docs, "Service")}
+    assert set(services) == {"spegel-registry", "spegel-bootstrap", "spegel-metrics"}
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        for port in service["spec"]["ports"]:
+            assert port_number(registry, port["targetPort"]) == port["port"]
+    assert services["spegel-bootstrap"]["spec"]["clusterIP"] == "None"
+    assert services["spegel-bootstrap"]["spec"]["publishNotReadyAddresses"] is True
+    assert [p["targetPort"] for p in services["spegel-registry"]["spec"]["ports"]] == ["registry"]
+
+
+def test_the_mirror_targets_are_this_nodes_hostport_then_the_nodeport() -> None:
+    docs = render("base")
+    daemonset = one(docs, "DaemonSet", "spegel")
+    configuration, registry = containers(daemonset)["configuration"], containers(daemonset)["registry"]
+    node_ip = "198.18.7.9"
+    argv = expand(container_argv(configuration), environment(configuration, {"status.hostIP": node_ip}))
+    [node_port] = one(docs, "Service", "spegel-registry")["spec"]["ports"]
+    expected = [
+        f"http://{node_ip}:{port_number(registry, 'registry', 'hostPort')}",
+        f"http://{node_ip}:{node_port['nodePort']}",
+    ]
+    assert flag(argv, "--mirror-targets").split(",") == expected
+
+
+def test_dns_bootstrap_names_the_headless_service() -> None:
+    docs = render("base")
+    registry = containers(one(docs, "DaemonSet", "spegel"))["registry"]
+    argv = expand(container_argv(registry), environment(registry, {"metadata.namespace": NAMESPACE}))
+    assert flag(argv, "--bootstrap-kind") == "dns"
+    service, namespace, *_ = flag(argv, "--dns-bootstrap-domain").split(".")
+    assert one(docs, "Service", service)["spec"]["clusterIP"] == "None"
+    assert namespace == NAMESPACE
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/k3s"])
+def test_every_path_a_flag_names_is_mounted_from_the_host(kustomization: str) -> None:
+    daemonset = one(render(kustomization), "DaemonSet", "spegel")
+    configuration, registry = containers(daemonset)["configuration"], containers(daemonset)["registry"]
+    init_mounts, registry_mounts = mounts(daemonset, configuration), mounts(daemonset, registry)
+    argv = container_argv(registry)
+    socket = registry_mounts[flag(argv, "--containerd-sock")]
+    assert socket["hostPath"]["type"] == "Socket"
+    content = registry_mounts[flag(argv, "--containerd-content-path")]
+    assert content["readOnly"] and content["hostPath"]["path"].endswith("/io.containerd.content.v1.content")
+    assert "hostPath" in registry_mounts[flag(argv, "--data-dir")]
+    certs = flag(container_argv(configuration), "--containerd-registry-config-path")
+    assert flag(prestop_argv(registry), "--containerd-registry-config-path") == certs
+    assert init_mounts[certs]["hostPath"] == registry_mounts[certs]["hostPath"]
+    assert not init_mounts[certs]["readOnly"] and not registry_mounts[certs]["readOnly"]
+
+
+def test_k3s_overlay_changes_only_the_host_side_of_the_mounts() -> None:
+    base = one(render("base"), "DaemonSet", "spegel")
+    k3s = one(render("overlays/k3s"), "DaemonSet", "spegel")
+    assert containers(k3s) == containers(base)
+    paths = {v["name"]: v["hostPath"]["path"] for v in pod_spec(k3s)["volumes"] if "hostPath" in v}
+    assert paths["containerd-sock"] == "/run/k3s/containerd/containerd.sock"
+    assert paths["containerd-certs"] == "/var/lib/rancher/k3s/agent/etc/containerd/certs.d"
+    assert paths["containerd-content"].startswith("/var/lib/rancher/k3s/agent/containerd/")
+
+
+def test_probes_hit_livez_and_readyz_on_the_registry_port() -> None:
+    registry = containers(one(render("base"), "DaemonSet", "spegel"))["registry"]
+    argv = container_argv(registry)
+    assert flag(argv, "--registry-addr") == f":{port_number(registry, 'registry')}"
+    assert flag(argv, "--router-addr") == f":{port_number(registry, 'router')}"
+    assert flag(argv, "--metrics-addr") == f":{port_number(registry, 'metrics')}"
+    probes = {name: registry[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {p["port"] for p in probes.values()} == {"registry"}
+    assert probes["livenessProbe"]["path"] == "/livez"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("kustomization", ["base", "cleanup"])
+def test_every_container_has_requests_limits_and_no_capabilities(kustomization: str) -> None:
+    for daemonset in find(render(kustomization), "DaemonSet"):
+        for name, container in containers(daemonset).items():
+            assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), name
+            assert {"cpu", "memory"} <= container["resources"]["limits"].keys(), name
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+
+
+def test_servicemonitor_scrapes_the_metrics_service() -> None:
+    docs = render("overlays/servicemonitor")
+    [monitor] = find(docs, "ServiceMonitor")
+    selected = [
+        s
+        for s in find(docs, "Service")
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert [s["metadata"]["name"] for s in selected] == ["spegel-metrics"]
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in selected[0]["spec"]["ports"]]
+    assert find(render("base"), "ServiceMonitor") == []
+
+
+def test_image_is_the_project_version_and_runs_the_console_script() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for kustomization in ("base", "cleanup"):
+        for daemonset in find(render(kustomization), "DaemonSet"):
+            for container in containers(daemonset).values():
+                assert container["image"] == f"spegel:{project['version']}"
+    assert image_entrypoint()[0] in project["scripts"]
+    containerfile = (DEPLOY / "Containerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", containerfile, re.MULTILINE)
+    [user] = re.findall(r"^USER (\S+)$", containerfile, re.MULTILINE)
+    assert not user.startswith(("0", "root"))
+
+
+# ---- the command lines run -------------------------------------------------------------------------------------
+
+
+def deployed_command_lines() -> dict[str, list[str]]:
+    """Every command a container or hook of the base and cleanup runs, with `$(VAR)`s expanded."""
+    fields = {"status.hostIP": "198.18.7.9", "status.podIP": "10.0.0.7", "metadata.namespace": NAMESPACE}
+    lines = {}
+    for kustomization in ("base", "cleanup"):
+        for daemonset in find(render(kustomization), "DaemonSet"):
+            for name, container in containers(daemonset).items():
+                env = environment(container, fields)
+                lines[f"{kustomization}/{name}"] = expand(container_argv(container), env)
+                if "lifecycle" in container:
+                    lines[f"{kustomization}/{name}/preStop"] = expand(prestop_argv(container), env)
+    return lines
+
+
+@pytest.mark.parametrize("name", sorted(deployed_command_lines()))
+def test_command_lines_parse_with_the_real_cli(name: str) -> None:
+    argv = deployed_command_lines()[name]
+    if argv[0] != "spegel":
+        assert shutil.which(argv[0]), f"{name}: {argv[0]} is not a program"
+        return
+    try:
+        args = build_parser().parse_args(argv[1:])
+    except SystemExit:
+        pytest.fail(f"{name}: the CLI rejects {argv} (its message is on stderr)")
+    assert args.command == argv[1]
+    unexpanded = [arg for arg in argv if "$(" in arg]
+    assert not unexpanded, f"{name}: variables without a definition: {unexpanded}"
+
+
+# ---- preflight against real containerd configurations ----------------------------------------------------------
+
+
+def test_preflight_rejects_containerds_default_config_and_accepts_the_test_instances(tmp_path: Path) -> None:
+    binary = Path(os.environ.get("SPEGEL_CONTAINERD_BIN") or CACHE / "containerd-2.1.9/usr/bin/containerd")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True, timeout=30).stdout
+    default = subprocess.run([binary, "config", "default"], capture_output=True, text=True, check=True, timeout=30)
+    assert [f.check for f in check_containerd(default.stdout, version)] == ["config-path"]
+    instance = Containerd(tmp_path / "node", tmp_path / "certs.d")
+    instance._state = tmp_path / "state"  # render_config needs a state path; nothing is started
+    config = tmp_path / "config.toml"
+    config.write_text(instance.render_config())
+    assert run_preflight(version, config, str(tmp_path / "certs.d")) == []
+
+
+# ---- a node: network namespace + containerd + host directories --------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def node_namespace(hostports: Mapping[int, int]) -> Iterator[tuple[str, str]]:
+    """A network namespace reachable from here over a veth pair: yields (name, node IP). Inside it, DNS goes to
+    127.0.0.1 (nothing answers: lookups fail at once) and `hostports` (host port -> container port) are
+    redirected, as a CNI's portmap and kube-proxy do for hostPort and NodePort. Removed on exit."""
+    pid = os.getpid()
+    name, host_if, node_if = f"spegel-deploy-{pid}", f"sdh{pid}", f"sdn{pid}"
+    subnet = f"198.19.{pid % 250 + 1}"
+    host_ip, node_ip = f"{subnet}.1", f"{subnet}.2"
+    etc = Path("/etc/netns") / name
+    try:
+        _ip("netns", "add", name)
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", node_if)
+        _ip("link", "set", node_if, "netns", name)
+        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("-n", name, "addr", "add", f"{node_ip}/30", "dev", node_if)
+        _ip("-n", name, "link", "set", node_if, "up")
+        _ip("-n", name, "link", "set", "lo", "up")
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        rules = "".join(f"    tcp dport {h} redirect to :{c}\n" for h, c in hostports.items())
+        chain = f"  chain prerouting {{\n    type nat hook prerouting priority -100;\n{rules}  }}\n"
+        ruleset = f"table ip hostports {{\n{chain}}}\n"
+        subprocess.run(
+            ["ip", "netns", "exec", name, "nft", "-f", "-"], input=ruleset, text=True, check=True, timeout=30
+        )
+        yield name, node_ip
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30, check=False)
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=30, check=False)
+        shutil.rmtree(etc, ignore_errors=True)
+
+
+def on_node(argv: Sequence[str], host_paths: Mapping[str, Path]) -> list[str]:
+    """The container's argv as it runs on the node: container paths replaced by the host paths mounted there."""
+    result = []
+    for arg in argv:
+        name, equals, value = arg.rpartition("=")
+        for container_path in sorted(host_paths, key=len, reverse=True):
+            if value == container_path or value.startswith(container_path + "/"):
+                value = str(host_paths[container_path]) + value[len(container_path) :]
+                break
+        result.append(name + equals + value)
+    return result
+
+
+def run_spegel(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    assert argv[0] == "spegel"
+    return subprocess.run([*spegel_command(), *argv[1:]], capture_output=True, text=True, timeout=60, check=False)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.root
+async def test_deployed_commands_configure_serve_and_clean_up_a_node(
+    tmp_path: Path, upstream_registry: Registry
+) -> None:
+    docs = render("base")
+    daemonset = one(docs, "DaemonSet", "spegel")
+    configuration, registry = containers(daemonset)["configuration"], containers(daemonset)["registry"]
+    [node_port] = one(docs, "Service", "spegel-registry")["spec"]["ports"]
+    registry_port = port_number(registry, "registry")
+    hostports = {port_number(registry, "registry", "hostPort"): registry_port, node_port["nodePort"]: registry_port}
+
+    # the node's host directories; certs.d already holds the user's configuration for another registry
+    certs = tmp_path / "certs.d"
+    (certs / "ghcr.io").mkdir(parents=True)
+    (certs / "ghcr.io" / "hosts.toml").write_text('server = "https://ghcr.io"\n')
+    before = _tree(certs)
+
+    async with httpx.AsyncClient() as client:
+        await push(build(ImageSpec((150_000, 90_000), seed=707)), client, upstream_registry.url, "team/app", "v1")
+
+    with node_namespace(hostports) as (netns, node_ip), Containerd(tmp_path / "containerd", certs) as containerd:
+        fields = {"status.hostIP": node_ip, "status.podIP": node_ip, "metadata.namespace": NAMESPACE}
+        host_paths = {
+            "/etc/containerd/certs.d": certs,
+            "/run/containerd/containerd.sock": containerd.socket,
+            "/var/lib/containerd/io.containerd.content.v1.content": containerd.content_root,
+            "/var/lib/spegel": tmp_path / "spegel-data",
+            "/tmp": tmp_path / "tmp",
+        }
+        assert set(host_paths) == set(mounts(daemonset, registry)) | set(mounts(daemonset, configuration))
+        for path in (tmp_path / "spegel-data", tmp_path / "tmp"):
+            path.mkdir()
+
+        # init container: containerd now tries the node's mirror first
+        init = on_node(expand(container_argv(configuration), environment(configuration, fields)), host_paths)
+        result = run_spegel(init)
+        assert result.returncode == 0, result.stderr
+        default_hosts = (certs / "_default" / "hosts.toml").read_text()
+        assert default_hosts.index(f"http://{node_ip}:30020") < default_hosts.index(f"http://{node_ip}:30021")
+
+        # registry container, in the node's network namespace, on the manifest's fixed ports
+        argv = on_node(expand(container_argv(registry), environment(registry, fields)), host_paths)
+        probe = registry["livenessProbe"]["httpGet"]
+        live_url = f"http://{node_ip}:{port_number(registry, probe['port'])}{probe['path']}"
+        with Spegel(argv[1:], tmp_path / "registry.log", ready_url=live_url, netns=netns) as mirror:
+            mirror.registry_addr = f"{node_ip}:{registry_port}"
+            async with httpx.AsyncClient(timeout=10) as client:
+                ready = registry["readinessProbe"]["httpGet"]
+                answer = await client.get(f"http://{node_ip}:{port_number(registry, ready['port'])}{ready['path']}")
+                assert answer.status_code in (200, 503)
+                metrics = await client.get(f"http://{node_ip}:{port_number(registry, 'metrics')}/metrics")
+                assert metrics.status_code == 200
+
+            # a pull through the configuration the init container wrote: the mirror (via the hostPort) is asked
+            # first, has nothing, and containerd falls back to the upstream
+            image = f"{upstream_registry.address}/team/app:v1"
+            containerd.ctr("images", "pull", "--hosts-dir", str(certs), "--plain-http", image)
+            # (once through each target: the hostPort, then the NodePort)
+            asked = [r for r in mirror.access_log() if r["path"].startswith("/v2/team/app/manifests/v1")]
+            assert [(r["method"], r["status"]) for r in asked] == [("HEAD", 404), ("HEAD", 404)]
+
+            # now containerd has it: the mirror serves it from containerd's content store
+            digest = containerd.ctr("images", "ls", "--quiet").stdout
+            ns = {"ns": upstream_registry.address}
+            async with httpx.AsyncClient(timeout=10) as client:
+                manifest = await client.get(f"{mirror.url}/v2/team/app/manifests/v1", params=ns)
+            assert manifest.status_code == 200, manifest.text
+            assert manifest.headers["Docker-Content-Digest"].startswith("sha256:")
+            assert image in digest
+
+            # preStop hook: the user's configuration is back, exactly
+            result = run_spegel(on_node(prestop_argv(registry), host_paths))
+            assert result.returncode == 0, result.stderr
+            assert _tree(certs) == before
