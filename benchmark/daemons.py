@@ -422,12 +422,15 @@ class Spegel(Daemon):
         registry_addr: str | None = None,
         metrics_addr: str | None = None,
         extra: Sequence[str] = (),
+        router: Sequence[str] | None = None,
         netns: str | None = None,
     ) -> Spegel:
-        """`spegel registry --store STORE` on the given (default: free loopback) addresses."""
+        """`spegel registry --store STORE` on the given (default: free loopback) addresses. `router` holds the
+        router flags; None runs without a router (`--router none`: local content only)."""
         registry_addr = registry_addr or free_address()
         metrics_addr = metrics_addr or free_address()
         args = ["registry", "--store", store, "--registry-addr", registry_addr, "--metrics-addr", metrics_addr]
+        args += ["--router", "none"] if router is None else list(router)
         daemon = cls([*args, *extra], log_path, ready_url=f"http://{registry_addr}/readyz", netns=netns)
         daemon.registry_addr, daemon.metrics_addr = registry_addr, metrics_addr
         return daemon

@@ -7,16 +7,24 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import trio
 
 from spegel.metrics import Metrics, instrument
+from spegel.mirror.backend import MirrorBackend, MirrorOptions
+from spegel.mirror.inflight import IngestSource
+from spegel.mirror.peers import PeerClient, Timeouts
+from spegel.mirror.policy import RegistryFilters
 from spegel.registry.app import create_app
-from spegel.registry.backend import LocalBackend
+from spegel.registry.backend import Backend, LocalBackend
 from spegel.registry.routes import handler_name
 from spegel.registry.server import create_metrics_app, serve_app
+from spegel.routing.base import Router
+from spegel.routing.config import RouterConfigError, open_router
 from spegel.store.base import ContentStore
+from spegel.store.containerd.store import ContainerdStore
 from spegel.store.layout import InvalidLayout, OCILayoutStore
 
 log = logging.getLogger("spegel")
@@ -27,23 +35,25 @@ class ConfigurationError(Exception):
     """A flag value that names something unusable (reported in one line, exit 2)."""
 
 
-def open_store(spec: str) -> ContentStore:
-    kind, _, location = spec.partition(":")
+def open_store(args: argparse.Namespace) -> ContentStore:
+    kind, _, location = args.store.partition(":")
+    if args.store == "containerd":
+        return ContainerdStore.from_args(args)
     if kind == "oci-layout":
         try:
             return OCILayoutStore(location)
         except InvalidLayout as exc:
             raise ConfigurationError(str(exc)) from None
-    raise ConfigurationError(f"unknown store {spec!r}: want containerd or oci-layout:DIR")
+    raise ConfigurationError(f"unknown store {args.store!r}: want containerd or oci-layout:DIR")
 
 
 def run_registry(args: argparse.Namespace) -> int:
     try:
-        store = open_store(args.store)
+        store = open_store(args)
         with contextlib.suppress(KeyboardInterrupt):
             trio.run(serve_registry, args, store)
-    except (ConfigurationError, BaseExceptionGroup) as exc:
-        error = find_exception(exc, ConfigurationError)
+    except (ConfigurationError, RouterConfigError, BaseExceptionGroup) as exc:
+        error = find_exception(exc, (ConfigurationError, RouterConfigError))
         if error is None:
             raise
         sys.stderr.write(f"spegel: error: {error}\n")
@@ -51,7 +61,7 @@ def run_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_exception(exc: BaseException, kind: type[E]) -> E | None:
+def find_exception(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E | None:
     """`exc` itself if it is a `kind`, else the first `kind` nested in it (exception groups), else None."""
     if isinstance(exc, kind):
         return exc
@@ -75,13 +85,43 @@ async def listen(nursery: trio.Nursery, app: object, address: str) -> list[str]:
 
 async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
     metrics = Metrics()
-    backend = LocalBackend(store)
-    registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
-    async with trio.open_nursery() as nursery:
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+        if args.router == "none":
+            backend: Backend = LocalBackend(store)
+        else:
+            router = await stack.enter_async_context(open_router(args, args.registry_addr))
+            backend = await stack.enter_async_context(open_mirror(args, store, router, metrics))
+        registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
         bound = await listen(nursery, registry_app, args.registry_addr)
         metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
         log.info("serving", extra={"registry": bound, "metrics": metrics_bound, "store": args.store})
+
+
+@contextlib.asynccontextmanager
+async def open_mirror(
+    args: argparse.Namespace, store: ContentStore, router: Router, metrics: Metrics
+) -> AsyncIterator[MirrorBackend]:
+    """The mirror backend the flags describe; in-progress downloads are shared when the store has them."""
+    timeouts = Timeouts(
+        connect=args.mirror_peer_connect_timeout,
+        first_byte=args.mirror_peer_first_byte_timeout,
+        read=args.mirror_peer_read_timeout,
+        inflight_wait=args.mirror_inflight_wait,
+    )
+    options = MirrorOptions(
+        resolve_timeout=args.mirror_resolve_timeout,
+        resolve_retries=args.mirror_resolve_retries,
+        resolve_tags=args.resolve_tags,
+        filters=RegistryFilters(args.registry_filters),
+        inflight_wait=args.mirror_inflight_wait,
+    )
+    in_progress = IngestSource(store) if isinstance(store, ContainerdStore) else None
+    peers = PeerClient(timeouts)
+    try:
+        yield MirrorBackend(store, router, peers, metrics, options, in_progress)
+    finally:
+        await peers.aclose()
 
 
 async def _stop_on_signals(cancel_scope: trio.CancelScope) -> None:

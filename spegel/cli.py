@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from spegel import hostsconfig, logs
+from spegel.routing.config import add_router_arguments
+from spegel.store.containerd.store import add_containerd_arguments
 
 log = logging.getLogger("spegel")
 
@@ -142,6 +144,8 @@ def build_parser() -> ArgumentParser:
     )
     registry.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS)
     add_mirror_arguments(registry)
+    add_containerd_arguments(registry.add_argument_group("containerd store"))
+    add_router_arguments(registry)
     add_configuration_commands(commands)
     return parser
 

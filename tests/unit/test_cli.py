@@ -77,7 +77,8 @@ def test_address_in_use(layout: Path, flag: str) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         args = {"--registry-addr": "127.0.0.1:0", "--metrics-addr": "127.0.0.1:0", flag: f"127.0.0.1:{port}"}
-        result = run_cli("registry", "--store", f"oci-layout:{layout}", *(x for kv in args.items() for x in kv))
+        flags = [x for kv in args.items() for x in kv]
+        result = run_cli("registry", "--router", "none", "--store", f"oci-layout:{layout}", *flags)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("spegel: error: ")]
     assert errors == [f"spegel: error: cannot listen on 127.0.0.1:{port}: Address already in use"], result.stderr
