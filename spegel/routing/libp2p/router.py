@@ -6,7 +6,7 @@ every `refresh` seconds (anti-entropy, and it keeps the peer's entries alive), `
 per peer so a burst of advertisements becomes one message. Receivers keep a `HolderIndex`; entries a peer stops
 refreshing expire after `ttl`. `State` also carries peer exchange (the peers the sender knows), so bootstrapping
 to one node yields a full mesh. Lookups read the index (no I/O) and fall back to the DHT only when it knows no
-holder, within the caller's timeout.
+holder, within the caller's timeout (the DHT search itself runs on in the background: see workarounds).
 
 The DHT: complete keys are provided (one key at a time, in the background) and republished every `refresh`;
 records expire `ttl` after their last republish, so a vanished node ages out of both.
@@ -39,7 +39,7 @@ from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p import messages
 from spegel.routing.libp2p.bootstrap import BootstrapError, Bootstrapper, backoff_delays
 from spegel.routing.libp2p.host import build_host, learn_peer_id
-from spegel.routing.libp2p.workarounds import relax_dht_server_limits, set_provider_record_ttl
+from spegel.routing.libp2p.workarounds import DetachedCalls, relax_dht_server_limits, set_provider_record_ttl
 
 log = logging.getLogger("spegel.routing")
 
@@ -48,6 +48,9 @@ DIAL_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
 MAX_CONCURRENT_DIALS = 8
+MAX_DHT_SEARCHES = 16
+DHT_SEARCH_BOUND = 30.0
+DHT_SEARCH_COUNT = 20
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class Libp2pRouter:
         self._changed = trio.Event()
         self._to_provide: dict[str, None] = {}
         self._provide_wake = trio.Event()
+        self._searches = DetachedCalls[list[PeerInfo]](nursery, MAX_DHT_SEARCHES, DHT_SEARCH_BOUND, [])
 
     # The Router contract.
 
@@ -163,16 +167,16 @@ class Libp2pRouter:
         if holders or self._dht is None or count <= 0:
             await trio.lowlevel.checkpoint()
             return holders
-        with trio.move_on_at(deadline):
-            try:
-                multihash = key_multihash(key)
-            except ValueError:
-                return []
-            providers = await self._dht.provider_store.find_providers(multihash, count + 1)
-            for info in providers:
-                address = self.index.address(str(info.peer_id))
-                if info.peer_id != self.peer_id and address is not None:
-                    holders.append(Holder(address))
+        try:
+            multihash = key_multihash(key)
+        except ValueError:
+            return []
+        store = self._dht.provider_store
+        providers = await self._searches.wait(key, lambda: store.find_providers(multihash, DHT_SEARCH_COUNT), deadline)
+        for info in providers:
+            address = self.index.address(str(info.peer_id))
+            if info.peer_id != self.peer_id and address is not None:
+                holders.append(Holder(address))
         return holders[:count]
 
     def ready(self) -> bool:

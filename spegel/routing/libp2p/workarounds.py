@@ -11,10 +11,17 @@ that shows the defect and fails when a new library version changes it (the versi
    own servers, whose clients are the cluster's nodes only.
 4. `KadDHT(protocol_prefix=...)` is accepted and ignored: the DHT always speaks `/ipfs/kad/1.0.0`. No workaround;
    cluster isolation comes from the private network key (PSK) and from only dialling cluster peers.
+5. Cancelling a stream write part-way (e.g. a DHT query under a caller's 20 ms timeout) breaks the whole
+   connection: it is closed but stays listed, so every stream to that peer fails until a new dial. So no caller's
+   deadline may cancel libp2p I/O: `DetachedCalls` runs such calls in background tasks the caller only waits on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+import trio
 from libp2p.kad_dht import provider_store
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.network.config import ConnectionConfig
@@ -36,3 +43,46 @@ def relax_dht_server_limits(dht: KadDHT, add_provider_per_10s: int = 10_000, inb
     """Let `dht` accept `add_provider_per_10s` ADD_PROVIDER per peer per 10 s and that many concurrent streams."""
     dht._provider_rate_max = add_provider_per_10s
     dht._inbound_limiter.total_tokens = inbound_streams
+
+
+T = TypeVar("T")
+
+
+class DetachedCalls(Generic[T]):
+    """Background calls that callers wait for with their own deadline, never cancelling the call itself.
+
+    Callers asking for the same `key` while a call runs share it. At most `limit` calls run at once; beyond that,
+    `wait` answers `default` at once. Each call is still bounded by `bound` seconds (a last resort only).
+    """
+
+    def __init__(self, nursery: trio.Nursery, limit: int, bound: float, default: T) -> None:
+        self._nursery = nursery
+        self._limit = limit
+        self._bound = bound
+        self._default = default
+        self._running: dict[Hashable, tuple[trio.Event, list[T]]] = {}
+
+    async def wait(self, key: Hashable, call: Callable[[], Awaitable[T]], deadline: float) -> T:
+        """The result of `call()` (or of the running call for `key`), or `default` if not done by `deadline`."""
+        running = self._running.get(key)
+        if running is None:
+            if len(self._running) >= self._limit:
+                await trio.lowlevel.checkpoint()
+                return self._default
+            running = self._running[key] = (trio.Event(), [])
+            self._nursery.start_soon(self._run, key, call, running)
+        done, result = running
+        with trio.move_on_at(deadline):
+            await done.wait()
+        return result[0] if result else self._default
+
+    async def _run(self, key: Hashable, call: Callable[[], Awaitable[T]], running: tuple[trio.Event, list[T]]) -> None:
+        done, result = running
+        try:
+            with trio.move_on_after(self._bound):
+                result.append(await call())
+        except Exception:
+            pass  # a failed call answers `default`, like a slow one
+        finally:
+            del self._running[key]
+            done.set()
