@@ -162,7 +162,8 @@ async def wait_until_meshed(nodes: Sequence[NodeProcess], timeout: float) -> Non
 async def running_cluster(
     root: Path, count: int, router_args: Sequence[str] = (), mesh_timeout: float = 60.0
 ) -> AsyncIterator[list[NodeProcess]]:
-    """`count` nodes under `root` (node0 first, the others bootstrapped from it), meshed; all closed on exit.
+    """`count` nodes under `root` (node0 first, then the others at once, bootstrapped from it), meshed; all closed
+    on exit, also on failure.
 
     Node i announces registry address `127.0.0.1:<20000 + i>` (never dialled by the router itself).
     """
@@ -172,12 +173,17 @@ async def running_cluster(
             first = await NodeProcess.start(nursery, "node0", root / "node0", "127.0.0.1:20000", router_args)
             nodes.append(first)
             bootstrap = ["--static-bootstrap-peers", first.addrs[0]]
-            for i in range(1, count):
-                nodes.append(
-                    await NodeProcess.start(
-                        nursery, f"node{i}", root / f"node{i}", f"127.0.0.1:{20000 + i}", [*router_args, *bootstrap]
-                    )
+
+            async def start_one(i: int) -> None:
+                node = await NodeProcess.start(
+                    nursery, f"node{i}", root / f"node{i}", f"127.0.0.1:{20000 + i}", [*router_args, *bootstrap]
                 )
+                nodes.append(node)
+
+            async with trio.open_nursery() as starters:
+                for i in range(1, count):
+                    starters.start_soon(start_one, i)
+            nodes.sort(key=lambda node: int(node.name.removeprefix("node")))
             await wait_until_meshed(nodes, mesh_timeout)
             yield nodes
         finally:

@@ -118,7 +118,7 @@ class Libp2pRouter:
     ) -> None:
         self.host = host
         self.peer_id = host.get_id()
-        self._dht = dht
+        self.dht = dht
         self._settings = settings
         self._registry_address = registry_address
         self._nursery = nursery
@@ -164,14 +164,14 @@ class Libp2pRouter:
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         deadline = trio.current_time() + timeout
         holders = self.index.lookup(key, count, trio.current_time(), preferred=self._connected_names())
-        if holders or self._dht is None or count <= 0:
+        if holders or self.dht is None or count <= 0:
             await trio.lowlevel.checkpoint()
             return holders
         try:
             multihash = key_multihash(key)
         except ValueError:
             return []
-        store = self._dht.provider_store
+        store = self.dht.provider_store
         providers = await self._searches.wait(key, lambda: store.find_providers(multihash, DHT_SEARCH_COUNT), deadline)
         for info in providers:
             address = self.index.address(str(info.peer_id))
@@ -204,7 +204,7 @@ class Libp2pRouter:
         self._nursery.start_soon(self._follow_connections, events)
         self._nursery.start_soon(self._bootstrap)
         self._nursery.start_soon(self._expire)
-        if self._dht is not None:
+        if self.dht is not None:
             self._nursery.start_soon(self._provide)
 
     async def _follow_connections(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
@@ -212,8 +212,8 @@ class Libp2pRouter:
             if connected and peer not in self._links:
                 link = self._links[peer] = _Link()
                 self._nursery.start_soon(self._send, peer, link)
-                if self._dht is not None:
-                    await self._dht.add_peer(peer, skip_server_mode_check=True)
+                if self.dht is not None:
+                    await self.dht.add_peer(peer, skip_server_mode_check=True)
             elif not connected and not self.host.get_network().get_connections(peer):
                 link = self._links.pop(peer, None)
                 if link is not None:
@@ -367,8 +367,8 @@ class Libp2pRouter:
 
     async def _provide(self) -> None:
         """Provide complete keys in the DHT one at a time; re-queue all of them every refresh interval."""
-        assert self._dht is not None
-        store = self._dht.provider_store
+        assert self.dht is not None
+        store = self.dht.provider_store
         next_republish = trio.current_time() + self._settings.refresh_interval
         while True:
             if not self._to_provide:

@@ -1,0 +1,203 @@
+"""The libp2p router, in one process: real hosts on loopback TCP, opened from the same flags `spegel registry` takes."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from spegel.routing.base import Holder, KeyState
+from spegel.routing.config import RouterConfigError, add_router_arguments, open_router
+from spegel.routing.keys import key_multihash
+from spegel.routing.libp2p.host import IDENTITY_FILE
+from spegel.routing.libp2p.router import Libp2pRouter
+
+PSK = "/key/swarm/psk/1.0.0/\n/base16/\n" + "ab" * 32 + "\n"
+
+
+def parse(*flags: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_router_arguments(parser)
+    return parser.parse_args(list(flags))
+
+
+@contextlib.asynccontextmanager
+async def router(tmp: Path, name: str, *flags: str, registry: str = "127.0.0.1:5000") -> AsyncIterator[Libp2pRouter]:
+    args = parse("--router-addr", "127.0.0.1:0", "--data-dir", str(tmp / name), "--router-record-ttl", "30", *flags)
+    async with open_router(args, registry) as opened:
+        yield opened
+
+
+async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def visible(node: Libp2pRouter, key: str, timeout: float = 10.0) -> list[Holder]:
+    with trio.fail_after(timeout):
+        while not (found := await node.lookup(key, 3, 0.02)):
+            await trio.sleep(0.02)
+    return found
+
+
+async def test_advertise_withdraw_and_states(tmp_path: Path) -> None:
+    async with router(tmp_path, "a", registry="0.0.0.0:5000") as a:
+        b_flags = ("--static-bootstrap-peers", a.listen_addrs()[0])
+        async with router(tmp_path, "b", *b_flags) as b:
+            await until(lambda: a.ready() and b.ready())
+            await a.advertise(["sha256:1", "docker.io/library/x:1"])
+            # The unspecified registry host is replaced by the address a connects from.
+            assert await visible(b, "sha256:1") == [Holder("127.0.0.1:5000")]
+            assert await visible(b, "docker.io/library/x:1") == [Holder("127.0.0.1:5000")]
+            await b.advertise(["sha256:2"], KeyState.IN_PROGRESS, available=4096)
+            assert await visible(a, "sha256:2") == [Holder("127.0.0.1:5000", KeyState.IN_PROGRESS, 4096)]
+            assert await a.lookup("sha256:1", 3, 0.02) == []  # never itself
+            await a.withdraw(["sha256:1"])
+            with trio.fail_after(10):
+                while b.index.lookup("sha256:1", 1, trio.current_time()):
+                    await trio.sleep(0.02)
+            assert await b.lookup("docker.io/library/x:1", 3, 0.02) == [Holder("127.0.0.1:5000")]
+
+
+async def test_state_exchange_on_join_and_peer_exchange(tmp_path: Path) -> None:
+    async with router(tmp_path, "a", registry="127.0.0.1:5001") as a:
+        await a.advertise(["early"])
+        async with router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0]) as b:
+            # b joins after the advertisement: the state exchange brings it.
+            assert await visible(b, "early") == [Holder("127.0.0.1:5001")]
+            async with router(
+                tmp_path, "c", "--static-bootstrap-peers", a.listen_addrs()[0], registry="127.0.0.1:5003"
+            ) as c:
+                # c bootstrapped from a only; peer exchange connects it to b as well.
+                await until(lambda: b.peer_id in c.connected_peers())
+                await c.advertise(["late"])
+                assert await visible(b, "late") == [Holder("127.0.0.1:5003")]
+
+
+async def test_miss_returns_empty_within_the_timeout(tmp_path: Path) -> None:
+    async with router(tmp_path, "a") as a, router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0]) as b:
+        await until(lambda: a.ready() and b.ready())
+        with trio.fail_after(1):
+            assert await b.lookup("sha256:nobody", 3, 0.02) == []
+        assert await b.lookup("", 3, 0.02) == []
+        with pytest.raises(ValueError):
+            await b.advertise([""])
+
+
+async def test_dht_fallback_finds_a_holder_the_index_lost(tmp_path: Path) -> None:
+    async with router(tmp_path, "a") as a, router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0]) as b:
+        await until(lambda: a.ready() and b.ready())
+        await a.advertise(["sha256:dht"])
+        await visible(b, "sha256:dht")
+        # Wait for a's provider record to reach b's DHT store, then make b's index forget a's keys.
+        with trio.fail_after(10):
+            while not b.dht.provider_store.get_providers(key_multihash("sha256:dht")):
+                await trio.sleep(0.05)
+        b.index.forget(str(a.peer_id))
+        assert await b.lookup("sha256:dht", 3, 0.5) == [Holder("127.0.0.1:5000")]
+
+
+async def test_identity_persists_in_the_data_dir(tmp_path: Path) -> None:
+    async with router(tmp_path, "a") as a:
+        first = a.peer_id
+    assert (tmp_path / "a" / IDENTITY_FILE).stat().st_mode & 0o777 == 0o600
+    async with router(tmp_path, "a") as again:
+        assert again.peer_id == first
+    async with router(tmp_path, "other") as other:
+        assert other.peer_id != first
+
+
+async def test_bootstrap_peer_without_peer_id(tmp_path: Path) -> None:
+    async with router(tmp_path, "a") as a:
+        bare = a.listen_addrs()[0].split("/p2p/")[0]
+        async with router(tmp_path, "b", "--static-bootstrap-peers", f"{bare},/ip4/127.0.0.1/tcp/1") as b:
+            await until(lambda: a.peer_id in b.connected_peers())
+            await until(b.ready)
+
+
+async def test_http_bootstrap(tmp_path: Path) -> None:
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with router(tmp_path, "a", "--http-bootstrap-addr", f"127.0.0.1:{port}") as a:
+        async with httpx.AsyncClient(trust_env=False) as client:
+            response = await client.get(f"http://127.0.0.1:{port}/id")
+        assert response.status_code == 200
+        assert response.text.splitlines() == a.listen_addrs()
+        flags = ("--bootstrap-kind", "http", "--http-bootstrap-url", f"http://127.0.0.1:{port}/id")
+        async with router(tmp_path, "b", *flags) as b:
+            await until(lambda: a.peer_id in b.connected_peers())
+
+
+async def test_dns_bootstrap(tmp_path: Path) -> None:
+    # Same port on two loopback addresses; "localhost" resolves to the first.
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    args_a = ("--router-addr", f"127.0.0.1:{port}")
+    async with router(tmp_path, "a", *args_a) as a:
+        flags = ("--router-addr", f"127.0.0.2:{port}", "--bootstrap-kind", "dns", "--dns-bootstrap-domain", "localhost")
+        parsed = parse("--data-dir", str(tmp_path / "b"), *flags)
+        async with open_router(parsed, "127.0.0.2:5000") as b:
+            await until(lambda: a.peer_id in b.connected_peers())
+
+
+async def test_a_lone_node_is_ready_and_an_unreachable_cluster_is_not(tmp_path: Path) -> None:
+    async with router(tmp_path, "alone") as alone:
+        await until(alone.ready)
+    async with router(tmp_path, "lost", "--static-bootstrap-peers", "/ip4/127.0.0.1/tcp/1") as lost:
+        await trio.sleep(1)
+        assert not lost.ready()
+
+
+async def test_wrong_private_network_key_cannot_join(tmp_path: Path) -> None:
+    (tmp_path / "good.key").write_text(PSK)
+    (tmp_path / "bad.key").write_text("cd" * 32)
+    async with router(tmp_path, "a", "--router-psk-file", str(tmp_path / "good.key")) as a:
+        await a.advertise(["secret"])
+        addr = a.listen_addrs()[0]
+        good = ("--router-psk-file", str(tmp_path / "good.key"), "--static-bootstrap-peers", addr)
+        async with router(tmp_path, "b", *good) as b:
+            assert await visible(b, "secret")
+        for flags in (("--router-psk-file", str(tmp_path / "bad.key")), ()):
+            async with router(tmp_path, "c", *flags, "--static-bootstrap-peers", addr) as c:
+                await trio.sleep(2)
+                assert c.connected_peers() == []
+                assert not c.ready()
+                assert await c.lookup("secret", 3, 0.02) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--router-addr", "nowhere"), "invalid router address"),
+        (("--router-addr", "example.com:5001"), "must be an IP address"),
+        (("--static-bootstrap-peers", "/not/a/multiaddr"), "invalid multiaddr"),
+        (("--bootstrap-kind", "dns"), "--dns-bootstrap-domain"),
+        (("--bootstrap-kind", "http"), "--http-bootstrap-url"),
+        (("--router-psk-file", "/nonexistent/psk"), "cannot read private network key"),
+    ],
+)
+async def test_bad_flags_are_refused_in_one_line(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:
+    args = parse("--data-dir", str(tmp_path), *flags)
+    with pytest.raises(RouterConfigError, match=message):
+        async with open_router(args, "127.0.0.1:5000"):
+            pass
+
+
+async def test_bad_key_and_identity_files(tmp_path: Path) -> None:
+    (tmp_path / "short.key").write_text("abcd\n")
+    with pytest.raises(RouterConfigError, match="64 hex digits"):
+        async with router(tmp_path, "x", "--router-psk-file", str(tmp_path / "short.key")):
+            pass
+    (tmp_path / "y").mkdir()
+    (tmp_path / "y" / IDENTITY_FILE).write_bytes(b"garbage")
+    with pytest.raises(RouterConfigError, match="not a libp2p private key"):
+        async with router(tmp_path, "y"):
+            pass
