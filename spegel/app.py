@@ -25,6 +25,7 @@ from spegel.routing.base import Router
 from spegel.routing.config import RouterConfigError, open_router
 from spegel.store.base import ContentStore
 from spegel.store.containerd.store import ContainerdStore
+from spegel.store.containerd.watcher import Mode, Watcher
 from spegel.store.layout import InvalidLayout, OCILayoutStore
 
 log = logging.getLogger("spegel")
@@ -92,6 +93,9 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
         else:
             router = await stack.enter_async_context(open_router(args, args.registry_addr))
             backend = await stack.enter_async_context(open_mirror(args, store, router, metrics))
+            if isinstance(store, ContainerdStore):
+                watcher = Watcher(store, router, Mode(args.advertise), args.containerd_relist_interval)
+                nursery.start_soon(watcher.run)
         registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
         bound = await listen(nursery, registry_app, args.registry_addr)
         metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)

@@ -15,6 +15,7 @@ from typing import Any
 from spegel import hostsconfig, logs
 from spegel.routing.config import add_router_arguments
 from spegel.store.containerd.store import add_containerd_arguments
+from spegel.store.containerd.watcher import add_watcher_arguments
 
 log = logging.getLogger("spegel")
 
@@ -77,13 +78,6 @@ def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
         help="libp2p (default): find and serve peers' content; none: serve local content only",
     )
     group.add_argument(
-        "--advertise",
-        choices=("image", "layer", "inflight"),
-        default="inflight",
-        help="when content is advertised: on image events, on each committed blob, or also while "
-        "a blob is still downloading (default: inflight)",
-    )
-    group.add_argument(
         "--mirror-resolve-timeout",
         type=duration,
         default=0.02,
@@ -144,7 +138,9 @@ def build_parser() -> ArgumentParser:
     )
     registry.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS)
     add_mirror_arguments(registry)
-    add_containerd_arguments(registry.add_argument_group("containerd store"))
+    containerd = registry.add_argument_group("containerd store")
+    add_containerd_arguments(containerd)
+    add_watcher_arguments(containerd)
     add_router_arguments(registry)
     add_configuration_commands(commands)
     return parser
