@@ -12,12 +12,12 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
+from containerd_harness import plain_http_upstream, pushed
 
 from benchmark.daemons import Containerd, Registry
-from benchmark.images import ImageSpec, SyntheticImage, build, push
+from benchmark.images import ImageSpec
 from spegel.oci.digest import Digest
 from spegel.oci.reference import Reference
 from spegel.store.base import NotFound
@@ -27,20 +27,6 @@ from spegel.store.containerd.store import ContainerdStore, ContentAPIReader
 from spegel.store.files import FileBlobReader
 
 pytestmark = pytest.mark.slow
-
-
-def plain_http_upstream(containerd: Containerd, upstream: Registry) -> None:
-    """Let containerd pull from the plain-HTTP upstream registry under its own name."""
-    directory = containerd.hosts_dir / upstream.address
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "hosts.toml").write_text(f'server = "{upstream.url}"\n')
-
-
-async def pushed(upstream: Registry, spec: ImageSpec, repository: str, tag: str) -> tuple[SyntheticImage, str]:
-    image = build(spec)
-    async with httpx.AsyncClient() as client:
-        await push(image, client, upstream.url, repository, tag)
-    return image, f"{upstream.address}/{repository}:{tag}"
 
 
 async def _read(reader, start: int = 0, end: int | None = None) -> bytes:

@@ -82,11 +82,14 @@ def read_ingest(directory: Path) -> Ingest | None:
     parsed = parse_ref(ref)
     if parsed is None:
         return None
+    return Ingest(directory, ref, parsed[0], parsed[1], _read_total(directory))
+
+
+def _read_total(directory: Path) -> int | None:
     try:
-        total: int | None = int((directory / "total").read_text())
-    except (FileNotFoundError, ValueError):
-        total = None
-    return Ingest(directory, ref, parsed[0], parsed[1], total)
+        return int((directory / "total").read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
 
 
 def list_ingests(content_root: Path, namespace: str | None = None) -> list[Ingest]:
@@ -137,11 +140,9 @@ class IngestReader(FileBlobReader):
     ) -> BlobReader:
         """Open the ingest's data, waiting up to `stall_timeout` for it to be created.
 
-        Returns a plain `FileBlobReader` when the blob was committed meanwhile. Raises `NotFound` when the
-        ingest has no known `total`, or when neither its data nor the committed blob appears in time.
+        Returns a plain `FileBlobReader` when the blob was committed meanwhile. Raises `NotFound` when neither
+        the data (with its `total` size, written before the data) nor the committed blob appears in time.
         """
-        if ingest.total is None:
-            raise NotFound(f"ingest of {ingest.digest} has no total size yet")
         committed = blob_path(content_root, ingest.digest)
         with trio.move_on_after(stall_timeout):
             while True:
@@ -150,7 +151,11 @@ class IngestReader(FileBlobReader):
                 except FileNotFoundError:
                     pass
                 else:
-                    return cls(fd, ingest.total, stall_timeout, poll_interval)
+                    total = ingest.total if ingest.total is not None else _read_total(ingest.path)
+                    if total is not None:
+                        return cls(fd, total, stall_timeout, poll_interval)
+                    os.close(fd)
+                    raise NotFound(f"ingest of {ingest.digest} has no total size")
                 try:
                     return await FileBlobReader.open(committed)
                 except FileNotFoundError:

@@ -1,0 +1,161 @@
+"""Seeing containerd's downloads start and end, with inotify on the content root's `ingest/` directory.
+
+Why inotify and not Content.ListStatuses polling: containerd publishes no event when an ingest starts, and
+benchmark/watcher_bench.py measured both (see its output in the report): inotify reports a new ingest within
+a few milliseconds of its `ref` file being written and costs nothing while nothing happens, while polling
+costs one gRPC round trip (a full listing) per interval and adds half an interval of delay on average.
+The price is that the content root must be mounted, which serving in-progress blobs needs anyway.
+
+The kernel tells us: `CREATE,ISDIR` in `ingest/` (a new ingest; its `ref` may not be written yet, so the new
+directory is watched for `ref` being closed after writing), and `DELETE,ISDIR` (the ingest ended: committed
+when its blob now exists, abandoned otherwise). containerd creates the content root and `ingest/` only when it
+first needs them, so until they exist their parents are watched for their creation. A queue overflow triggers
+a rescan of the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from spegel.store.containerd import inotify
+from spegel.store.containerd.ingest import Ingest, blob_path, ingest_root, read_ingest
+
+log = logging.getLogger("spegel.containerd")
+
+
+@dataclass(frozen=True)
+class IngestStarted:
+    ingest: Ingest
+
+
+@dataclass(frozen=True)
+class IngestEnded:
+    ingest: Ingest
+    committed: bool  # the blob is in the content root now (else the download was abandoned)
+
+
+IngestEvent = IngestStarted | IngestEnded
+
+_DIR_EVENTS = inotify.CREATE | inotify.DELETE | inotify.MOVED_FROM | inotify.MOVED_TO | inotify.ONLYDIR
+_REF_EVENTS = inotify.CLOSE_WRITE | inotify.MOVED_TO
+
+
+class IngestWatcher:
+    """Reports the ingests of one namespace as they start and end, to `on_event` (awaited, in order)."""
+
+    def __init__(
+        self, content_root: str | Path, namespace: str, on_event: Callable[[IngestEvent], Awaitable[None]]
+    ) -> None:
+        self.content_root = Path(content_root)
+        self.namespace = namespace
+        self.on_event = on_event
+        # the directories down to ingest/: the content root's parent, the content root, ingest/
+        self._chain = [self.content_root.parent, self.content_root, ingest_root(self.content_root)]
+        self._inotify: inotify.Inotify | None = None
+        self._levels: dict[int, int] = {}  # watch descriptor -> index in _chain, for the parents of ingest/
+        self._ingest_wd: int | None = None
+        self._dirs: dict[int, str] = {}  # watch descriptor -> ingest directory name
+        self._watches: dict[str, int] = {}  # ingest directory name -> watch descriptor
+        self._known: dict[str, Ingest] = {}  # ingest directory name -> ingest reported as started
+
+    @property
+    def known(self) -> list[Ingest]:
+        """The ingests reported as started and not yet as ended."""
+        return list(self._known.values())
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Watch until cancelled. `started` once the ingests present at the start have been reported.
+
+        Raises FileNotFoundError when not even the content root's parent exists (nothing is mounted here).
+        """
+        with inotify.Inotify() as watcher:
+            self._inotify = watcher
+            if not await self._watch_from(0):
+                raise FileNotFoundError(f"{self._chain[0]} does not exist")
+            task_status.started()
+            while True:
+                for event in await watcher.read():
+                    await self._handle(event)
+
+    async def _handle(self, event: inotify.Event) -> None:
+        if event.mask & inotify.OVERFLOW:
+            log.warning("inotify queue overflowed: rescanning ingests")
+            await self._scan()
+        elif event.wd in self._levels:
+            level = self._levels[event.wd]
+            if event.mask & inotify.IGNORED:
+                del self._levels[event.wd]
+            elif event.name == self._chain[level + 1].name:
+                await self._watch_from(level + 1)
+        elif event.wd == self._ingest_wd:
+            if event.mask & (inotify.CREATE | inotify.MOVED_TO):
+                await self._discover(event.name)
+            elif event.mask & (inotify.DELETE | inotify.MOVED_FROM):
+                await self._ended(event.name)
+            elif event.mask & inotify.IGNORED:  # ingest/ itself was removed
+                self._ingest_wd = None
+        elif event.wd in self._dirs:
+            if event.mask & inotify.IGNORED:
+                self._watches.pop(self._dirs.pop(event.wd), None)
+            elif event.name == "ref":
+                await self._discover(self._dirs[event.wd])
+
+    async def _watch_from(self, level: int) -> bool:
+        """Watch `_chain[level:]` down to the first that does not exist yet; scan ingest/ once it is watched.
+
+        Returns whether `_chain[level]` could be watched.
+        """
+        assert self._inotify is not None
+        for index in range(level, len(self._chain)):
+            last = index == len(self._chain) - 1
+            mask = _DIR_EVENTS if last else inotify.CREATE | inotify.MOVED_TO | inotify.ONLYDIR
+            try:
+                wd = self._inotify.add_watch(self._chain[index], mask)
+            except (FileNotFoundError, NotADirectoryError):
+                return index > level  # not created yet: the watch on its parent reports it
+            if last:
+                self._ingest_wd = wd
+                await self._scan()
+            else:
+                self._levels[wd] = index
+        return True
+
+    async def _scan(self) -> None:
+        root = ingest_root(self.content_root)
+        try:
+            present = {p.name for p in root.iterdir() if p.is_dir()}
+        except FileNotFoundError:
+            present = set()
+        for name in [n for n in self._known if n not in present]:
+            await self._ended(name)
+        for name in sorted(present):
+            await self._discover(name)
+
+    async def _discover(self, name: str) -> None:
+        assert self._inotify is not None
+        directory = ingest_root(self.content_root) / name
+        if name not in self._watches:
+            try:
+                wd = self._inotify.add_watch(directory, _REF_EVENTS | inotify.ONLYDIR)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # gone already
+            self._watches[name], self._dirs[wd] = wd, name
+        if name in self._known:
+            return
+        ingest = read_ingest(directory)  # None until `ref` is written: its CLOSE_WRITE brings us back
+        if ingest is not None and ingest.namespace == self.namespace:
+            self._known[name] = ingest
+            await self.on_event(IngestStarted(ingest))
+
+    async def _ended(self, name: str) -> None:
+        wd = self._watches.pop(name, None)
+        if wd is not None:
+            self._dirs.pop(wd, None)
+        ingest = self._known.pop(name, None)
+        if ingest is not None:
+            await self.on_event(IngestEnded(ingest, blob_path(self.content_root, ingest.digest).exists()))
