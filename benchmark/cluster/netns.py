@@ -203,9 +203,11 @@ class NetnsCluster:
         try:
             if mode == "proxy":
                 cache = Registry(
-                    run_dir / "cache", f"{self.net.cache.address}:{REGISTRY_PORT}",
-                    proxy_remote_url=self.upstream_url, netns=self.net.cache.netns,
-                )  # fmt: skip
+                    run_dir / "cache",
+                    f"{self.net.cache.address}:{REGISTRY_PORT}",
+                    proxy_remote_url=self.upstream_url,
+                    netns=self.net.cache.netns,
+                )
                 self._node_daemons.append(("cache", "registry", cache))
                 started.append(cache)
             for i, ep in enumerate(self.net.nodes):
@@ -213,11 +215,12 @@ class NetnsCluster:
                 hosts_dir = base / "certs.d"
                 self._write_hosts(mode, hosts_dir, ep.address)
                 containerd = Containerd(
-                    base, hosts_dir,
+                    base,
+                    hosts_dir,
                     chunk_size=self.spec.chunk_size,
                     max_concurrent_downloads=self.spec.max_concurrent_downloads,
                     netns=ep.netns,
-                )  # fmt: skip
+                )
                 node = Node(i, ep.name, ep.address, containerd)
                 self._node_daemons.append((ep.name, "containerd", containerd))
                 started.append(containerd)
@@ -242,14 +245,23 @@ class NetnsCluster:
 
     def _mirror(self, node: Node, mode: str, run_dir: Path) -> Spegel:
         ep = self.net.nodes[node.index]
-        peers = [f"{other.address}:{ROUTER_PORT}" for other in self.net.nodes if other.name != ep.name]
+        peers = [f"/ip4/{other.address}/tcp/{ROUTER_PORT}" for other in self.net.nodes if other.name != ep.name]
         extra = [
-            "--advertise", mode,
-            "--containerd-sock", str(node.containerd.socket),
-            "--containerd-content-path", str(node.containerd.content_root),
-            "--router-addr", f"{ep.address}:{ROUTER_PORT}",
-            "--bootstrap", ",".join(peers),
-        ]  # fmt: skip
+            "--advertise",
+            mode,
+            "--containerd-sock",
+            str(node.containerd.socket),
+            "--containerd-content-path",
+            str(node.containerd.content_root),
+            "--router-addr",
+            f"{ep.address}:{ROUTER_PORT}",
+            "--data-dir",
+            str(run_dir / ep.name / "spegel-data"),
+            "--bootstrap-kind",
+            "static",
+            "--static-bootstrap-peers",
+            ",".join(peers),
+        ]
         mirror = Spegel.registry(
             "containerd",
             run_dir / ep.name / "spegel.log",
@@ -272,11 +284,15 @@ class NetnsCluster:
             return
         target = self.cache_url if mode == "proxy" else f"http://{node_address}:{MIRROR_PORT}"
         argv = [
-            *spegel_command(), "configuration",
-            "--containerd-registry-config-path", str(hosts_dir),
-            "--mirrored-registries", self.upstream_url,
-            "--mirror-targets", target,
-        ]  # fmt: skip
+            *spegel_command(),
+            "configuration",
+            "--containerd-registry-config-path",
+            str(hosts_dir),
+            "--mirrored-registries",
+            self.upstream_url,
+            "--mirror-targets",
+            target,
+        ]
         run(argv)
 
     def stop_nodes(self) -> list[ProcessUsage]:

@@ -1,0 +1,97 @@
+"""`python -m benchmark run SCENARIO [--out DIR]` runs a scenario and writes its report;
+`python -m benchmark report DIR` rebuilds the report of a kept run.
+
+Errors (a bad scenario, no root, a missing tool) print one line and exit 2 (usage) or 1 (environment);
+Ctrl-C tears the cluster down, keeps the data measured so far, and exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from benchmark import report
+from benchmark.cluster.base import ClusterError
+from benchmark.daemons import DaemonError
+from benchmark.images import PushError
+from benchmark.progress import Progress
+from benchmark.scenario import Scenario, ScenarioError, load, plan
+
+
+def _fail(message: str, code: int = 1) -> int:
+    sys.stderr.write(f"benchmark: error: {message}\n")
+    return code
+
+
+def run(scenario: Scenario, out: Path, workdir: Path) -> None:
+    """Build the images, bring up the cluster, run every run, write the data and the report."""
+    from benchmark.cluster.kind import KindCluster
+    from benchmark.cluster.netns import NetnsCluster
+    from benchmark.runner import Recorder, ScenarioRunner, build_images, write_meta
+
+    progress = Progress(len(plan(scenario)))
+    progress.note(f"building images for {scenario.name} (cached under the image cache)")
+    phase_images = build_images(scenario)
+    write_meta(out, scenario, phase_images, started=time.time())
+    recorder = Recorder(out)
+    backend = scenario.cluster.backend
+    cluster = NetnsCluster(scenario.cluster, workdir) if backend == "netns" else KindCluster(scenario, out / "kind")
+    with cluster:
+        runner = ScenarioRunner(scenario, cluster, phase_images, recorder, workdir, progress)
+
+        async def main() -> None:
+            progress.note(f"cluster up; pushing images to {cluster.upstream_url}")
+            await runner.push_images()
+            await runner.run_all()
+
+        try:
+            trio.run(main)
+        finally:
+            recorder.flush()
+    write_meta(out, scenario, phase_images, started=None, finished=time.time())
+    progress.note(f"report: {report.build(out)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description="Spegel benchmark suite")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run a scenario and write reports/<run>/")
+    run_parser.add_argument("scenario", type=Path)
+    run_parser.add_argument("--out", type=Path, help="report directory (default: reports/<scenario>-<time>)")
+    run_parser.add_argument(
+        "--workdir", type=Path, help="node state and logs (default: /var/tmp/spegel-bench/<scenario>-<time>)"
+    )
+    report_parser = commands.add_parser("report", help="rebuild the report of a kept run")
+    report_parser.add_argument("directory", type=Path)
+    args = parser.parse_args(argv)
+
+    if args.command == "report":
+        try:
+            print(report.build(args.directory))
+        except report.ReportError as exc:
+            return _fail(str(exc))
+        return 0
+
+    try:
+        scenario = load(args.scenario)
+    except ScenarioError as exc:
+        return _fail(str(exc), 2)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path("reports") / f"{scenario.name}-{stamp}"
+    workdir = args.workdir or Path("/var/tmp/spegel-bench") / f"{scenario.name}-{stamp}"
+    try:
+        run(scenario, out, workdir)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\nbenchmark: interrupted; the cluster is torn down, data so far in {out}/data\n")
+        return 130
+    except (ClusterError, DaemonError, PushError, report.ReportError) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Result tables from the raw DataFrames of a run (pure pandas: no plotting, no files).
+
+Every table reports the spread over repetitions (and nodes, where a value is per node): median, min, max and
+the coefficient of variation (standard deviation / mean; 0 for a single value). Bounds come from the
+scenario in `meta.json` (see `bound.py`): a node cannot finish `create` before the lower bound
+max(S/U, S/B, N·S/(U+N·B)) and, without sharing, the last one not before N·S/U; an `update` batch not
+before S/B.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from benchmark.bound import lower_bound, no_sharing_bound, payload_rate
+
+MODE_ORDER = ("upstream", "proxy", "image", "layer", "inflight")
+PHASE_ORDER = ("create", "update", "advertise")
+STAT_COLUMNS = ["n", "median", "min", "max", "cv"]
+
+
+def spread(values: pd.Series) -> dict[str, float]:
+    """n, median, min, max and coefficient of variation of the non-missing values."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if values.empty:
+        return {"n": 0, "median": math.nan, "min": math.nan, "max": math.nan, "cv": math.nan}
+    mean = values.mean()
+    cv = float(values.std(ddof=0) / mean) if len(values) > 1 and mean != 0 else 0.0
+    return {"n": len(values), "median": values.median(), "min": values.min(), "max": values.max(), "cv": cv}
+
+
+def summarize(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """One row per group of `by` with the spread of `value`, groups in mode/phase order."""
+    if frame.empty or value not in frame:
+        return pd.DataFrame(columns=[*by, *STAT_COLUMNS])
+    rows = [{**dict(zip(by, key, strict=True)), **spread(group[value])} for key, group in frame.groupby(by, sort=False)]
+    return order(pd.DataFrame(rows))
+
+
+def order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows sorted by image, then phase and mode in their natural order."""
+    keys = []
+    if "image" in frame:
+        keys.append("image")
+    for column, ranking in (("phase", PHASE_ORDER), ("mode", MODE_ORDER)):
+        if column in frame:
+            frame = frame.assign(**{f"_{column}": frame[column].map(lambda v, r=ranking: r.index(v) if v in r else 99)})
+            keys.append(f"_{column}")
+    if not keys:
+        return frame.reset_index(drop=True)
+    return (
+        frame.sort_values(keys, kind="stable")
+        .drop(columns=[k for k in keys if k.startswith("_")])
+        .reset_index(drop=True)
+    )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The bounds of one image shape in one scenario (seconds)."""
+
+    size: int  # S: bytes a node pulls
+    lower: float  # create: max(S/U, S/B, N*S/(U+N*B))
+    no_sharing: float  # create: N*S/U
+    node_time: float  # S/B: one node alone at full node bandwidth
+
+    @classmethod
+    def of(cls, meta: dict[str, Any], image: str, phase: str = "create") -> Bounds:
+        cluster = meta["scenario"]["cluster"]
+        size = meta["images"][f"{image}/{phase}"]["size"]
+        upstream, node = payload_rate(cluster["upstream_bandwidth"]), payload_rate(cluster["node_bandwidth"])
+        nodes = cluster["nodes"]
+        return cls(size, lower_bound(size, nodes, upstream, node), no_sharing_bound(size, nodes, upstream), size / node)
+
+
+def completion(pulls: pd.DataFrame) -> pd.DataFrame:
+    """Per run and phase: when the last node finished, from the phase start, and whether every pull succeeded."""
+    if pulls.empty:
+        return pd.DataFrame(columns=["run", "image", "mode", "repetition", "phase", "completion", "failed"])
+    grouped = pulls.groupby(["run", "image", "mode", "repetition", "phase"], sort=False)
+    frame = grouped.agg(end=("end", "max"), phase_start=("phase_start", "min"), ok=("ok", "all"), pulls=("ok", "size"))
+    frame = frame.reset_index()
+    frame["completion"] = frame["end"] - frame["phase_start"]
+    frame["failed"] = grouped["ok"].apply(lambda s: int((~s.astype(bool)).sum())).to_numpy()
+    return frame.drop(columns=["end", "phase_start", "ok"])
+
+
+def pull_table(pulls: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """Pull time per node (all nodes, all repetitions) and the completion of each run, beside the bounds.
+
+    `vs_bound` compares what the bound is about: in `create` the slowest node (median over repetitions) with
+    the lower bound; in `update` (and `advertise`) the median pull with S/B, the time of one node alone.
+    """
+    ok = pulls[pulls["ok"].astype(bool)] if not pulls.empty else pulls
+    per_node = summarize(ok, ["image", "phase", "mode"], "duration")
+    done = summarize(completion(pulls), ["image", "phase", "mode"], "completion")
+    table = per_node.merge(
+        done[["image", "phase", "mode", "median", "max"]].rename(columns={"median": "last_median", "max": "last_max"}),
+        on=["image", "phase", "mode"],
+        how="left",
+    )
+    failed = completion(pulls).groupby(["image", "phase", "mode"])["failed"].sum().rename("failed").reset_index()
+    table = table.merge(failed, on=["image", "phase", "mode"], how="left")
+    table["bound"] = [_phase_bound(meta, r.image, r.phase) for r in table.itertuples()]
+    measured = table["last_median"].where(table["phase"] == "create", table["median"])
+    table["vs_bound"] = measured / table["bound"]
+    return order(table)
+
+
+def _phase_bound(meta: dict[str, Any], image: str, phase: str) -> float:
+    bounds = Bounds.of(meta, image, phase)
+    return bounds.lower if phase == "create" else bounds.node_time
+
+
+def traffic_table(traffic: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """Upstream bytes per phase as a multiple of the image size S (1 = the image crossed the link once)."""
+    if traffic.empty:
+        return pd.DataFrame(columns=["image", "phase", "mode", *STAT_COLUMNS])
+    frame = traffic.copy()
+    frame["upstream_ratio"] = [
+        r.upstream_bytes / meta["images"][f"{r.image}/{r.phase}"]["size"] for r in frame.itertuples()
+    ]
+    table = summarize(frame, ["image", "phase", "mode"], "upstream_ratio")
+    peer_columns = [c for c in ("bytes_peer", "bytes_inflight") if c in frame]
+    if peer_columns:
+        frame["peer_bytes"] = frame[peer_columns].fillna(0).sum(axis=1)
+        peers = frame.groupby(["image", "phase", "mode"])["peer_bytes"].median().rename("peer_bytes_median")
+        table = table.merge(peers.reset_index(), on=["image", "phase", "mode"], how="left")
+    return order(table)
+
+
+def advertisement_latency(events: pd.DataFrame, visibility: pd.DataFrame) -> pd.DataFrame:
+    """Per observation: the puller's ingest start and commit of the layer, when the observer saw it, and the
+    latencies `after_commit` (visible - commit; negative when seen while downloading) and `after_ingest`."""
+    columns = ["run", "image", "mode", "repetition", "observer", "layer", "after_commit", "after_ingest"]
+    if visibility.empty or events.empty:
+        return pd.DataFrame(columns=columns)
+    puller = events[(events["phase"] == "advertise") & (events["node"] == "n0")]
+    firsts = puller.groupby(["run", "digest", "event"])["time"].min().unstack("event").reset_index()
+    merged = visibility.merge(firsts, on=["run", "digest"], how="left")
+    merged["after_commit"] = merged["visible"] - merged.get("commit", math.nan)
+    merged["after_ingest"] = merged["visible"] - merged.get("ingest", math.nan)
+    return merged[columns]
+
+
+def advertisement_table(latency: pd.DataFrame) -> pd.DataFrame:
+    """Advertisement latency per mode: spread after commit and after ingest start, p95 after commit, and how
+    many layers were never seen."""
+    if latency.empty:
+        return pd.DataFrame(columns=["image", "mode", *STAT_COLUMNS, "p95", "ingest_median", "unseen"])
+    rows = []
+    for (image, mode), group in latency.groupby(["image", "mode"], sort=False):
+        stats = spread(group["after_commit"])
+        seen = group["after_commit"].dropna()
+        rows.append(
+            {
+                "image": image,
+                "mode": mode,
+                **stats,
+                "p95": seen.quantile(0.95) if not seen.empty else math.nan,
+                "ingest_median": group["after_ingest"].median(),
+                "unseen": int(group["after_commit"].isna().sum()),
+            }
+        )
+    return order(pd.DataFrame(rows))
+
+
+def usage_table(usage: pd.DataFrame) -> pd.DataFrame:
+    """CPU seconds and peak RSS (MiB) per process kind and mode, over nodes and repetitions."""
+    if usage.empty:
+        return pd.DataFrame(columns=["mode", "process", "cpu_median", "cpu_max", "rss_mib_median", "rss_mib_max"])
+    frame = usage.assign(rss_mib=usage["peak_rss_bytes"] / (1 << 20))
+    table = frame.groupby(["mode", "process"], sort=False).agg(
+        cpu_median=("cpu_seconds", "median"),
+        cpu_max=("cpu_seconds", "max"),
+        rss_mib_median=("rss_mib", "median"),
+        rss_mib_max=("rss_mib", "max"),
+    )
+    return order(table.reset_index())

@@ -1,0 +1,271 @@
+"""Result tables and the report, from small synthetic DataFrames shaped like the runner's records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark import tables
+from benchmark.__main__ import main
+from benchmark.report import build, goals, markdown_table
+
+MiB = 1 << 20
+SIZE = 8 * MiB
+
+
+def _meta() -> dict:
+    image = {"size": SIZE, "layer_bytes": SIZE - 1000, "layers": []}
+    return {
+        "scenario": {
+            "name": "synthetic",
+            "description": "made up",
+            "cluster": {
+                "backend": "netns",
+                "nodes": 2,
+                "upstream_bandwidth": 50e6,
+                "node_bandwidth": 200e6,
+                "chunk_size": MiB,
+            },
+            "repetitions": 2,
+            "modes": ["upstream", "layer", "inflight"],
+            "phases": ["create", "update", "advertise"],
+            "observe_interval": 0.01,
+        },
+        "images": {"img/create": image, "img/update": image, "img/advertise": image},
+        "machine": {"cpus": 2},
+        "commit": "abc",
+    }
+
+
+def _pulls() -> pd.DataFrame:
+    rows = []
+    for mode, base in (("upstream", 3.0), ("inflight", 1.5)):
+        for rep in (0, 1):
+            labels = {"run": f"img/{mode}/rep{rep}", "image": "img", "mode": mode, "repetition": rep}
+            start = 1000.0 + rep * 100 + (50 if mode == "inflight" else 0)
+            for node, extra in (("n0", 0.0), ("n1", 0.5)):
+                duration = base + extra + rep * 0.1
+                rows.append(
+                    {
+                        **labels,
+                        "phase": "create",
+                        "node": node,
+                        "batch": 0,
+                        "phase_start": start,
+                        "start": start,
+                        "end": start + duration,
+                        "duration": duration,
+                        "ok": True,
+                        "error": "",
+                    }
+                )
+                rows.append(
+                    {
+                        **labels,
+                        "phase": "update",
+                        "node": node,
+                        "batch": int(node[1]),
+                        "phase_start": start + 10,
+                        "start": start + 10,
+                        "end": start + 10.2,
+                        "duration": 0.2,
+                        "ok": node == "n0",
+                        "error": "" if node == "n0" else "boom",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def _traffic() -> pd.DataFrame:
+    rows = []
+    for mode, ratio in (("upstream", 2.1), ("inflight", 1.1)):
+        for rep in (0, 1):
+            rows.append(
+                {
+                    "run": f"img/{mode}/rep{rep}",
+                    "image": "img",
+                    "mode": mode,
+                    "repetition": rep,
+                    "phase": "create",
+                    "upstream_bytes": ratio * SIZE,
+                    "bytes_peer": 0 if mode == "upstream" else SIZE,
+                    "bytes_inflight": 0,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _events_and_visibility() -> tuple[pd.DataFrame, pd.DataFrame]:
+    events, visibility = [], []
+    for mode, delay in (("layer", 0.05), ("inflight", -0.5)):
+        run = f"img/{mode}/rep0"
+        labels = {"run": run, "image": "img", "mode": mode, "repetition": 0}
+        for layer in (0, 1):
+            digest = f"sha256:{mode[0]}{layer}" + "0" * 62
+            events.append(
+                {
+                    **labels,
+                    "node": "n0",
+                    "event": "ingest",
+                    "digest": digest,
+                    "time": 10.0 + layer,
+                    "phase": "advertise",
+                    "layer": layer,
+                }
+            )
+            events.append(
+                {
+                    **labels,
+                    "node": "n0",
+                    "event": "commit",
+                    "digest": digest,
+                    "time": 11.0 + layer,
+                    "phase": "advertise",
+                    "layer": layer,
+                }
+            )
+            events.append(
+                {
+                    **labels,
+                    "node": "n1",
+                    "event": "commit",
+                    "digest": digest,
+                    "time": 12.0 + layer,
+                    "phase": "create",
+                    "layer": layer,
+                }
+            )
+            visibility.append(
+                {
+                    **labels,
+                    "phase": "advertise",
+                    "observer": "n1",
+                    "digest": digest,
+                    "layer": layer,
+                    "visible": 11.0 + layer + delay,
+                    "rtt": 0.002,
+                    "probes": 5,
+                }
+            )
+    visibility[-1]["visible"] = float("nan")  # one layer never seen
+    return pd.DataFrame(events), pd.DataFrame(visibility)
+
+
+def _usage() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "run": "img/inflight/rep0",
+                "image": "img",
+                "mode": "inflight",
+                "repetition": 0,
+                "node": "n0",
+                "process": "spegel",
+                "cpu_seconds": 2.5,
+                "peak_rss_bytes": 80 * MiB,
+            }
+        ]
+    )
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "meta.json").write_text(json.dumps(_meta()))
+    events, visibility = _events_and_visibility()
+    frames = {"pulls": _pulls(), "traffic": _traffic(), "events": events, "visibility": visibility, "usage": _usage()}
+    for name, frame in frames.items():
+        frame.to_csv(tmp_path / "data" / f"{name}.csv", index=False)
+    return tmp_path
+
+
+def test_spread() -> None:
+    stats = tables.spread(pd.Series([1.0, 2.0, 3.0, None]))
+    assert stats["n"] == 3 and stats["median"] == 2 and stats["min"] == 1 and stats["max"] == 3
+    assert stats["cv"] == pytest.approx((2 / 3) ** 0.5 / 2)
+    assert tables.spread(pd.Series([5.0]))["cv"] == 0
+    assert tables.spread(pd.Series([], dtype=float))["n"] == 0
+
+
+def test_completion_and_pull_table() -> None:
+    pulls, meta = _pulls(), _meta()
+    done = tables.completion(pulls)
+    create = done[(done["mode"] == "inflight") & (done["phase"] == "create")].sort_values("repetition")
+    assert list(create["completion"]) == pytest.approx([2.0, 2.1])
+    assert done[done["phase"] == "update"]["failed"].tolist() == [1, 1, 1, 1]
+    table = tables.pull_table(pulls, meta)
+    assert list(table["mode"]) == ["upstream", "inflight", "upstream", "inflight"]  # mode order within phases
+    row = table[(table["phase"] == "create") & (table["mode"] == "inflight")].iloc[0]
+    bounds = tables.Bounds.of(meta, "img")
+    assert row["n"] == 4 and row["last_median"] == pytest.approx(2.05)
+    assert row["vs_bound"] == pytest.approx(2.05 / bounds.lower)
+    update = table[(table["phase"] == "update") & (table["mode"] == "inflight")].iloc[0]
+    assert update["n"] == 2 and update["failed"] == 2  # failed pulls are counted, not timed
+    assert update["vs_bound"] == pytest.approx(0.2 / bounds.node_time)
+
+
+def test_traffic_table_in_image_sizes() -> None:
+    table = tables.traffic_table(_traffic(), _meta())
+    assert table.set_index("mode")["median"].to_dict() == pytest.approx({"upstream": 2.1, "inflight": 1.1})
+    assert table.set_index("mode")["peer_bytes_median"]["inflight"] == SIZE
+
+
+def test_advertisement_latency_from_commit_and_ingest() -> None:
+    events, visibility = _events_and_visibility()
+    latency = tables.advertisement_latency(events, visibility)
+    layer = latency[latency["mode"] == "layer"].sort_values("layer")
+    assert list(layer["after_commit"]) == pytest.approx([0.05, 0.05])
+    assert list(layer["after_ingest"]) == pytest.approx([1.05, 1.05])
+    table = tables.advertisement_table(latency).set_index("mode")
+    assert table.loc["inflight", "median"] == pytest.approx(-0.5) and table.loc["inflight", "unseen"] == 1
+    assert table.loc["layer", "p95"] == pytest.approx(0.05)
+
+
+def test_goals_report_met_and_not_met() -> None:
+    events, visibility = _events_and_visibility()
+    frames = {"pulls": _pulls(), "traffic": _traffic()}
+    found = goals(_meta(), frames, tables.advertisement_latency(events, visibility))
+    verdicts = {goal.split(": ", 1)[1].split(" (")[0]: (measured, verdict) for goal, measured, verdict in found}
+    # slowest inflight node 2.05 s vs S/U = 1.40 s
+    assert verdicts["create, inflight: slowest node ≤ 1.25 x lower bound"] == ("1.46 x", "**not met**")
+    assert verdicts["create, inflight: upstream bytes ≤ 1.5 x S"] == ("1.10 x S", "met")
+    assert verdicts["update, inflight: median pull ≤ 1.5 x S/B"][1] == "met"
+    assert verdicts["p95 visible ≤ 100 ms after commit"] == ("50 ms", "met")
+
+
+def test_report_is_built_with_tables_and_plots(run_dir: Path) -> None:
+    readme = build(run_dir)
+    text = readme.read_text()
+    assert text.startswith("# Benchmark: synthetic")
+    for heading in (
+        "## Bounds",
+        "## Goals",
+        "## Pull times",
+        "## Upstream traffic",
+        "## Advertisement latency",
+        "## Resources",
+        "## Plots",
+    ):
+        assert heading in text
+    assert "| img | create | inflight | 4 |" in text
+    for png in ("pull_times.png", "cdf.png", "timeline.png", "advertisement.png", "upstream_bytes.png"):
+        assert f"]({png})" in text
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_command_rebuilds_and_refuses_non_runs(run_dir: Path, tmp_path_factory, capsys) -> None:  # type: ignore[no-untyped-def]
+    (run_dir / "README.md").unlink(missing_ok=True)
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "README.md").exists()
+    empty = tmp_path_factory.mktemp("empty")
+    assert main(["report", str(empty)]) == 1
+    assert "not a benchmark run directory" in capsys.readouterr().err
+
+
+def test_markdown_table_formats_numbers_and_missing_values() -> None:
+    frame = pd.DataFrame([{"a": "x", "b": 1.23456, "c": float("nan")}])
+    assert markdown_table(frame, {"a": "A", "b": "B", "c": "C"}).splitlines()[2] == "| x | 1.23 | - |"
+    assert markdown_table(pd.DataFrame(), {"a": "A"}) == "_no data_\n"
