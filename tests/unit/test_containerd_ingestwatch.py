@@ -1,0 +1,102 @@
+"""inotify record parsing, and the ingest watcher on a real directory tree written like containerd writes it."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import trio
+
+from spegel.oci.digest import Digest
+from spegel.store.containerd import inotify
+from spegel.store.containerd.ingestwatch import IngestEnded, IngestEvent, IngestStarted, IngestWatcher
+
+
+def test_parse_events_reads_packed_records() -> None:
+    def record(wd: int, mask: int, name: bytes) -> bytes:
+        padded = name + b"\0" * (16 - len(name)) if name else b""
+        return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
+
+    buffer = record(1, inotify.CREATE | inotify.ISDIR, b"abc") + record(2, inotify.IGNORED, b"") + b"\x01\x02"
+    events = inotify.parse_events(buffer)
+    assert [(e.wd, e.name, e.is_dir) for e in events] == [(1, "abc", True), (2, "", False)]
+
+
+class Containerd:
+    """Writes ingests the way containerd's local content store does (mkdir, ref, startedat, total, data)."""
+
+    def __init__(self, content_root: Path) -> None:
+        self.content_root = content_root
+
+    def start(self, name: str, ref: str, data: bytes = b"") -> Path:
+        directory = self.content_root / "ingest" / name
+        directory.mkdir(parents=True)
+        (directory / "ref").write_text(ref)
+        (directory / "startedat").write_text("2026-01-01T00:00:00Z")
+        (directory / "total").write_text(str(len(data)))
+        (directory / "data").write_bytes(data)
+        return directory
+
+    def commit(self, directory: Path, digest: Digest) -> None:
+        target = self.content_root / "blobs" / "sha256" / digest.hex
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(directory / "data", target)
+        self.remove(directory)
+
+    def remove(self, directory: Path) -> None:
+        for name in os.listdir(directory):
+            os.unlink(directory / name)
+        directory.rmdir()
+
+
+async def test_watcher_reports_starts_and_ends_from_before_the_content_root_exists(tmp_path: Path) -> None:
+    content_root = tmp_path / "io.containerd.content.v1.content"
+    events: list[IngestEvent] = []
+    changed = trio.Event()
+
+    async def on_event(event: IngestEvent) -> None:
+        nonlocal changed
+        events.append(event)
+        changed.set()
+        changed = trio.Event()
+
+    async def until(count: int) -> None:
+        while len(events) < count:
+            await changed.wait()
+
+    kept, dropped, other = Digest.of(b"kept"), Digest.of(b"dropped"), Digest.of(b"other")
+    writer = Containerd(content_root)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            watcher = IngestWatcher(content_root, "k8s.io", on_event)
+            await nursery.start(watcher.run)  # neither the content root nor ingest/ exist yet
+            first = writer.start("one", f"k8s.io/1/layer-{kept}", b"kept")
+            writer.start("two", f"other-ns/1/layer-{other}")  # another namespace: not reported
+            second = writer.start("three", f"k8s.io/2/config-{dropped}")
+            await until(2)
+            writer.commit(first, kept)
+            writer.remove(second)
+            await until(4)
+            assert [i.digest for i in watcher.known] == []
+            nursery.cancel_scope.cancel()
+
+    started = [e.ingest.digest for e in events if isinstance(e, IngestStarted)]
+    ended = {e.ingest.digest: e.committed for e in events if isinstance(e, IngestEnded)}
+    assert started == [kept, dropped]
+    assert ended == {kept: True, dropped: False}
+
+
+async def test_watcher_reports_ingests_present_at_start(tmp_path: Path) -> None:
+    digest = Digest.of(b"x")
+    Containerd(tmp_path).start("a", f"k8s.io/1/layer-{digest}", b"x")
+    events: list[IngestEvent] = []
+
+    async def on_event(event: IngestEvent) -> None:
+        events.append(event)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(IngestWatcher(tmp_path, "k8s.io", on_event).run)
+            nursery.cancel_scope.cancel()
+    assert [(type(e), e.ingest.digest) for e in events] == [(IngestStarted, digest)]
