@@ -128,7 +128,8 @@ class MirrorBackend:
 
     async def _lookup(self, key: str) -> list[Holder]:
         started = time.perf_counter()
-        holders = await self.router.lookup(key, self.options.resolve_retries, self.options.resolve_timeout)
+        found = await self.router.lookup(key, self.options.resolve_retries, self.options.resolve_timeout)
+        holders = [h for h in found if self.peers.usable(h)]
         outcome = "found" if holders else "not_found"
         self.metrics.resolve_duration.labels(outcome).observe(time.perf_counter() - started)
         return order_holders(holders, self.peers.load)

@@ -64,9 +64,11 @@ class PeerResponse:
 class PeerClient:
     """A pooled HTTP client to peer mirrors. `load[address]` counts open transfers per peer."""
 
-    def __init__(self, timeouts: Timeouts = Timeouts()) -> None:
+    def __init__(self, timeouts: Timeouts = Timeouts(), penalty: float = 10.0) -> None:
         self.timeouts = timeouts
         self.load: dict[str, int] = {}
+        self.penalty = penalty
+        self._failed_at: dict[str, float] = {}
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=1.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
@@ -81,6 +83,12 @@ class PeerClient:
             return self.timeouts.first_byte + self.timeouts.inflight_wait
         return self.timeouts.first_byte
 
+    def usable(self, holder: Holder) -> bool:
+        """False for a peer that failed to answer (connect or first-byte timeout, refused) within the last
+        `penalty` seconds: a silent peer costs its timeout once, not on every request."""
+        failed_at = self._failed_at.get(holder.address)
+        return failed_at is None or time.monotonic() - failed_at > self.penalty
+
     async def _send(self, holder: Holder, request: httpx.Request) -> httpx.Response:
         """Send and wait for the response headers within the first-byte timeout; errors become PeerError."""
         started = time.perf_counter()
@@ -88,9 +96,12 @@ class PeerClient:
             with trio.fail_after(self._first_byte_timeout(holder)):
                 response = await self._client.send(request, stream=True)
         except trio.TooSlowError:
+            self._failed_at[holder.address] = time.monotonic()
             raise PeerError(f"{holder.address}: no answer within the first-byte timeout") from None
         except httpx.HTTPError as exc:
+            self._failed_at[holder.address] = time.monotonic()
             raise PeerError(f"{holder.address}: {type(exc).__name__}: {exc}") from None
+        self._failed_at.pop(holder.address, None)
         self.latency.observe(time.perf_counter() - started)
         return response
 
