@@ -74,7 +74,10 @@ def check_environment(latency: float) -> None:
 def _kernel_has(module: str) -> bool:
     if Path(f"/sys/module/{module}").exists():
         return True
-    return subprocess.run(["modprobe", "-q", module], capture_output=True, check=False).returncode == 0
+    try:
+        return subprocess.run(["modprobe", "-q", module], capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def _used_subnets() -> set[ipaddress.IPv4Network]:
@@ -195,10 +198,10 @@ class NetnsCluster:
 
     def start_nodes(self, mode: str, run_dir: Path) -> list[Node]:
         """Fresh nodes for one run in `mode` (stopping the previous ones); logs and content under `run_dir`."""
-        self.stop_nodes()
         run_dir = Path(run_dir)
         if run_dir.exists():
             raise ClusterError(f"{run_dir} exists: every run needs fresh nodes")
+        self.stop_nodes()
         started: list[Daemon] = []
         try:
             if mode == "proxy":

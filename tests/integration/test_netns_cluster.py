@@ -1,0 +1,110 @@
+"""The netns cluster on this machine: it comes up, nodes pull through CRI, and everything is torn down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from benchmark.cluster.base import ClusterError
+from benchmark.cluster.netns import NetnsCluster, check_environment
+from benchmark.images import ImageSpec, build, push
+from benchmark.measure import pull
+from benchmark.scenario import ClusterSpec
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+
+SCENARIOS = Path(__file__).parents[2] / "scenarios"
+
+
+def _namespaces() -> set[str]:
+    return {
+        line.split()[0]
+        for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
+        if line
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.parametrize("mode", ["upstream", "proxy"])
+async def test_two_nodes_come_up_pull_and_go_down(tmp_path: Path, mode: str) -> None:
+    image = build(ImageSpec((1 << 20, 1 << 20), "gzip", seed=21), tmp_path / "cache")
+    spec = ClusterSpec(nodes=2, upstream_bandwidth=200e6, node_bandwidth=400e6, chunk_size=1 << 20)
+    cluster = NetnsCluster(spec, tmp_path / "work")
+    with cluster:
+        ours = {ep.netns for ep in cluster.net.endpoints}
+        assert ours <= _namespaces()
+        assert cluster.registry_host.startswith("198.1")
+        async with httpx.AsyncClient(timeout=30) as client:
+            await push(image, client, cluster.upstream_url, "bench/t", "v1")
+        nodes = cluster.start_nodes(mode, tmp_path / "work" / "run")
+        pids = [n.containerd.pid for n in nodes]
+        before = cluster.upstream_bytes()
+        results = [await pull(node, f"{cluster.registry_host}/bench/t:v1", timeout=120) for node in nodes]
+        assert [r["ok"] for r in results] == [True, True], results
+        sent = cluster.upstream_bytes() - before
+        # upstream: every node fetched the image over the upstream link; proxy: at least once (via the cache)
+        assert sent >= (2 if mode == "upstream" else 1) * image.size
+        with pytest.raises(ClusterError, match="exists"):
+            cluster.start_nodes(mode, tmp_path / "work" / "run")
+        usage = cluster.stop_nodes()
+        assert {u.process for u in usage} >= {"containerd"} and all(u.peak_rss_bytes > 0 for u in usage)
+        assert not any(_alive(pid) for pid in pids)
+    assert not ours & _namespaces()
+    assert cluster.upstream is None
+
+
+@pytest.mark.root
+def test_latency_without_netem_is_refused_clearly() -> None:
+    if os.path.exists("/sys/module/sch_netem"):
+        pytest.skip("this kernel has netem")
+    with pytest.raises(ClusterError, match="netem"):
+        check_environment(latency=0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_ci_scenario_end_to_end_writes_data_and_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmark",
+            "run",
+            str(SCENARIOS / "ci.toml"),
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pulls = pd.read_csv(out / "data" / "pulls.csv")
+    assert len(pulls) == 2 * 2 * 2 and pulls["ok"].all()  # modes x phases x nodes
+    assert set(pulls["mode"]) == {"upstream", "proxy"}
+    events = pd.read_csv(out / "data" / "events.csv")
+    assert {"ingest", "commit"} <= set(events["event"]) and (events[events["event"] == "commit"]["layer"] >= 0).any()
+    traffic = pd.read_csv(out / "data" / "traffic.csv")
+    assert (traffic["upstream_bytes"] > 0).all()
+    readme = (out / "README.md").read_text()
+    assert "## Pull times" in readme and "pull_times.png" in readme
+    assert (out / "pull_times.png").stat().st_size > 1000
