@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import kubernetes_validate
 import pytest
+import trio
 import yaml
 
 from benchmark.daemons import Containerd, Registry, Spegel, spegel_command
@@ -346,45 +347,54 @@ def test_preflight_rejects_containerds_default_config_and_accepts_the_test_insta
     assert run_preflight(version, config, str(tmp_path / "certs.d")) == []
 
 
-# ---- a node: network namespace + containerd + host directories --------------------------------------------------
+# ---- a cluster of nodes: network namespaces + containerd + host directories -------------------------------------
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+def _run(*argv: str, stdin: str | None = None) -> None:
+    subprocess.run(argv, input=stdin, text=True, check=True, capture_output=True, timeout=30)
 
 
 @contextlib.contextmanager
-def node_namespace(hostports: Mapping[int, int]) -> Iterator[tuple[str, str]]:
-    """A network namespace reachable from here over a veth pair: yields (name, node IP). Inside it, DNS goes to
-    127.0.0.1 (nothing answers: lookups fail at once) and `hostports` (host port -> container port) are
-    redirected, as a CNI's portmap and kube-proxy do for hostPort and NodePort. Removed on exit."""
+def netns_nodes(count: int, hostports: Mapping[int, int], names: Sequence[str]) -> Iterator[list[tuple[str, str]]]:
+    """`count` network namespaces on one bridge, reachable from here: yields [(netns name, node IP)].
+
+    In each, `hostports` (host port -> container port) are redirected as a CNI's portmap and kube-proxy do for
+    hostPort and NodePort; each of `names` resolves to every node's IP (as a headless Service's DNS name does),
+    and other names fail at once (the resolver is 127.0.0.1, where nothing answers). Removed on exit.
+    """
     pid = os.getpid()
-    name, host_if, node_if = f"spegel-deploy-{pid}", f"sdh{pid}", f"sdn{pid}"
-    subnet = f"198.19.{pid % 250 + 1}"
-    host_ip, node_ip = f"{subnet}.1", f"{subnet}.2"
-    etc = Path("/etc/netns") / name
+    bridge, subnet = f"sdb{pid}", f"198.19.{pid % 250 + 1}"
+    nodes = [(f"spegel-deploy-{pid}-{i}", f"{subnet}.{i + 2}") for i in range(count)]
+    rules = "".join(f"    tcp dport {h} redirect to :{c}\n" for h, c in hostports.items())
+    ruleset = (
+        f"table ip hostports {{\n  chain prerouting {{\n    type nat hook prerouting priority -100;\n{rules}  }}\n}}\n"
+    )
+    hosts = "127.0.0.1 localhost\n" + "".join(f"{ip} {' '.join(names)}\n" for _, ip in nodes)
     try:
-        _ip("netns", "add", name)
-        _ip("link", "add", host_if, "type", "veth", "peer", "name", node_if)
-        _ip("link", "set", node_if, "netns", name)
-        _ip("addr", "add", f"{host_ip}/30", "dev", host_if)
-        _ip("link", "set", host_if, "up")
-        _ip("-n", name, "addr", "add", f"{node_ip}/30", "dev", node_if)
-        _ip("-n", name, "link", "set", node_if, "up")
-        _ip("-n", name, "link", "set", "lo", "up")
-        etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
-        rules = "".join(f"    tcp dport {h} redirect to :{c}\n" for h, c in hostports.items())
-        chain = f"  chain prerouting {{\n    type nat hook prerouting priority -100;\n{rules}  }}\n"
-        ruleset = f"table ip hostports {{\n{chain}}}\n"
-        subprocess.run(
-            ["ip", "netns", "exec", name, "nft", "-f", "-"], input=ruleset, text=True, check=True, timeout=30
-        )
-        yield name, node_ip
+        _run("ip", "link", "add", bridge, "type", "bridge")
+        _run("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _run("ip", "link", "set", bridge, "up")
+        for i, (netns, ip) in enumerate(nodes):
+            host_if, node_if = f"sdh{pid}-{i}", f"sdn{pid}-{i}"
+            _run("ip", "netns", "add", netns)
+            _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if)
+            _run("ip", "link", "set", host_if, "master", bridge, "up")
+            _run("ip", "link", "set", node_if, "netns", netns)
+            _run("ip", "-n", netns, "addr", "add", f"{ip}/24", "dev", node_if)
+            _run("ip", "-n", netns, "link", "set", node_if, "up")
+            _run("ip", "-n", netns, "link", "set", "lo", "up")
+            etc = Path("/etc/netns") / netns  # `ip netns exec` mounts these over /etc/<name>
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+            (etc / "hosts").write_text(hosts)
+            (etc / "host.conf").write_text("multi on\n")
+            _run("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=ruleset)
+        yield nodes
     finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30, check=False)
-        subprocess.run(["ip", "link", "del", host_if], capture_output=True, timeout=30, check=False)
-        shutil.rmtree(etc, ignore_errors=True)
+        for netns, _ in nodes:
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30, check=False)
+            shutil.rmtree(Path("/etc/netns") / netns, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30, check=False)
 
 
 def on_node(argv: Sequence[str], host_paths: Mapping[str, Path]) -> list[str]:
@@ -409,78 +419,108 @@ def _tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+async def wait_for_200(client: httpx.AsyncClient, url: str, params: Mapping[str, str] | None = None) -> None:
+    """GET `url` until it answers 200; fails the test after 30 s, naming the URL and the last answer."""
+    status: int | str = "no answer"
+    for _ in range(300):
+        with contextlib.suppress(httpx.TransportError):
+            status = (await client.get(url, params=params)).status_code
+            if status == 200:
+                return
+        await trio.sleep(0.1)
+    pytest.fail(f"GET {url} {params or ''}: {status} after 30 s")
+
+
 @pytest.mark.slow
 @pytest.mark.root
-async def test_deployed_commands_configure_serve_and_clean_up_a_node(
-    tmp_path: Path, upstream_registry: Registry
-) -> None:
+async def test_deployed_commands_run_a_two_node_cluster(tmp_path: Path, upstream_registry: Registry) -> None:
+    """Node A pulls from the registry; node B then pulls the same image from A, both through the mirrors that
+    the DaemonSet's exact command lines configured and started; the preStop hook restores each node."""
     docs = render("base")
     daemonset = one(docs, "DaemonSet", "spegel")
     configuration, registry = containers(daemonset)["configuration"], containers(daemonset)["registry"]
     [node_port] = one(docs, "Service", "spegel-registry")["spec"]["ports"]
     registry_port = port_number(registry, "registry")
     hostports = {port_number(registry, "registry", "hostPort"): registry_port, node_port["nodePort"]: registry_port}
-
-    # the node's host directories; certs.d already holds the user's configuration for another registry
-    certs = tmp_path / "certs.d"
-    (certs / "ghcr.io").mkdir(parents=True)
-    (certs / "ghcr.io" / "hosts.toml").write_text('server = "https://ghcr.io"\n')
-    before = _tree(certs)
-
+    registry_env = environment(registry, {"metadata.namespace": NAMESPACE})
+    bootstrap_name = flag(expand(container_argv(registry), registry_env), "--dns-bootstrap-domain")
+    image, repository = f"{upstream_registry.address}/team/app:v1", "/v2/team/app/"
     async with httpx.AsyncClient() as client:
-        await push(build(ImageSpec((150_000, 90_000), seed=707)), client, upstream_registry.url, "team/app", "v1")
+        await push(build(ImageSpec((300_000, 120_000), seed=707)), client, upstream_registry.url, "team/app", "v1")
 
-    with node_namespace(hostports) as (netns, node_ip), Containerd(tmp_path / "containerd", certs) as containerd:
-        fields = {"status.hostIP": node_ip, "status.podIP": node_ip, "metadata.namespace": NAMESPACE}
-        host_paths = {
-            "/etc/containerd/certs.d": certs,
-            "/run/containerd/containerd.sock": containerd.socket,
-            "/var/lib/containerd/io.containerd.content.v1.content": containerd.content_root,
-            "/var/lib/spegel": tmp_path / "spegel-data",
-            "/tmp": tmp_path / "tmp",
-        }
-        assert set(host_paths) == set(mounts(daemonset, registry)) | set(mounts(daemonset, configuration))
-        for path in (tmp_path / "spegel-data", tmp_path / "tmp"):
-            path.mkdir()
+    with contextlib.ExitStack() as stack:
+        nodes = stack.enter_context(netns_nodes(2, hostports, [bootstrap_name]))
+        cluster = []
+        for index, (netns, node_ip) in enumerate(nodes):
+            base = tmp_path / f"node{index}"
+            certs = base / "certs.d"  # the user's configuration for another registry is already there
+            (certs / "ghcr.io").mkdir(parents=True)
+            (certs / "ghcr.io" / "hosts.toml").write_text('server = "https://ghcr.io"\n')
+            before = _tree(certs)
+            containerd = stack.enter_context(Containerd(base / "containerd", certs))
+            host_paths = {
+                "/etc/containerd/certs.d": certs,
+                "/run/containerd/containerd.sock": containerd.socket,
+                "/var/lib/containerd/io.containerd.content.v1.content": containerd.content_root,
+                "/var/lib/spegel": base / "spegel-data",
+                "/tmp": base / "tmp",
+            }
+            assert set(host_paths) == set(mounts(daemonset, registry)) | set(mounts(daemonset, configuration))
+            for path in (base / "spegel-data", base / "tmp"):
+                path.mkdir()
+            fields = {"status.hostIP": node_ip, "status.podIP": node_ip, "metadata.namespace": NAMESPACE}
 
-        # init container: containerd now tries the node's mirror first
-        init = on_node(expand(container_argv(configuration), environment(configuration, fields)), host_paths)
-        result = run_spegel(init)
-        assert result.returncode == 0, result.stderr
-        default_hosts = (certs / "_default" / "hosts.toml").read_text()
-        assert default_hosts.index(f"http://{node_ip}:30020") < default_hosts.index(f"http://{node_ip}:30021")
+            # init container: containerd now tries this node's mirror first, via the hostPort then the NodePort
+            result = run_spegel(
+                on_node(expand(container_argv(configuration), environment(configuration, fields)), host_paths)
+            )
+            assert result.returncode == 0, result.stderr
+            default_hosts = (certs / "_default" / "hosts.toml").read_text()
+            assert default_hosts.index(f"http://{node_ip}:30020") < default_hosts.index(f"http://{node_ip}:30021")
 
-        # registry container, in the node's network namespace, on the manifest's fixed ports
-        argv = on_node(expand(container_argv(registry), environment(registry, fields)), host_paths)
-        probe = registry["livenessProbe"]["httpGet"]
-        live_url = f"http://{node_ip}:{port_number(registry, probe['port'])}{probe['path']}"
-        with Spegel(argv[1:], tmp_path / "registry.log", ready_url=live_url, netns=netns) as mirror:
+            # registry container, in the node's network namespace, on the manifest's fixed ports; started when
+            # its startup probe answers
+            argv = on_node(expand(container_argv(registry), environment(registry, fields)), host_paths)
+            probe = registry["startupProbe"]["httpGet"]
+            probe_url = f"http://{node_ip}:{port_number(registry, probe['port'])}{probe['path']}"
+            mirror = Spegel(argv[1:], base / "registry.log", ready_url=probe_url, netns=netns)
             mirror.registry_addr = f"{node_ip}:{registry_port}"
-            async with httpx.AsyncClient(timeout=10) as client:
-                ready = registry["readinessProbe"]["httpGet"]
-                answer = await client.get(f"http://{node_ip}:{port_number(registry, ready['port'])}{ready['path']}")
-                assert answer.status_code in (200, 503)
+            stack.enter_context(mirror)
+            cluster.append((containerd, mirror, certs, host_paths, before))
+
+        async with httpx.AsyncClient(timeout=10) as client:
+            ready = registry["readinessProbe"]["httpGet"]
+            for _, node_ip in nodes:  # ready once each has found the other through the bootstrap name
+                url = f"http://{node_ip}:{port_number(registry, ready['port'])}{ready['path']}"
+                await wait_for_200(client, url)
                 metrics = await client.get(f"http://{node_ip}:{port_number(registry, 'metrics')}/metrics")
-                assert metrics.status_code == 200
+                assert metrics.status_code == 200 and "spegel_mirror_requests_total" in metrics.text
 
-            # a pull through the configuration the init container wrote: the mirror (via the hostPort) is asked
-            # first, has nothing, and containerd falls back to the upstream
-            image = f"{upstream_registry.address}/team/app:v1"
-            containerd.ctr("images", "pull", "--hosts-dir", str(certs), "--plain-http", image)
-            # (once through each target: the hostPort, then the NodePort)
-            asked = [r for r in mirror.access_log() if r["path"].startswith("/v2/team/app/manifests/v1")]
+            # node A: its mirror is asked first (once per target), has nothing, containerd goes to the registry
+            (containerd_a, mirror_a, *_), (containerd_b, mirror_b, *_) = cluster
+            containerd_a.ctr("images", "pull", "--hosts-dir", str(cluster[0][2]), image)
+            asked = [r for r in mirror_a.access_log() if r["path"] == f"{repository}manifests/v1"]
             assert [(r["method"], r["status"]) for r in asked] == [("HEAD", 404), ("HEAD", 404)]
-
-            # now containerd has it: the mirror serves it from containerd's content store
-            digest = containerd.ctr("images", "ls", "--quiet").stdout
+            # ... and now serves it from containerd's content store, also to node B's mirror
             ns = {"ns": upstream_registry.address}
-            async with httpx.AsyncClient(timeout=10) as client:
-                manifest = await client.get(f"{mirror.url}/v2/team/app/manifests/v1", params=ns)
-            assert manifest.status_code == 200, manifest.text
-            assert manifest.headers["Docker-Content-Digest"].startswith("sha256:")
-            assert image in digest
+            assert (await client.get(f"{mirror_a.url}{repository}manifests/v1", params=ns)).status_code == 200
+            await wait_for_200(client, f"{mirror_b.url}{repository}manifests/v1", ns)
 
-            # preStop hook: the user's configuration is back, exactly
+        # node B pulls it through its mirror, which fetches from node A: the registry serves no blob again
+        upstream_blobs = [e for e in upstream_registry.access_log() if e.path.startswith(f"{repository}blobs/")]
+        containerd_b.ctr("images", "pull", "--hosts-dir", str(cluster[1][2]), image)
+        assert [e for e in upstream_registry.access_log() if e.path.startswith(f"{repository}blobs/")] == upstream_blobs
+        served_b = [r for r in mirror_b.access_log() if r["path"].startswith(f"{repository}blobs/")]
+        assert served_b and all(r["status"] in (200, 206) for r in served_b)
+        assert any(r.get("mirrored") for r in mirror_a.access_log() if r["path"].startswith(f"{repository}blobs/"))
+
+        # preStop hook on every node: the user's configuration is back, exactly
+        for _, _, certs, host_paths, before in cluster:
             result = run_spegel(on_node(prestop_argv(registry), host_paths))
             assert result.returncode == 0, result.stderr
             assert _tree(certs) == before
+
+        # then the kubelet stops the registry container with SIGTERM: it exits cleanly
+        for _, mirror, *_ in cluster:
+            assert mirror.stop() == 0, mirror.log_tail()
+            assert "Traceback" not in mirror.log_path.read_text(), mirror.log_tail(40)
