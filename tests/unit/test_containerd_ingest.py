@@ -20,6 +20,7 @@ from spegel.store.containerd.ingest import (
     list_ingests,
     parse_ref,
     read_ingest,
+    ref_digest,
 )
 from spegel.store.files import FileBlobReader
 
@@ -30,6 +31,8 @@ def test_parse_ref_takes_namespace_and_digest() -> None:
     assert parse_ref(f"k8s.io/1/layer-sha256:{HEX}") == ("k8s.io", Digest("sha256", HEX))
     assert parse_ref(f"default/config-sha256:{HEX}") == ("default", Digest("sha256", HEX))
     assert parse_ref(f"ns/7/sha256:{HEX}") == ("ns", Digest("sha256", HEX))
+    assert parse_ref(f"layer-sha256:{HEX}") is None  # no namespace: not a ref file's content
+    assert ref_digest(f"layer-sha256:{HEX}") == Digest("sha256", HEX)  # as Content.ListStatuses reports it
 
 
 @pytest.mark.parametrize(
@@ -175,6 +178,17 @@ async def test_open_gives_up_when_no_data_appears(tmp_path: Path) -> None:
     writer = Writer(tmp_path, b"abc")
     with trio.fail_after(5), pytest.raises(NotFound):
         await IngestReader.open_ingest(writer.ingest, tmp_path, stall_timeout=0.1)
-    no_total = read_ingest(_make_ingest(tmp_path, "t", f"k8s.io/1/layer-{writer.digest}", None))
+    no_total = read_ingest(_make_ingest(tmp_path, "t", f"k8s.io/1/layer-{writer.digest}", None, b"data"))
     with pytest.raises(NotFound, match="no total"):
         await IngestReader.open_ingest(no_total, tmp_path)
+
+
+async def test_open_reads_a_total_written_after_the_ref(tmp_path: Path) -> None:
+    directory = _make_ingest(tmp_path, "late", f"k8s.io/1/layer-sha256:{HEX}", None)
+    ingest = read_ingest(directory)
+    assert ingest.total is None
+    (directory / "total").write_text("10")
+    (directory / "data").write_bytes(b"0123")
+    reader = await IngestReader.open_ingest(ingest, tmp_path)
+    assert reader.size == 10
+    await reader.aclose()

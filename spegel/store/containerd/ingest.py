@@ -27,19 +27,28 @@ DEFAULT_POLL_INTERVAL = 0.01  # seconds between size checks while waiting for th
 _REF_DIGEST = re.compile(r"(?:^|[/-])(?P<digest>[a-z0-9]+:[a-f0-9]+)$")
 
 
+def ref_digest(ref: str) -> Digest | None:
+    """The blob digest at the end of an ingest ref (`.../layer-sha256:ab..`, also the namespace-less form
+    Content.ListStatuses reports), or None when the ref names no valid digest."""
+    match = _REF_DIGEST.search(ref)
+    if match is None:
+        return None
+    try:
+        return Digest.parse(match["digest"])
+    except InvalidDigest:
+        return None
+
+
 def parse_ref(ref: str) -> tuple[str, Digest] | None:
-    """The namespace and blob digest an ingest `ref` names, or None when it names no blob digest.
+    """The namespace and blob digest an ingest's `ref` file names, or None when it names no blob digest.
 
     `k8s.io/1/layer-sha256:ab..` -> ("k8s.io", sha256:ab..). Refs of other writers (no digest) give None.
     """
     namespace, slash, _ = ref.partition("/")
-    match = _REF_DIGEST.search(ref)
-    if not slash or not namespace or match is None:
+    digest = ref_digest(ref)
+    if not slash or not namespace or digest is None:
         return None
-    try:
-        return namespace, Digest.parse(match["digest"])
-    except InvalidDigest:
-        return None
+    return namespace, digest
 
 
 @dataclass(frozen=True)
