@@ -75,17 +75,18 @@ def upstream(tmp_path: Path) -> Iterator[Registry]:
 
 @pytest.fixture
 def cluster(tmp_path: Path, upstream: Registry) -> Iterator[Callable[..., list[MirrorNode]]]:
-    """`cluster(n, *mirror_flags)` starts n nodes; the first is every other node's bootstrap peer."""
+    """`cluster(n, *mirror_flags, upstream_address=None)` starts n nodes, their containerd mirroring the upstream
+    registry (or whatever stands at `upstream_address`); the first node is every other's bootstrap peer."""
     with contextlib.ExitStack() as stack:
 
-        def start(n: int, *mirror_flags: str) -> list[MirrorNode]:
+        def start(n: int, *mirror_flags: str, upstream_address: str | None = None) -> list[MirrorNode]:
             nodes: list[MirrorNode] = []
             for i in range(n):
                 name = f"node{i}"
                 base = tmp_path / name
                 containerd = stack.enter_context(Containerd(base / "containerd", chunk_size=CHUNK))
                 registry_addr, router_addr = free_address(), free_address()
-                configure_hosts(containerd.hosts_dir, upstream.address, registry_addr)
+                configure_hosts(containerd.hosts_dir, upstream_address or upstream.address, registry_addr)
                 bootstrap = nodes[0].router_addr if nodes else router_addr
                 host, port = bootstrap.split(":")
                 router = [

@@ -13,6 +13,7 @@ import trio
 
 from benchmark.daemons import Registry
 from benchmark.images import ImageSpec, build, push
+from benchmark.throttle import ThrottledProxy
 from spegel.oci.digest import Digest
 
 pytestmark = pytest.mark.slow
@@ -139,3 +140,37 @@ async def test_silent_peer_and_misses_cost_bounded_time(cluster, upstream: Regis
     assert len(misses) >= len(other.platforms[0].layers) + 1
     # a miss is answered at once (its latency is measured by benchmark/mirror_bench.py, not asserted here)
     assert max(misses) < 1.0, f"misses answered in {sorted(misses)} s"
+
+
+async def test_a_download_in_progress_is_shared(cluster, upstream: Registry) -> None:
+    """With the upstream throttled, A starts pulling and B one second later: B streams A's download as it
+    grows, finishes within a few seconds of A, and the upstream sends the layer about once."""
+    image = await push_image(upstream, ImageSpec(layers=(48 << 20,), compression="none", seed=16), "e2e/inflight")
+    layer = image.platforms[0].layers[0]
+    finished: dict[str, float] = {}
+    async with trio.open_nursery() as nursery:
+        proxy = ThrottledProxy(upstream.address, rate=16e6)  # 48 MiB in about 3 s
+        proxy_address = await nursery.start(proxy.serve)
+        a, b = cluster(2, upstream_address=proxy_address)
+        reference = f"{proxy_address}/e2e/inflight:v1"
+
+        async def pull(node, delay: float) -> None:
+            await trio.sleep(delay)
+            await node.pull(reference)
+            finished[node.name] = trio.current_time()
+
+        async with trio.open_nursery() as pulls:
+            pulls.start_soon(pull, a, 0.0)
+            pulls.start_soon(pull, b, 1.0)
+        nursery.cancel_scope.cancel()
+    for node in (a, b):
+        assert Digest.of(held_blob(node, layer.digest)) == layer.digest
+    layer_gets = [e for e in upstream.access_log() if str(layer.digest) in e.path and e.method == "GET"]
+    print(
+        f"B finished {finished[b.name] - finished[a.name]:.2f} s after A; the throttled link carried "
+        f"{proxy.bytes_sent} bytes for a {layer.size} byte layer in {len(layer_gets)} GETs"
+    )
+    assert proxy.bytes_sent < 1.5 * layer.size, "the upstream link carried the layer to both nodes"
+    assert finished[b.name] - finished[a.name] < 3.0
+    assert b.metric("spegel_mirror_requests_total", {"registry": proxy_address, "source": "peer"}) >= 1
+    assert a.metric("spegel_mirror_bytes_total", {"source": "inflight"}) >= layer.size / 2
