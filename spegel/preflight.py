@@ -96,7 +96,9 @@ def check_config(config_text: str | None, hosts_dir: str) -> list[Finding]:
     must include it (it may list several directories separated by `:`).
     """
     if config_text is None:
-        return [_missing_config_path(_CRI_TABLES[3][0], hosts_dir, "there is no config.toml; it is empty by default")]
+        return [
+            _missing_config_path(_CRI_TABLES[3][0], hosts_dir, "there is no config.toml, and it is empty by default")
+        ]
     try:
         config = tomllib.loads(config_text)
     except tomllib.TOMLDecodeError as exc:
@@ -111,7 +113,7 @@ def check_config(config_text: str | None, hosts_dir: str) -> list[Finding]:
 
     config_path = registry.get("config_path", "")
     if not isinstance(config_path, str) or not config_path:
-        findings.append(_missing_config_path(registry_path, hosts_dir, "it is not set"))
+        findings.append(_missing_config_path(registry_path, hosts_dir, "in config.toml"))
     elif hosts_dir.rstrip("/") not in [part.rstrip("/") for part in config_path.split(":")]:
         findings.append(
             Finding(
@@ -183,7 +185,7 @@ def _missing_config_path(table: Sequence[str], hosts_dir: str, why: str) -> Find
     return Finding(
         "config-path",
         Severity.ERROR,
-        f"containerd does not read hosts.toml files because {_key(table, 'config_path')} is empty ({why}): "
+        f"containerd does not read hosts.toml files: {_key(table, 'config_path')} is empty ({why}); "
         f"set it to {hosts_dir!r} and restart containerd",
     )
 
@@ -197,3 +199,27 @@ def _table(config: Mapping[str, Any], path: Sequence[str]) -> Mapping[str, Any]:
 
 def _key(table: Sequence[str], name: str) -> str:
     return "[" + ".".join(f'"{part}"' if "." in part else part for part in table) + f"] {name}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m spegel.preflight --containerd-version "$(containerd --version)" [--config FILE] [--hosts-dir DIR]`:
+    prints one line per finding; exit status 1 when any is an error, 0 otherwise."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m spegel.preflight", description="Check a node's containerd.")
+    parser.add_argument("--containerd-version", required=True, help="e.g. the output of `containerd --version`")
+    parser.add_argument("--config", default=DEFAULT_CONFIG_FILE, help=f"default: {DEFAULT_CONFIG_FILE}")
+    parser.add_argument(
+        "--hosts-dir", default=DEFAULT_HOSTS_DIR, help=f"containerd's view (default: {DEFAULT_HOSTS_DIR})"
+    )
+    args = parser.parse_args(argv)
+    findings = run_preflight(args.containerd_version, args.config, args.hosts_dir)
+    for finding in findings:
+        print(finding)
+    if not findings:
+        print("ok: containerd is ready for the mirror")
+    return 1 if has_errors(findings) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

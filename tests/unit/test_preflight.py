@@ -11,6 +11,7 @@ from spegel.preflight import (
     check_containerd,
     check_version,
     has_errors,
+    main,
     parse_version,
     run_preflight,
 )
@@ -51,6 +52,7 @@ def checks(findings: list[Finding]) -> list[str]:
         ("containerd github.com/containerd/containerd/v2 2.1.9+unknown ", (2, 1, 9)),
         ("containerd containerd.io 1.7.27 05044ec0a9a75232cad458027ca83437aae3f4da", (1, 7, 27)),
         ("1.6", (1, 6, 0)),
+        ("containerd://2.1.9", (2, 1, 9)),
         ("", None),
         ("containerd dev", None),
     ],
@@ -184,3 +186,15 @@ def test_run_preflight_reads_the_file(tmp_path) -> None:
     assert checks(run_preflight("2.1.9", tmp_path)) == ["config-read"]
     config.write_bytes(b"\xff\xfe")
     assert checks(run_preflight("1.0", config)) == ["containerd-version", "config-read"]
+
+
+def test_main_prints_findings_and_fails_on_errors(tmp_path, capsys) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(GOOD_V3)
+    assert main(["--containerd-version", "containerd 2.1.9", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("ok:")
+    config.write_text('imports = ["x.toml"]\n' + GOOD_V3)
+    assert main(["--containerd-version", "2.1.9", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.startswith("warning: config-imports:")
+    assert main(["--containerd-version", "2.1.9", "--config", str(config), "--hosts-dir", "/elsewhere"]) == 1
+    assert "error: config-path:" in capsys.readouterr().out
