@@ -20,7 +20,9 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -298,6 +300,70 @@ def test_image_is_the_project_version_and_runs_the_console_script() -> None:
     assert re.search(r"^FROM python:3\.11-slim$", containerfile, re.MULTILINE)
     [user] = re.findall(r"^USER (\S+)$", containerfile, re.MULTILINE)
     assert not user.startswith(("0", "root"))
+
+
+def _build_stage_copies() -> list[tuple[str, str]]:
+    """(source, destination) of each COPY from the build context in deploy/Containerfile."""
+    copies = []
+    for line in (DEPLOY / "Containerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            *sources, destination = line.split()[1:]
+            copies += [(source, destination) for source in sources]
+    return copies
+
+
+def test_the_build_context_lets_through_what_the_containerfile_copies() -> None:
+    ignore = [
+        line for line in (DEPLOY / "Containerfile.dockerignore").read_text().splitlines() if line[:1] not in ("", "#")
+    ]
+    assert ignore[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    copies = _build_stage_copies()
+    assert {source for source, _ in copies} == allowed
+    assert all((REPO / source).exists() for source in allowed)
+
+
+@pytest.mark.slow
+def test_the_copied_files_build_and_install_the_package(tmp_path: Path) -> None:
+    """Exactly what the image's build stage copies is enough to build the package: the wheel holds every module
+    of the repository's package and the `spegel` console script the ENTRYPOINT runs."""
+    context = tmp_path / "context"
+    for source, destination in _build_stage_copies():
+        target = context / destination.lstrip("/").removeprefix("src").lstrip("/")
+        if destination.endswith("/"):
+            target = target / Path(source).name
+        if (REPO / source).is_dir():
+            shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / source, target)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(context),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [wheel] = tmp_path.glob("spegel-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "spegel").rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= names, sorted(modules - names)[:5]
+    assert re.search(rf"^{image_entrypoint()[0]} = spegel\.cli:main$", scripts, re.MULTILINE)
 
 
 # ---- the command lines run -------------------------------------------------------------------------------------
