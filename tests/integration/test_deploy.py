@@ -366,6 +366,28 @@ def test_the_copied_files_build_and_install_the_package(tmp_path: Path) -> None:
     assert re.search(rf"^{image_entrypoint()[0]} = spegel\.cli:main$", scripts, re.MULTILINE)
 
 
+def _nox_image(path: Path) -> subprocess.CompletedProcess[str]:
+    nox = REPO / ".venv" / "bin" / "nox"  # installed by scripts/bootstrap.sh
+    argv = [str(nox), "-f", str(REPO / "noxfile.py"), "-s", "image"]
+    return subprocess.run(argv, env={**os.environ, "PATH": str(path)}, capture_output=True, text=True, timeout=120)
+
+
+def test_image_session_says_why_it_cannot_build_without_docker_or_buildah(tmp_path: Path) -> None:
+    result = _nox_image(tmp_path)
+    assert result.returncode != 0
+    assert "cannot build the image: docker is missing, and buildah is not installed" in result.stderr
+
+
+def test_image_session_says_why_it_cannot_build_without_a_docker_daemon(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "info"], capture_output=True, timeout=60).returncode == 0:
+        pytest.skip("needs the docker CLI without a running daemon (as on this project's machines)")
+    (tmp_path / "docker").symlink_to(docker)
+    result = _nox_image(tmp_path)
+    assert result.returncode != 0
+    assert "the docker CLI cannot reach a Docker daemon" in result.stderr
+
+
 # ---- the command lines run -------------------------------------------------------------------------------------
 
 
