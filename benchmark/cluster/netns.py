@@ -6,7 +6,7 @@ containerd per node (multipart fetch on, hosts.toml written by `spegel configura
 - `upstream`: nothing else; containerd pulls from the upstream registry;
 - `proxy`: a distribution pull-through cache in the `cache` namespace is every node's mirror;
 - `image` / `layer` / `inflight`: `spegel registry --store containerd --advertise MODE` on every node, its
-  own containerd's mirror, peers bootstrapped statically.
+  own containerd's mirror, peers bootstrapped statically (log level: `$SPEGEL_BENCH_LOG_LEVEL`, default info).
 
 Everything created is recorded as it is created (namespaces, the bridge, daemons by PID) and removed on leave
 (success, error, Ctrl-C: a SIGTERM or SIGHUP is turned into KeyboardInterrupt while the cluster is up).
@@ -248,29 +248,20 @@ class NetnsCluster:
 
     def _mirror(self, node: Node, mode: str, run_dir: Path) -> Spegel:
         ep = self.net.nodes[node.index]
-        peers = [f"/ip4/{other.address}/tcp/{ROUTER_PORT}" for other in self.net.nodes if other.name != ep.name]
-        extra = [
-            "--advertise",
-            mode,
-            "--containerd-sock",
-            str(node.containerd.socket),
-            "--containerd-content-path",
-            str(node.containerd.content_root),
-            "--router-addr",
-            f"{ep.address}:{ROUTER_PORT}",
-            "--data-dir",
-            str(run_dir / ep.name / "spegel-data"),
-            "--bootstrap-kind",
-            "static",
-            "--static-bootstrap-peers",
-            ",".join(peers),
-        ]
+        peers = ",".join(f"/ip4/{o.address}/tcp/{ROUTER_PORT}" for o in self.net.nodes if o.name != ep.name)
+        router = ["--router", "libp2p", "--router-addr", f"{ep.address}:{ROUTER_PORT}"]
+        router += ["--data-dir", str(run_dir / ep.name / "spegel-data")]
+        router += ["--bootstrap-kind", "static", "--static-bootstrap-peers", peers]
+        extra = ["--advertise", mode, "--log-level", os.environ.get("SPEGEL_BENCH_LOG_LEVEL", "info")]
+        extra += ["--containerd-sock", str(node.containerd.socket)]
+        extra += ["--containerd-content-path", str(node.containerd.content_root)]
         mirror = Spegel.registry(
             "containerd",
             run_dir / ep.name / "spegel.log",
             registry_addr=f"{ep.address}:{MIRROR_PORT}",
             metrics_addr=f"{ep.address}:{METRICS_PORT}",
             extra=extra,
+            router=router,
             netns=ep.netns,
         )
         node.mirror = mirror
