@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MINIMUM_VERSION = (2, 1)
+from spegel.store.containerd.watcher import CONTENT_EVENTS_SINCE
+
+MINIMUM_VERSION = CONTENT_EVENTS_SINCE
 DEFAULT_CONFIG_FILE = "/etc/containerd/config.toml"
 DEFAULT_HOSTS_DIR = "/etc/containerd/certs.d"
 
