@@ -3,7 +3,8 @@
 Phases (each pulls its own image version, tagged with the phase's name, so their order does not matter):
 - `create`: every node pulls at once, each after a random delay in [0, jitter] (seeded: reproducible);
 - `update`: the nodes pull in batches (rolling update), each batch after the previous one has finished;
-- `advertise`: node 0 pulls; every other node probes its own mirror for each layer until it is visible.
+- `advertise` (mirror modes only): node 0 pulls; every other node probes its own mirror for each layer until
+  it is visible.
 
 What is kept, as DataFrames written to `OUT/data/*.csv` after every run (so an interrupted run keeps what
 it measured), with the labels `run, image, mode, repetition`:
@@ -181,6 +182,8 @@ class ScenarioRunner:
                     await watchers.start(measure.watch_commits, node, on_event)
                     watchers.start_soon(measure.watch_ingests, node, on_event, INGEST_POLL)
                 for phase in self.scenario.phases:
+                    if phase == "advertise" and key.mode not in MIRROR_MODES:
+                        continue  # nothing is advertised without a mirror
                     image = self.images[key.image, phase]
                     for digest in [str(d.digest) for d in image.image.blobs()]:
                         phase_of.setdefault(digest, phase)
@@ -220,7 +223,7 @@ class ScenarioRunner:
                 self.progress.step(f"{key.label}: update batch {batch + 1}/{len(self.scenario.update_batches())}")
                 await self._pull_together([nodes[i] for i in members], reference, None, record_pull(batch))
         else:
-            await self._advertise(key, phase_labels, image, nodes, client, reference, record_pull(0))
+            await self._advertise(phase_labels, image, nodes, client, reference, record_pull(0))
         phase_end = time.time()
         upstream_after = await trio.to_thread.run_sync(self.cluster.upstream_bytes)
         mirrors_after = [await measure.scrape_mirror(client, node) for node in nodes]
@@ -256,7 +259,6 @@ class ScenarioRunner:
 
     async def _advertise(
         self,
-        key: RunKey,
         labels: dict[str, Any],
         image: PhaseImage,
         nodes: list[Node],
@@ -265,9 +267,6 @@ class ScenarioRunner:
         record: Callable[[dict[str, Any]], None],
     ) -> None:
         puller, observers = nodes[0], nodes[1:]
-        if key.mode not in MIRROR_MODES:
-            record(await measure.pull(puller, reference, self.scenario.pull_timeout))
-            return
         path = f"/v2/{image.repository}/blobs/{{digest}}?ns={self.cluster.registry_host}"
 
         def on_visible(r: dict[str, Any]) -> None:

@@ -1,7 +1,7 @@
 """Result tables from the raw DataFrames of a run (pure pandas: no plotting, no files).
 
 Every table reports the spread over repetitions (and nodes, where a value is per node): median, min, max and
-the coefficient of variation (standard deviation / mean; 0 for a single value). Bounds come from the
+the coefficient of variation (standard deviation / |mean|; 0 for a single value). Bounds come from the
 scenario in `meta.json` (see `bound.py`): a node cannot finish `create` before the lower bound
 max(S/U, S/B, N·S/(U+N·B)) and, without sharing, the last one not before N·S/U; an `update` batch not
 before S/B.
@@ -28,7 +28,7 @@ def spread(values: pd.Series) -> dict[str, float]:
     if values.empty:
         return {"n": 0, "median": math.nan, "min": math.nan, "max": math.nan, "cv": math.nan}
     mean = values.mean()
-    cv = float(values.std(ddof=0) / mean) if len(values) > 1 and mean != 0 else 0.0
+    cv = float(values.std(ddof=0) / abs(mean)) if len(values) > 1 and mean != 0 else 0.0
     return {"n": len(values), "median": values.median(), "min": values.min(), "max": values.max(), "cv": cv}
 
 

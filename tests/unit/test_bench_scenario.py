@@ -25,7 +25,7 @@ def test_shipped_scenarios_load(path: Path) -> None:
 
 def test_default_scenario() -> None:
     scenario = load(SCENARIOS / "default.toml")
-    assert scenario.modes == MODES and scenario.phases == ("create", "update")
+    assert scenario.modes == MODES and scenario.phases == ("create", "update", "advertise")
     assert scenario.cluster.upstream_bandwidth == 50e6 and scenario.cluster.node_bandwidth == 200e6
     assert scenario.images[0].layers == (8 * MiB,) * 4
 
