@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import random
-import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ import trio
 from benchmark import images, measure
 from benchmark.cluster.base import Cluster, Node
 from benchmark.progress import Progress
-from benchmark.scenario import MIRROR_MODES, PHASES, ImageShape, RunKey, Scenario, plan
+from benchmark.scenario import MIRROR_MODES, PHASES, RunKey, Scenario, plan, repository_name
 
 TABLES = ("pulls", "events", "visibility", "traffic", "usage")
 SETTLE_AFTER_PULL = 10.0  # seconds observers keep probing after the pull ended (image events come late)
@@ -70,11 +69,6 @@ class PhaseImage:
             "config": str(host.config.digest),
             "manifest": str(host.manifest.digest),
         }
-
-
-def repository_name(shape: ImageShape) -> str:
-    """`bench/<shape name>` in the characters a repository name allows."""
-    return "bench/" + (re.sub(r"[^a-z0-9]+", "-", shape.name.lower()).strip("-") or "image")
 
 
 def build_images(scenario: Scenario, cache_dir: Path | None = None) -> dict[tuple[str, str], PhaseImage]:

@@ -30,6 +30,7 @@ the others watch when each layer becomes visible to them). Any error names the k
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,11 @@ class RunKey:
     @property
     def label(self) -> str:
         return f"{self.image}/{self.mode}/rep{self.repetition}"
+
+
+def repository_name(shape: ImageShape) -> str:
+    """`bench/<shape name>` in the characters a repository name allows."""
+    return "bench/" + (re.sub(r"[^a-z0-9]+", "-", shape.name.lower()).strip("-") or "image")
 
 
 def plan(scenario: Scenario) -> list[RunKey]:
