@@ -33,6 +33,8 @@ import pytest
 import trio
 import yaml
 
+from benchmark.cluster import netplan
+from benchmark.cluster.netns import _used_subnets as used_subnets
 from benchmark.daemons import Containerd, Registry, Spegel, spegel_command
 from benchmark.images import ImageSpec, build, push
 from spegel.cli import build_parser
@@ -446,31 +448,25 @@ def _run(*argv: str, stdin: str | None = None) -> None:
 def netns_nodes(count: int, hostports: Mapping[int, int], names: Sequence[str]) -> Iterator[list[tuple[str, str]]]:
     """`count` network namespaces on one bridge, reachable from here: yields [(netns name, node IP)].
 
-    In each, `hostports` (host port -> container port) are redirected as a CNI's portmap and kube-proxy do for
-    hostPort and NodePort; each of `names` resolves to every node's IP (as a headless Service's DNS name does),
-    and other names fail at once (the resolver is 127.0.0.1, where nothing answers). Removed on exit.
+    The network is the benchmark's netns cluster plan (a free /24 of 198.18.0.0/15, unshaped in practice: 10
+    Gbit/s). In each node, `hostports` (host port -> container port) are redirected as a CNI's portmap and
+    kube-proxy do for hostPort and NodePort; each of `names` resolves to every node's IP (as a headless
+    Service's DNS name does), and other names fail at once (the resolver is 127.0.0.1, where nothing answers).
+    Everything is removed on exit.
     """
-    pid = os.getpid()
-    bridge, subnet = f"sdb{pid}", f"198.19.{pid % 250 + 1}"
-    nodes = [(f"spegel-deploy-{pid}-{i}", f"{subnet}.{i + 2}") for i in range(count)]
+    used = used_subnets()
+    free = [subnet for subnet in netplan.subnets() if subnet not in used]
+    plan = netplan.make_plan(f"dpl{os.getpid() % 1000}", free[-1], count, 10e9, 10e9)
+    nodes = [(node.netns, node.address) for node in plan.nodes]
     rules = "".join(f"    tcp dport {h} redirect to :{c}\n" for h, c in hostports.items())
     ruleset = (
         f"table ip hostports {{\n  chain prerouting {{\n    type nat hook prerouting priority -100;\n{rules}  }}\n}}\n"
     )
     hosts = "127.0.0.1 localhost\n" + "".join(f"{ip} {' '.join(names)}\n" for _, ip in nodes)
     try:
-        _run("ip", "link", "add", bridge, "type", "bridge")
-        _run("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
-        _run("ip", "link", "set", bridge, "up")
-        for i, (netns, ip) in enumerate(nodes):
-            host_if, node_if = f"sdh{pid}-{i}", f"sdn{pid}-{i}"
-            _run("ip", "netns", "add", netns)
-            _run("ip", "link", "add", host_if, "type", "veth", "peer", "name", node_if)
-            _run("ip", "link", "set", host_if, "master", bridge, "up")
-            _run("ip", "link", "set", node_if, "netns", netns)
-            _run("ip", "-n", netns, "addr", "add", f"{ip}/24", "dev", node_if)
-            _run("ip", "-n", netns, "link", "set", node_if, "up")
-            _run("ip", "-n", netns, "link", "set", "lo", "up")
+        for argv in netplan.setup_commands(plan):
+            _run(*argv)
+        for netns, _ in nodes:
             etc = Path("/etc/netns") / netns  # `ip netns exec` mounts these over /etc/<name>
             etc.mkdir(parents=True, exist_ok=True)
             (etc / "resolv.conf").write_text("nameserver 127.0.0.1\n")
@@ -479,10 +475,10 @@ def netns_nodes(count: int, hostports: Mapping[int, int], names: Sequence[str]) 
             _run("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=ruleset)
         yield nodes
     finally:
+        for argv in netplan.teardown_commands(plan):
+            subprocess.run(argv, capture_output=True, timeout=30, check=False)
         for netns, _ in nodes:
-            subprocess.run(["ip", "netns", "del", netns], capture_output=True, timeout=30, check=False)
             shutil.rmtree(Path("/etc/netns") / netns, ignore_errors=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30, check=False)
 
 
 def on_node(argv: Sequence[str], host_paths: Mapping[str, Path]) -> list[str]:
