@@ -13,11 +13,15 @@ It prints, per watcher, p50/p95 over every layer of:
   the in-progress advertisement (inflight) or the first poll that sees the ingest (pollers);
 
 and the CPU time (user + system, /proc) of the watcher's process during the pulls. Nothing is asserted.
+
+`python -m benchmark.watcher_bench bridge` prints the cost of one gRPC call (containerd's Version) made from
+trio through the asyncio-thread bridge, beside the same grpclib call on a plain asyncio loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
@@ -31,8 +35,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import grpclib.client
 import httpx
 import trio
+from google.protobuf import empty_pb2
 
 from benchmark.daemons import Containerd, Registry
 from benchmark.images import ImageSpec, SyntheticImage, build, push
@@ -41,6 +47,7 @@ from benchmark.throttle import ThrottledProxy
 from spegel.routing.base import Holder, KeyState
 from spegel.store.containerd.client import ContainerdClient
 from spegel.store.containerd.ingest import list_ingests, ref_digest
+from spegel.store.containerd.proto import version_grpc
 from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher
 
@@ -235,6 +242,50 @@ async def bench(args: argparse.Namespace) -> None:
         )
 
 
+# --- the bridge's cost ---
+
+
+def bridge_cost(calls: int, concurrency: int) -> None:
+    """Version calls to a fresh containerd: grpclib on a plain asyncio loop vs through the trio bridge."""
+
+    async def direct() -> tuple[float, float]:
+        channel = grpclib.client.Channel(path=str(containerd.socket))
+        stub = version_grpc.VersionStub(channel)
+        try:
+            await stub.Version(empty_pb2.Empty())  # connect
+            began = time.perf_counter()
+            for _ in range(calls):
+                await stub.Version(empty_pb2.Empty())
+            sequential = (time.perf_counter() - began) / calls
+            began = time.perf_counter()
+            for _ in range(calls // concurrency):
+                await asyncio.gather(*(stub.Version(empty_pb2.Empty()) for _ in range(concurrency)))
+            return sequential, (time.perf_counter() - began) / calls
+        finally:
+            channel.close()
+
+    async def bridged() -> tuple[float, float]:
+        async with ContainerdClient(str(containerd.socket)) as client:
+            await client.version()
+            began = time.perf_counter()
+            for _ in range(calls):
+                await client.version()
+            sequential = (time.perf_counter() - began) / calls
+            began = time.perf_counter()
+            for _ in range(calls // concurrency):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(concurrency):
+                        nursery.start_soon(client.version)
+            return sequential, (time.perf_counter() - began) / calls
+
+    with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, Containerd(Path(tmp)) as containerd:
+        results = {"asyncio (direct)": asyncio.run(direct()), "trio via bridge": trio.run(bridged)}
+    print(f"\n{calls} Version calls to containerd; us per call")
+    print(f"{'client':<18} {'sequential':>11} {f'{concurrency} at once':>12}")
+    for name, (sequential, concurrent) in results.items():
+        print(f"{name:<18} {sequential * 1e6:>11.0f} {concurrent * 1e6:>12.0f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmark.watcher_bench", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command")
@@ -243,17 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--layer-mib", type=float, default=4, help="size of each of the 8 layers (default 4)")
     run.add_argument("--rate", type=float, default=16e6, help="upstream bytes/s (default 16e6)")
     run.add_argument("--watchers", nargs="+", choices=WATCHERS, default=WATCHERS)
+    bridge = commands.add_parser("bridge", help="cost of a gRPC call through the trio <-> asyncio bridge")
+    bridge.add_argument("--calls", type=int, default=2000)
+    bridge.add_argument("--concurrency", type=int, default=50)
     child = commands.add_parser("watch", help="(internal) run one watcher, printing its router calls")
     child.add_argument("kind", choices=WATCHERS)
     child.add_argument("--socket", required=True)
     child.add_argument("--content", required=True)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "watch", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "watch", "bridge", "-h", "--help"):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
     if args.command == "watch":
         with contextlib.suppress(KeyboardInterrupt):
             trio.run(watch, args.kind, args.socket, args.content)
+        return 0
+    if args.command == "bridge":
+        bridge_cost(args.calls, args.concurrency)
         return 0
     trio.run(bench, args)
     return 0
