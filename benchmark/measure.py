@@ -33,7 +33,7 @@ from spegel.store.containerd.proto import content_events_pb2
 Record = dict[str, Any]
 Sink = Callable[[Record], None]
 
-_INGEST_REF = re.compile(r"(?:^|-)(sha256:[0-9a-f]{64})$")
+_INGEST_REF = re.compile(r"(?:^|[-/])(sha256:[0-9a-f]{64})$")
 
 
 async def pull(node: Node, reference: str, timeout: float) -> Record:
