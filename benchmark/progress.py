@@ -14,15 +14,20 @@ class Progress:
         self.total = total_runs
         self.done = 0
         self.stream = stream or sys.stderr
-        self.started = time.monotonic()
+        self.run_seconds = 0.0  # total time of the finished runs
+        self.run_started = time.monotonic()
         self._tty = self.stream.isatty()
         self._open_line = False
 
     def eta(self) -> str:
+        """The time the runs left will take, at the mean pace of the finished ones."""
         if self.done == 0:
             return "?"
-        left = (time.monotonic() - self.started) / self.done * (self.total - self.done)
+        left = self.run_seconds / self.done * (self.total - self.done)
         return f"{left / 60:.1f} min"
+
+    def run_starting(self) -> None:
+        self.run_started = time.monotonic()
 
     def step(self, text: str) -> None:
         """Show the current step (replaced by the next one on a terminal)."""
@@ -43,5 +48,7 @@ class Progress:
         self.stream.flush()
 
     def run_finished(self, summary: str) -> None:
+        seconds = time.monotonic() - self.run_started
+        self.run_seconds += seconds
         self.done += 1
-        self.note(f"[{self.done}/{self.total}] {summary}")
+        self.note(f"[{self.done}/{self.total}] {summary} ({seconds:.1f} s)")

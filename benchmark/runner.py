@@ -153,10 +153,10 @@ class ScenarioRunner:
 
     async def run_all(self) -> None:
         for key in plan(self.scenario):
-            started = time.monotonic()
+            self.progress.run_starting()
             await self.run_one(key)
             self.recorder.flush()
-            self.progress.run_finished(f"{key.label} done in {time.monotonic() - started:.1f} s")
+            self.progress.run_finished(f"{key.label} done")
 
     async def run_one(self, key: RunKey) -> None:
         labels = _labels(key)

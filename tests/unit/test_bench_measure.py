@@ -62,10 +62,11 @@ def test_mirror_metrics_by_source() -> None:
 def test_progress_lines_count_runs_and_estimate_what_is_left() -> None:
     out = io.StringIO()
     progress = Progress(2, out)
+    progress.run_starting()
     progress.step("run a: create")
     progress.run_finished("run a done")
     progress.step("run b: create")
     lines = out.getvalue().splitlines()
     assert lines[0] == "[1/2, ? left] run a: create"
-    assert lines[1] == "[1/2] run a done"
+    assert lines[1].startswith("[1/2] run a done (") and lines[1].endswith(" s)")
     assert lines[2].startswith("[2/2, ") and lines[2].endswith(" min left] run b: create")
