@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 
 from spegel import httprange
 from spegel.oci.errors import ErrorCode, error_body
@@ -35,6 +38,7 @@ MIRRORED_HEADER = "X-Spegel-Mirrored"
 OCTET_STREAM = "application/octet-stream"
 _ALLOWED = ("GET", "HEAD")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_OPEN_BLOBS = "spegel.open_blobs"  # ASGI scope key: the blobs a request opened whose body has not finished
 
 
 def oci_error(code: ErrorCode, detail: str | None = None, status: int | None = None) -> Response:
@@ -46,6 +50,7 @@ def oci_error(code: ErrorCode, detail: str | None = None, status: int | None = N
 def create_app(backend: Backend, default_registry: str, ready: Callable[[], bool] | None = None) -> QuartTrio:
     """Build the registry app. `ready` (default: the backend's `ready`) drives `/readyz`."""
     app = QuartTrio("spegel.registry")
+    app.asgi_http_class = _HTTPConnection
     app.config["RESPONSE_TIMEOUT"] = None  # a registry must not cut long downloads
     app.config["BODY_TIMEOUT"] = 10
     app.url_map.strict_slashes = False
@@ -81,6 +86,18 @@ def create_app(backend: Backend, default_registry: str, ready: Callable[[], bool
             return await serve_manifest(backend, registry, route, mirrored)
         return await serve_blob(backend, registry, route, mirrored)
 
+    @app.after_request
+    async def head_has_no_body(response: Response) -> Response:
+        """HEAD answers GET's headers without a body (RFC 9110 §9.3.2), whoever made the response (errors,
+        health). A body on a HEAD answer is refused by h11 mid-response, and the client's next request on
+        that keep-alive connection is then never answered."""
+        if request.method == "HEAD":
+            length = response.headers.get("Content-Length")
+            response.set_data(b"")
+            if length is not None:
+                response.headers["Content-Length"] = length
+        return response
+
     @app.errorhandler(404)
     async def not_found(_: Exception) -> Response:
         return oci_error(ErrorCode.UNSUPPORTED, "not found", 404)
@@ -103,9 +120,7 @@ async def serve_manifest(backend: Backend, registry: str, route: ManifestRoute, 
         content = await backend.manifest(ManifestRequest(reference, mirrored))
     except NotFound as exc:
         return oci_error(ErrorCode.MANIFEST_UNKNOWN, str(exc))
-    body = b"" if request.method == "HEAD" else content.data
-    response = Response(body, content_type=content.media_type)
-    response.headers["Content-Length"] = str(len(content.data))
+    response = Response(content.data, content_type=content.media_type)
     response.headers["Docker-Content-Digest"] = str(content.digest)
     return with_api_version(response)
 
@@ -134,7 +149,9 @@ async def serve_blob(backend: Backend, registry: str, route: BlobRoute, mirrored
         response = Response(_empty(), status=decision.status, content_type=OCTET_STREAM, headers=headers)
         return with_api_version(response)
     start = decision.start
-    body = _stream(blob, start, start + decision.length - 1, route)
+    open_blobs: list[BlobReader] = request.scope.setdefault(_OPEN_BLOBS, [])  # type: ignore[typeddict-item]
+    open_blobs.append(blob)
+    body = _stream(blob, start, start + decision.length - 1, route, open_blobs)
     response = Response(body, status=decision.status, content_type=OCTET_STREAM, headers=headers)
     response.timeout = None
     return with_api_version(response)
@@ -150,9 +167,12 @@ async def _empty() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - makes this an async generator
 
 
-async def _stream(blob: BlobReader, start: int, end: int, route: BlobRoute) -> AsyncIterator[bytes]:
-    """The body of a blob response. A read error after the headers went out can only cut the body short
-    (the client sees a truncated transfer and resumes with a Range request): it is logged in one line."""
+async def _stream(
+    blob: BlobReader, start: int, end: int, route: BlobRoute, open_blobs: list[BlobReader]
+) -> AsyncIterator[bytes]:
+    """The body of a blob response; it closes the blob and takes it off `open_blobs` when it ends. A read
+    error after the headers went out can only cut the body short (the client sees a truncated transfer and
+    resumes with a Range request): it is logged in one line."""
     try:
         async for chunk in blob.chunks(start, end):
             yield chunk
@@ -160,7 +180,26 @@ async def _stream(blob: BlobReader, start: int, end: int, route: BlobRoute) -> A
         log.warning("blob body cut short", extra={"digest": str(route.digest), "error": str(exc)})
         raise BodyCutShort(str(exc)) from None
     finally:
+        open_blobs.remove(blob)
         await blob.aclose()
+
+
+class _HTTPConnection(TrioASGIHTTPConnection):
+    """quart-trio's HTTP connection that also closes, when the request ends, every blob it left open.
+
+    When a client goes away, quart-trio cancels the response task. If that happens before the body began
+    (e.g. while the headers are sent), the body generator never runs, so its `finally` never closes the
+    blob: without this, each such request would leak a file descriptor (or a peer's connection).
+    """
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(receive, send)
+        finally:
+            leftovers = self.scope.get(_OPEN_BLOBS, [])  # type: ignore[misc]
+            with trio.CancelScope(shield=True):
+                while leftovers:
+                    await leftovers.pop().aclose()
 
 
 class BodyCutShort(Exception):
