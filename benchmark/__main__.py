@@ -1,5 +1,6 @@
 """`python -m benchmark run SCENARIO [--out DIR]` runs a scenario and writes its report;
-`python -m benchmark report DIR` rebuilds the report of a kept run.
+`python -m benchmark report DIR` rebuilds the report of a kept run;
+`python -m benchmark cleanup WORKDIR` removes what a killed run left (its namespaces and daemons).
 
 Errors (a bad scenario, no root, a missing tool) print one line and exit 2 (usage) or 1 (environment);
 Ctrl-C tears the cluster down, keeps the data measured so far, and exits 130.
@@ -67,7 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     report_parser = commands.add_parser("report", help="rebuild the report of a kept run")
     report_parser.add_argument("directory", type=Path)
+    cleanup_parser = commands.add_parser("cleanup", help="remove what a killed run left (its namespaces, daemons)")
+    cleanup_parser.add_argument("workdir", type=Path)
     args = parser.parse_args(argv)
+
+    if args.command == "cleanup":
+        from benchmark.cluster.netns import cleanup
+
+        try:
+            removed = cleanup(args.workdir)
+        except ClusterError as exc:
+            return _fail(str(exc))
+        print("\n".join(removed) or "nothing left to remove")
+        return 0
 
     if args.command == "report":
         try:

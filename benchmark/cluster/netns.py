@@ -40,6 +40,7 @@ MIRROR_PORT = 5000
 METRICS_PORT = 9090
 ROUTER_PORT = 5001
 COMMAND_TIMEOUT = 30.0
+STATE_FILE = "cluster.json"
 
 
 def run(argv: list[str], timeout: float = COMMAND_TIMEOUT) -> str:
@@ -133,9 +134,13 @@ class NetnsCluster:
         self._trap_signals()
         try:
             self._build_network()
-            self.upstream = Registry(
-                self.workdir / "upstream", self.registry_host, netns=self.net.upstream.netns
-            ).__enter__()
+            self.upstream = Registry(self.workdir / "upstream", self.registry_host, netns=self.net.upstream.netns)
+            self.upstream.start()
+            self._save_state()
+            self.upstream.wait_ready()
+        except DaemonError as exc:
+            self.close()
+            raise ClusterError(f"the upstream registry did not start: {exc}") from None
         except BaseException:
             self.close()
             raise
@@ -170,15 +175,31 @@ class NetnsCluster:
         self.plan = netplan.make_plan(
             self.prefix, subnet, spec.nodes, spec.upstream_bandwidth, spec.node_bandwidth, spec.latency
         )
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "network.json").write_text(
-            json.dumps(
-                {"prefix": self.prefix, "subnet": str(subnet), "namespaces": [e.netns for e in self.plan.endpoints]}
-            )
-        )
+        self._save_state()
         self._network_made = True  # from the first command on, teardown has something to remove
         for argv in netplan.setup_commands(self.plan):
             run(argv)
+
+    def _save_state(self) -> None:
+        """Record in `workdir/cluster.json` what exists now (names, and PIDs with their command lines), so that
+        `cleanup` can remove it if this process is killed before it can."""
+        if self.plan is None:
+            return
+        daemons = [self.upstream, *(d for _, _, d in self._node_daemons)]
+        processes = {}
+        for daemon in daemons:
+            if daemon is not None and daemon.process is not None and daemon.process.poll() is None:
+                with contextlib.suppress(OSError):
+                    processes[str(daemon.pid)] = Path(f"/proc/{daemon.pid}/cmdline").read_text(errors="replace")
+        state = {
+            "prefix": self.prefix,
+            "subnet": str(self.plan.subnet),
+            "namespaces": [e.netns for e in self.plan.endpoints],
+            "bridge": self.plan.bridge,
+            "processes": processes,
+        }
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=1))
 
     def _trap_signals(self) -> None:
         def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -230,12 +251,14 @@ class NetnsCluster:
                 self.nodes.append(node)
             for daemon in started:
                 daemon.start()
+            self._save_state()
             for daemon in started:
                 daemon.wait_ready()
             if mode in MIRROR_MODES:
                 mirrors = [self._mirror(node, mode, run_dir) for node in self.nodes]
                 for mirror in mirrors:
                     mirror.start()
+                self._save_state()
                 for mirror in mirrors:
                     mirror.wait_ready()
         except DaemonError as exc:
@@ -303,6 +326,7 @@ class NetnsCluster:
                 shutil.rmtree(daemon.root if isinstance(daemon, Containerd) else daemon.storage, ignore_errors=True)
         self._node_daemons.clear()
         self.nodes = []
+        self._save_state()
         return usage
 
     # --- measurements ---
@@ -315,3 +339,32 @@ class NetnsCluster:
             return netplan.class_bytes(out)
         except ValueError:
             raise ClusterError(f"no HTB class on the upstream's {netplan.INNER_IF}: {out[:300]}") from None
+
+
+def cleanup(workdir: Path) -> list[str]:
+    """Remove what a killed run left behind, from its `workdir/cluster.json`: processes that still run the
+    recorded command line (SIGKILL), then the run's namespaces and bridge (only names with its prefix).
+    Returns what was removed."""
+    try:
+        state = json.loads((Path(workdir) / STATE_FILE).read_text())
+        prefix, names = state["prefix"], [*state["namespaces"], state["bridge"]]
+        processes = dict(state["processes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ClusterError(f"{workdir} holds no readable {STATE_FILE} ({exc}): nothing known to clean up") from None
+    removed = []
+    for pid, cmdline in processes.items():
+        try:
+            if Path(f"/proc/{int(pid)}/cmdline").read_text(errors="replace") != cmdline:
+                continue  # gone, and the PID now belongs to someone else
+            os.kill(int(pid), signal.SIGKILL)
+            removed.append(f"process {pid}")
+        except (OSError, ValueError):
+            continue
+    for name in names:
+        if not str(name).startswith(f"{prefix}-"):
+            continue
+        kind = "link" if name == state["bridge"] else "netns"
+        argv = ["ip", "link", "delete", name] if kind == "link" else ["ip", "netns", "delete", name]
+        if subprocess.run(argv, capture_output=True, check=False, timeout=COMMAND_TIMEOUT).returncode == 0:
+            removed.append(f"{kind} {name}")
+    return removed

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -108,3 +110,47 @@ def test_ci_scenario_end_to_end_writes_data_and_report(tmp_path: Path) -> None:
     readme = (out / "README.md").read_text()
     assert "## Pull times" in readme and "pull_times.png" in readme
     assert (out / "pull_times.png").stat().st_size > 1000
+
+
+_HOLD_CLUSTER = """
+import sys, time
+from pathlib import Path
+from benchmark.cluster.netns import NetnsCluster
+from benchmark.scenario import ClusterSpec
+cluster = NetnsCluster(ClusterSpec(nodes=2, upstream_bandwidth=1e8, node_bandwidth=1e8), Path(sys.argv[1]))
+cluster.__enter__()
+cluster.start_nodes("proxy", Path(sys.argv[1]) / "run")
+print(cluster.prefix, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_cleanup_removes_what_a_killed_run_left(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_CLUSTER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        prefix = holder.stdout.readline().strip()
+        assert prefix, "the cluster did not come up"
+    finally:
+        holder.kill()
+        holder.wait()
+    left = {n for n in _namespaces() if n.startswith(prefix + "-")}
+    assert len(left) == 4  # upstream, cache, 2 nodes: nobody tore them down
+    state = (tmp_path / "cluster.json").read_text()
+    pids = [int(p) for p in json.loads(state)["processes"]]
+    assert len(pids) == 4 and all(_alive(p) for p in pids)  # upstream, cache, 2 containerd
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmark", "cleanup", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert not {n for n in _namespaces() if n.startswith(prefix + "-")}
+    for pid in pids:  # killed; reap is by init, so allow a moment
+        for _ in range(50):
+            if not _alive(pid) or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"process {pid} still runs")
+    assert subprocess.run([sys.executable, "-m", "benchmark", "cleanup", str(tmp_path / "none")]).returncode == 1
