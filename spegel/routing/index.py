@@ -1,7 +1,9 @@
 """The holder index (pure): which peer holds which key, as last announced, with expiry.
 
-Every entry carries the time it stops counting (`expires`); a peer refreshes its entries by announcing them again
-(a full snapshot replaces everything it announced before). Time is passed in by the caller, never read here.
+A peer's announcements count while the peer is heard from: each update from it (or `touch`) restarts its clock,
+and `ttl` after the last one all its entries stop counting (a peer announces over one ordered stream, so as long
+as it is heard, everything it announced and did not withdraw is current). A full snapshot replaces everything the
+peer announced before. Time is passed in by the caller, never read here.
 Lookups order holders: complete before in progress, in-progress ones with more bytes first, then peers the caller
 prefers (e.g. currently connected), then by peer name so the order is deterministic.
 """
@@ -27,7 +29,6 @@ class Announcement:
 class _Entry:
     state: KeyState
     available: int | None
-    expires: float
 
 
 class HolderIndex:
@@ -39,6 +40,7 @@ class HolderIndex:
         self.ttl = ttl
         self._by_key: dict[str, dict[str, _Entry]] = {}
         self._by_peer: dict[str, set[str]] = {}
+        self._heard: dict[str, float] = {}
         self._addresses: dict[str, str] = {}
 
     def set_address(self, peer: str, address: str) -> None:
@@ -48,13 +50,17 @@ class HolderIndex:
     def address(self, peer: str) -> str | None:
         return self._addresses.get(peer)
 
+    def touch(self, peer: str, now: float) -> None:
+        """`peer` was heard from at `now`: its entries count until `now + ttl`."""
+        self._heard[peer] = now
+
     def update(self, peer: str, announcements: Iterable[Announcement], now: float) -> None:
-        """Add or refresh `peer`'s announcements; other keys of `peer` stay as they are."""
+        """Add `peer`'s announcements (or change their state); other keys of `peer` stay. Touches `peer`."""
+        self.touch(peer, now)
         keys = self._by_peer.setdefault(peer, set())
-        expires = now + self.ttl
         for item in announcements:
             available = None if item.state is KeyState.COMPLETE else item.available
-            self._by_key.setdefault(item.key, {})[peer] = _Entry(item.state, available, expires)
+            self._by_key.setdefault(item.key, {})[peer] = _Entry(item.state, available)
             keys.add(item.key)
 
     def replace(self, peer: str, announcements: Iterable[Announcement], now: float) -> None:
@@ -74,20 +80,16 @@ class HolderIndex:
 
     def forget(self, peer: str) -> None:
         """Drop every key of `peer` (its address stays known)."""
+        self._heard.pop(peer, None)
         for key in self._by_peer.pop(peer, ()):
             self._drop(key, peer)
 
     def expire(self, now: float) -> int:
-        """Drop the entries whose time has passed; returns how many were dropped."""
-        dropped = 0
-        for key in list(self._by_key):
-            holders = self._by_key[key]
-            for peer in [p for p, entry in holders.items() if entry.expires <= now]:
-                self._by_peer[peer].discard(key)
-                self._drop(key, peer)
-                dropped += 1
-        for peer in [p for p, keys in self._by_peer.items() if not keys]:
-            del self._by_peer[peer]
+        """Drop the entries of peers not heard from within `ttl`; returns how many entries were dropped."""
+        silent = [peer for peer, heard in self._heard.items() if not self._live(peer, now)]
+        dropped = sum(self.holds(peer) for peer in silent)
+        for peer in silent:
+            self.forget(peer)
         return dropped
 
     def lookup(
@@ -100,7 +102,7 @@ class HolderIndex:
         ranked = []
         for peer, entry in holders.items():
             address = self._addresses.get(peer)
-            if peer == exclude or entry.expires <= now or address is None:
+            if peer == exclude or address is None or not self._live(peer, now):
                 continue
             rank = (
                 entry.state is not KeyState.COMPLETE,
@@ -115,6 +117,10 @@ class HolderIndex:
     def holds(self, peer: str) -> int:
         """How many keys `peer` has announced (live or not yet swept)."""
         return len(self._by_peer.get(peer, ()))
+
+    def _live(self, peer: str, now: float) -> bool:
+        heard = self._heard.get(peer)
+        return heard is not None and now < heard + self.ttl
 
     def _drop(self, key: str, peer: str) -> None:
         holders = self._by_key.get(key)

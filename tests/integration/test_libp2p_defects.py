@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,13 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p.host import build_host
-from spegel.routing.libp2p.workarounds import DetachedCalls, relax_dht_server_limits, set_provider_record_ttl
+from spegel.routing.libp2p.workarounds import (
+    DHT_LOGGER,
+    DetachedCalls,
+    quiet_dht_eof_warnings,
+    relax_dht_server_limits,
+    set_provider_record_ttl,
+)
 
 LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
 
@@ -85,6 +92,23 @@ async def test_provider_records_live_48h_unless_the_module_constant_is_set() -> 
         assert store.get_providers(key) == []
         with pytest.raises(ValueError):
             set_provider_record_ttl(0)
+
+
+async def test_every_received_provider_record_logs_a_warning_unless_quieted(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger(DHT_LOGGER)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logger, "filters", [])
+        with caplog.at_level(logging.WARNING, logger=DHT_LOGGER):
+            await provided_count(relax=False, keys=2)
+        eof = [r for r in caplog.records if r.name == DHT_LOGGER and "Failed to read DHT message" in r.getMessage()]
+        assert len(eof) >= 2  # at least one per record received (the FIND_NODE walks add more)
+        caplog.clear()
+        quiet_dht_eof_warnings()
+        with caplog.at_level(logging.WARNING, logger=DHT_LOGGER):
+            await provided_count(relax=False, keys=2)
+        assert not [r for r in caplog.records if "Failed to read DHT message" in r.getMessage()]
+        logger.warning("Failed to read DHT message from stream: %s", "real trouble")
+        assert [r.getMessage() for r in caplog.records] == ["Failed to read DHT message from stream: real trouble"]
 
 
 async def provided_count(relax: bool, keys: int) -> tuple[int, int]:

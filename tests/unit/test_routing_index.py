@@ -79,17 +79,20 @@ def test_replace_is_a_full_snapshot() -> None:
     assert index.holds("a") == 2
 
 
-def test_entries_expire_unless_refreshed() -> None:
+def test_a_peers_entries_count_while_it_is_heard_from() -> None:
     index = index_with("a", "b", ttl=10)
     index.update("a", [Announcement("k")], now=0)
-    index.update("b", [Announcement("k")], now=0)
-    index.update("b", [Announcement("k")], now=8)
+    index.update("b", [Announcement("k"), Announcement("old")], now=0)
+    index.update("b", [Announcement("new")], now=8)  # hearing from b keeps all of b's entries alive
     assert index.lookup("k", 5, now=9.9) == [Holder("a:5000"), Holder("b:5000")]
     assert index.lookup("k", 5, now=10) == [Holder("b:5000")]
+    assert index.lookup("old", 5, now=17) == [Holder("b:5000")]
     assert index.expire(now=10) == 1
     assert index.holds("a") == 0
-    assert index.expire(now=18) == 1
-    assert index.lookup("k", 5, now=18) == []
+    index.touch("b", now=15)
+    assert index.expire(now=24) == 0
+    assert index.expire(now=25) == 3
+    assert index.lookup("k", 5, now=25) == []
 
 
 def test_ttl_must_be_positive() -> None:

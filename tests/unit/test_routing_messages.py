@@ -18,25 +18,26 @@ from spegel.routing.libp2p.messages import (
 )
 
 announcements = st.builds(
-    lambda key, partial, available: Announcement(key, KeyState.IN_PROGRESS, available)
-    if partial
-    else Announcement(key),
+    lambda key, partial, available: (
+        Announcement(key, KeyState.IN_PROGRESS, available) if partial else Announcement(key)
+    ),
     st.text(min_size=1, max_size=40),
     st.booleans(),
     st.none() | st.integers(min_value=0, max_value=2**50),
 )
+peer_records = st.builds(PeerRecord, st.text(max_size=10), st.lists(st.text(max_size=20), max_size=2).map(tuple))
 states = st.builds(
     State,
     registry=st.text(max_size=30),
     listen=st.lists(st.text(max_size=30), max_size=3).map(tuple),
-    peers=st.lists(
-        st.builds(PeerRecord, st.text(max_size=10), st.lists(st.text(max_size=20), max_size=2).map(tuple)),
-        max_size=3,
-    ).map(tuple),
+    peers=st.lists(peer_records, max_size=3).map(tuple),
     keys=st.lists(announcements, max_size=5).map(tuple),
 )
 deltas = st.builds(
-    Delta, st.lists(announcements, max_size=5).map(tuple), st.lists(st.text(min_size=1), max_size=5).map(tuple)
+    Delta,
+    st.lists(announcements, max_size=5).map(tuple),
+    st.lists(st.text(min_size=1), max_size=5).map(tuple),
+    st.lists(peer_records, max_size=2).map(tuple),
 )
 
 
@@ -92,3 +93,13 @@ def test_pending_changes_coalesce_last_word_wins() -> None:
     assert pending.take() == Delta(added=(Announcement("b"), Announcement("c")), withdrawn=("a",))
     assert not pending
     assert pending.take() == Delta()
+
+
+def test_pending_introductions_survive_a_full_state() -> None:
+    pending = PendingChanges()
+    pending.add([Announcement("k")])
+    pending.introduce(PeerRecord("p", ("/ip4/10.0.0.1/tcp/5001",)))
+    pending.introduce(PeerRecord("p", ("/ip4/10.0.0.2/tcp/5001",)))
+    pending.clear()
+    assert pending
+    assert pending.take() == Delta(peers=(PeerRecord("p", ("/ip4/10.0.0.2/tcp/5001",)),))

@@ -98,8 +98,9 @@ class NodeProcess:
             waiter[1].append(message)
             waiter[0].set()
 
-    async def request(self, op: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
-        """Send one command and return its answer; NodeError if the node is gone, errs, or is silent too long."""
+    async def request(self, op: str, answer_within: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """Send one command and return its answer; NodeError if the node is gone, errs, or is silent for
+        `answer_within` seconds."""
         if self._closed or self.process.stdin is None:
             raise NodeError(f"{self.name} is not running")
         ident = next(self._ids)
@@ -107,12 +108,12 @@ class NodeProcess:
         self._waiting[ident] = (event, answers)
         try:
             await self.process.stdin.send_all(json.dumps({"id": ident, "op": op, **fields}).encode() + b"\n")
-            with trio.fail_after(timeout):
+            with trio.fail_after(answer_within):
                 await event.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise NodeError(f"{self.name} is not running") from None
         except trio.TooSlowError:
-            raise NodeError(f"{self.name} did not answer {op} within {timeout}s") from None
+            raise NodeError(f"{self.name} did not answer {op} within {answer_within}s") from None
         finally:
             del self._waiting[ident]
         if not answers:

@@ -5,7 +5,8 @@ length-prefixed frames: a 4-byte big-endian length, then a UTF-8 JSON object. Tw
 
 - `State`: everything the sender holds, its registry address, its listen addresses and the peers it knows
   (peer exchange). Sent first on every stream and again periodically; the receiver replaces what it knew.
-- `Delta`: keys added (or changed state) and keys withdrawn since the previous message.
+- `Delta`: keys added (or changed state) and keys withdrawn since the previous message, and peers the sender
+  has newly met (so a node that joins is introduced to everyone at once, not at the next `State`).
 
 Any malformed frame raises `ProtocolError`; the reader then drops the stream, never the process.
 """
@@ -51,6 +52,7 @@ class State:
 class Delta:
     added: tuple[Announcement, ...] = ()
     withdrawn: tuple[str, ...] = ()
+    peers: tuple[PeerRecord, ...] = ()
 
 
 Message = State | Delta
@@ -71,6 +73,7 @@ def encode(message: Message) -> bytes:
             "type": "delta",
             "add": [_encode_announcement(a) for a in message.added],
             "del": list(message.withdrawn),
+            "peers": [[p.peer_id, list(p.addrs)] for p in message.peers],
         }
     data = json.dumps(body, separators=(",", ":")).encode()
     if len(data) > MAX_FRAME:
@@ -99,6 +102,7 @@ def decode(data: bytes) -> Message:
             return Delta(
                 added=tuple(_decode_announcement(a) for a in _list(body["add"])),
                 withdrawn=tuple(_key(k) for k in _list(body["del"])),
+                peers=tuple(_decode_peer(p) for p in _list(body.get("peers", []))),
             )
     except KeyError as exc:
         raise ProtocolError(f"{kind} message lacks {exc}") from None
@@ -136,9 +140,10 @@ class FrameDecoder:
 
 @dataclass
 class PendingChanges:
-    """Changes not yet sent to one peer, coalesced: the last word on each key wins."""
+    """Changes not yet sent to one peer, coalesced: the last word on each key (and on each peer) wins."""
 
     _changes: dict[str, Announcement | None] = field(default_factory=dict)
+    _peers: dict[str, PeerRecord] = field(default_factory=dict)
 
     def add(self, announcements: Iterable[Announcement]) -> None:
         for item in announcements:
@@ -148,18 +153,24 @@ class PendingChanges:
         for key in keys:
             self._changes[key] = None
 
+    def introduce(self, peer: PeerRecord) -> None:
+        self._peers[peer.peer_id] = peer
+
     def clear(self) -> None:
+        """Forget the pending key changes (a full State is about to carry them); introductions stay."""
         self._changes.clear()
 
     def __bool__(self) -> bool:
-        return bool(self._changes)
+        return bool(self._changes or self._peers)
 
     def take(self) -> Delta:
         """The pending changes as one Delta; nothing is pending afterwards."""
         added = tuple(item for item in self._changes.values() if item is not None)
         withdrawn = tuple(key for key, item in self._changes.items() if item is None)
+        peers = tuple(self._peers.values())
         self._changes.clear()
-        return Delta(added, withdrawn)
+        self._peers.clear()
+        return Delta(added, withdrawn, peers)
 
 
 def _encode_announcement(item: Announcement) -> list[object]:

@@ -137,10 +137,11 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spegel.routing.libp2p.node")
     parser.add_argument("--registry-address", required=True, help="HOST:PORT announced as this node's registry")
-    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--log-level", default="warning", help="level of spegel's own log (libp2p's: warning)")
     add_router_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("spegel").setLevel(args.log_level.upper())
     try:
         trio.run(serve, args)
     except RouterConfigError as exc:

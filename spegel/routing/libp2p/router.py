@@ -39,7 +39,12 @@ from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p import messages
 from spegel.routing.libp2p.bootstrap import BootstrapError, Bootstrapper, backoff_delays
 from spegel.routing.libp2p.host import build_host, learn_peer_id
-from spegel.routing.libp2p.workarounds import DetachedCalls, relax_dht_server_limits, set_provider_record_ttl
+from spegel.routing.libp2p.workarounds import (
+    DetachedCalls,
+    quiet_dht_eof_warnings,
+    relax_dht_server_limits,
+    set_provider_record_ttl,
+)
 
 log = logging.getLogger("spegel.routing")
 
@@ -286,15 +291,27 @@ class Libp2pRouter:
         now = trio.current_time()
         if isinstance(message, messages.State):
             self.index.set_address(name, with_host(message.registry, remote_ip))
-            self._peer_addrs[peer] = tuple(with_host_multiaddr(addr, remote_ip) for addr in message.listen)
+            addrs = tuple(with_host_multiaddr(addr, remote_ip) for addr in message.listen)
+            if self._peer_addrs.get(peer) != addrs:
+                self._peer_addrs[peer] = addrs
+                self._introduce(messages.PeerRecord(name, addrs), to_all_but=peer)
             self.index.replace(name, message.keys, now)
-            for record in message.peers:
-                self._learn_peer(record)
+            peers = message.peers
         else:
             self.index.update(name, message.added, now)
             self.index.remove(name, message.withdrawn)
+            peers = message.peers
+        for record in peers:
+            self._learn_peer(record)
         self._changed.set()
         self._changed = trio.Event()
+
+    def _introduce(self, record: messages.PeerRecord, to_all_but: ID) -> None:
+        """Tell every other peer about a newly met one, so they connect to it now (not at the next State)."""
+        for peer, link in self._links.items():
+            if peer != to_all_but:
+                link.pending.introduce(record)
+                link.wake.set()
 
     def _learn_peer(self, record: messages.PeerRecord) -> None:
         try:
@@ -438,6 +455,7 @@ async def open_libp2p_router(settings: RouterSettings, registry_address: str) ->
         dht = None
         if settings.dht:
             set_provider_record_ttl(settings.ttl)
+            quiet_dht_eof_warnings()
             dht = KadDHT(host, DHTMode.SERVER)
             relax_dht_server_limits(dht)
         async with trio.open_nursery() as nursery:

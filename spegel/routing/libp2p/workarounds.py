@@ -14,10 +14,14 @@ that shows the defect and fails when a new library version changes it (the versi
 5. Cancelling a stream write part-way (e.g. a DHT query under a caller's 20 ms timeout) breaks the whole
    connection: it is closed but stays listed, so every stream to that peer fails until a new dial. So no caller's
    deadline may cancel libp2p I/O: `DetachedCalls` runs such calls in background tasks the caller only waits on.
+6. A DHT server logs a warning ("Failed to read DHT message from stream: ") each time a client closes a stream
+   after a fire-and-forget ADD_PROVIDER, i.e. for every provider record it receives: `quiet_dht_eof_warnings`
+   drops exactly that warning (with an empty error), not others.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -43,6 +47,22 @@ def relax_dht_server_limits(dht: KadDHT, add_provider_per_10s: int = 10_000, inb
     """Let `dht` accept `add_provider_per_10s` ADD_PROVIDER per peer per 10 s and that many concurrent streams."""
     dht._provider_rate_max = add_provider_per_10s
     dht._inbound_limiter.total_tokens = inbound_streams
+
+
+DHT_LOGGER = "libp2p.kad_dht.kad_dht"
+_EOF_WARNING = "Failed to read DHT message from stream: %s"
+
+
+class _DropEofWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _EOF_WARNING and isinstance(record.args, tuple) and str(record.args[0]) == "")
+
+
+def quiet_dht_eof_warnings() -> None:
+    """Drop the DHT server's warning about a client closing its stream after its last message (idempotent)."""
+    logger = logging.getLogger(DHT_LOGGER)
+    if not any(isinstance(f, _DropEofWarnings) for f in logger.filters):
+        logger.addFilter(_DropEofWarnings())
 
 
 T = TypeVar("T")

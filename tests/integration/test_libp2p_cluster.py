@@ -1,0 +1,112 @@
+"""Ten real libp2p router nodes, each its own process, on loopback, with a private network key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from spegel.routing.libp2p.cluster import NodeError, NodeProcess, running_cluster, wait_until_meshed
+
+pytestmark = pytest.mark.slow
+
+NODES = 10
+TTL = "3"  # seconds: records of a vanished node age out quickly
+PSK_HEX = "5e" * 32
+
+
+def psk_args(tmp_path: Path, hex_key: str = PSK_HEX, name: str = "cluster.key") -> list[str]:
+    path = tmp_path / name
+    path.write_text(f"/key/swarm/psk/1.0.0/\n/base16/\n{hex_key}\n")
+    return ["--router-psk-file", str(path), "--router-record-ttl", TTL, "--router-refresh", "1"]
+
+
+async def wait_found(node: NodeProcess, key: str, timeout: float = 10.0) -> list[list[object]]:
+    with trio.fail_after(timeout):
+        while not (holders := (await node.request("lookup", key=key))["holders"]):
+            await trio.sleep(0.05)
+    return holders
+
+
+async def test_content_is_found_from_every_node_and_misses_are_answered_in_budget(tmp_path: Path) -> None:
+    args = psk_args(tmp_path)
+    async with running_cluster(tmp_path, NODES, args) as nodes:
+        for i, node in enumerate(nodes):
+            await node.request("advertise", keys=[f"sha256:{i:064x}", f"docker.io/library/app:{i}"])
+        for i in range(NODES):
+            for j, other in enumerate(nodes):
+                if i == j:
+                    continue
+                assert await wait_found(other, f"sha256:{i:064x}") == [[f"127.0.0.1:{20000 + i}", "complete", None]]
+                assert await wait_found(other, f"docker.io/library/app:{i}")
+        # In progress, with bytes so far; then complete.
+        await nodes[3].request("advertise", keys=["sha256:partial"], state="in_progress", available=512)
+        assert await wait_found(nodes[7], "sha256:partial") == [["127.0.0.1:20003", "in_progress", 512]]
+        # Nobody has it: empty, answered within the 20 ms budget (the answer's own measure, plus scheduling slack).
+        answer = await nodes[5].request("lookups", keys=[f"sha256:none{i}" for i in range(10)], timeout=0.02)
+        assert answer["found"] == 0
+        assert max(answer["latencies"]) < 0.02 + 0.03
+
+        # A node with another key, and one with none, cannot join.
+        for name, extra in (
+            ("intruder", psk_args(tmp_path, "77" * 32, "other.key")),
+            ("plain", ["--router-refresh", "1"]),
+        ):
+            async with trio.open_nursery() as nursery:
+                intruder = await NodeProcess.start(
+                    nursery,
+                    name,
+                    tmp_path / name,
+                    "127.0.0.1:29999",
+                    [*extra, "--static-bootstrap-peers", nodes[0].addrs[0]],
+                )
+                try:
+                    await intruder.request("advertise", keys=["sha256:evil"])
+                    await trio.sleep(3)
+                    status = await intruder.request("status")
+                    assert status["connected"] == [] and not status["ready"]
+                    assert (await intruder.request("lookup", key="sha256:" + "0" * 64))["holders"] == []
+                    assert (await nodes[1].request("lookup", key="sha256:evil"))["holders"] == []
+                finally:
+                    await intruder.close()
+
+
+async def test_killed_node_ages_out_and_restarted_node_rejoins_with_its_identity(tmp_path: Path) -> None:
+    args = psk_args(tmp_path)
+    async with running_cluster(tmp_path, NODES, args) as nodes:
+        victim = nodes[4]
+        await victim.request("advertise", keys=["sha256:victim"])
+        for node in nodes:
+            if node is not victim:
+                await wait_found(node, "sha256:victim")
+        await victim.kill()
+        # Gone from every index within the TTL (3 s) plus one sweep; bounded at 15 s.
+        with trio.fail_after(15):
+            for node in nodes:
+                if node is not victim:
+                    while (await node.request("lookup", key="sha256:victim"))["holders"]:
+                        await trio.sleep(0.2)
+        async with trio.open_nursery() as nursery:
+            again = await NodeProcess.start(
+                nursery,
+                "node4-again",
+                tmp_path / "node4",
+                "127.0.0.1:20004",
+                [*args, "--static-bootstrap-peers", nodes[0].addrs[0]],
+            )
+            try:
+                assert again.peer_id == victim.peer_id
+                rest = [node for node in nodes if node is not victim]
+                await wait_until_meshed([*rest, again], 30)
+                await again.request("advertise", keys=["sha256:back"])
+                for node in rest:
+                    assert await wait_found(node, "sha256:back") == [["127.0.0.1:20004", "complete", None]]
+            finally:
+                await again.close()
+
+
+async def test_a_node_that_cannot_start_says_why(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(NodeError, match="router address"):
+            await NodeProcess.start(nursery, "bad", tmp_path / "bad", "127.0.0.1:1", ["--router-addr", "nowhere"])
