@@ -183,10 +183,20 @@ def _timeline(directory: Path, events: pd.DataFrame, pulls: pd.DataFrame) -> tup
                 color = plt.cm.viridis(k / max(1, len(layers) - 1))
                 if not math.isnan(commit):
                     begin = ingest if not math.isnan(ingest) else commit
-                    ax.barh(offset, commit - begin, left=begin - start, height=height * 0.9, color=color, align="edge")
+                    label = f"layer {layer}" if y == 0 else None
+                    ax.barh(
+                        offset,
+                        commit - begin,
+                        left=begin - start,
+                        height=height * 0.9,
+                        color=color,
+                        align="edge",
+                        label=label,
+                    )
                     ax.plot(commit - start, offset + height / 2, marker="|", color="k", markersize=6)
         ax.set_yticks(range(len(nodes)), nodes)
         ax.set_title(f"{mode} ({run})", fontsize=9)
+    axes[0][0].legend(fontsize=7, loc="lower right")
     axes[-1][0].set_xlabel("seconds since the phase start (bar: download of a layer, tick: commit)")
     return _save(fig, directory, "timeline.png", "create: each node's layers, from download start to commit")
 
