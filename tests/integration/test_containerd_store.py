@@ -19,6 +19,7 @@ from containerd_harness import plain_http_upstream, pushed
 from benchmark.daemons import Containerd, Registry
 from benchmark.images import ImageSpec
 from spegel.oci.digest import Digest
+from spegel.oci.manifest import Descriptor
 from spegel.oci.reference import Reference
 from spegel.store.base import NotFound
 from spegel.store.containerd.client import ContainerdClient, ContainerdUnavailable
@@ -154,3 +155,23 @@ async def test_unavailable_containerd_is_a_clear_error(tmp_path: Path) -> None:
             async with client.subscribe([]) as envelopes:
                 async for _ in envelopes:
                     pass
+
+
+async def test_store_answers_not_found_while_containerd_is_away(tmp_path: Path) -> None:
+    store = ContainerdStore(ContainerdClient(str(tmp_path / "no.sock")), tmp_path)
+    digest = Digest.of(b"x")
+    try:
+        with trio.fail_after(10):
+            # the request path: not here (the mirror asks its peers)
+            for call in (lambda: store.describe(digest), lambda: store.open(digest), store.images):
+                with pytest.raises(NotFound, match=r"ConnectionRefusedError|FileNotFoundError"):
+                    await call()
+            with pytest.raises(NotFound):
+                await store.resolve(Reference.parse("example.com/a:b"))
+            # the watcher's listings: an error, never a partial answer that would withdraw keys
+            with pytest.raises(ContainerdUnavailable):
+                await store.all_image_keys()
+            with pytest.raises(ContainerdUnavailable):
+                await store.walk(Descriptor("application/vnd.oci.image.manifest.v1+json", digest, 1))
+    finally:
+        store.close()

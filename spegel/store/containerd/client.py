@@ -39,8 +39,7 @@ from spegel.store.containerd.proto import (
 T = TypeVar("T")
 
 NAMESPACE_HEADER = "containerd-namespace"
-DEFAULT_TIMEOUT = 30.0
-READ_CHUNK = 1 << 20  # bytes asked per message of a Content.Read stream
+DEFAULT_TIMEOUT = 5.0  # containerd answers metadata calls in about a millisecond; a hung one must not hang us
 
 
 class ContainerdError(Exception):
@@ -169,7 +168,7 @@ class ContainerdClient:
         await self._call(
             f"delete image {name}",
             lambda: self._images.Delete(
-                images_pb2.DeleteImageRequest(name=name, sync=sync), metadata=self._metadata, timeout=self.timeout
+                images_pb2.DeleteImageRequest(name=name, sync=sync), metadata=self._metadata, timeout=60.0
             ),
         )
 
@@ -250,11 +249,11 @@ class ContainerdClient:
         )
         return response.image_ref
 
-    async def remove_image(self, reference: str) -> None:
+    async def remove_image(self, reference: str, timeout: float = 60.0) -> None:
         """Remove an image as the kubelet does (CRI ImageService.RemoveImage): every name of it."""
         await self._call(
             f"remove {reference}",
             lambda: self._cri.RemoveImage(
-                cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(image=reference)), timeout=self.timeout
+                cri_pb2.RemoveImageRequest(image=cri_pb2.ImageSpec(image=reference)), timeout=timeout
             ),
         )

@@ -10,8 +10,9 @@ Content.Read API. Blobs still downloading are opened from their ingest (`open_in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import trio
@@ -22,7 +23,7 @@ from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import Descriptor, InvalidManifest
 from spegel.oci.reference import InvalidReference, Reference
 from spegel.store.base import BlobReader, ContentInfo, NotFound, StoredImage
-from spegel.store.containerd.client import ContainerdClient
+from spegel.store.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
 from spegel.store.containerd.ingest import (
     DEFAULT_STALL_TIMEOUT,
     IngestReader,
@@ -70,7 +71,11 @@ def to_descriptor(target: object) -> Descriptor:
 
 
 class ContainerdStore:
-    """A `ContentStore` over one containerd namespace. The client is owned by the store: `close()` it."""
+    """A `ContentStore` over one containerd namespace. The client is owned by the store: `close()` it.
+
+    The `ContentStore` methods answer `NotFound` when containerd does not answer (logged), so that the mirror
+    goes on to its peers instead of failing the request; the other methods let `ContainerdError` through.
+    """
 
     def __init__(
         self,
@@ -100,14 +105,16 @@ class ContainerdStore:
     async def resolve(self, reference: Reference) -> Descriptor:
         if reference.tag is None or reference.digest is not None:
             raise NotFound(f"{reference} is not a tag")
-        image = await self.client.get_image(reference.tag_key())
+        with _unavailable_is_missing():
+            image = await self.client.get_image(reference.tag_key())
         try:
             return to_descriptor(image.target)
         except InvalidManifest as exc:
             raise NotFound(f"{reference}: {exc}") from None
 
     async def describe(self, digest: Digest) -> ContentInfo:
-        info = await self.client.content_info(str(digest))
+        with _unavailable_is_missing():
+            info = await self.client.content_info(str(digest))
         return ContentInfo(digest, info.size)
 
     async def open(self, digest: Digest) -> BlobReader:
@@ -119,7 +126,9 @@ class ContainerdStore:
 
     async def images(self) -> list[StoredImage]:
         images = []
-        for image in await self.client.list_images():
+        with _unavailable_is_missing():
+            listed = await self.client.list_images()
+        for image in listed:
             reference = image_reference(image.name)
             if reference is None:
                 continue
@@ -139,22 +148,25 @@ class ContainerdStore:
         return await IngestReader.open_ingest(ingest, self.content_path, self.stall_timeout)
 
     async def read_blob(self, digest: Digest, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
-        """A whole (small) blob; `NotFound` when absent or larger than `limit`."""
-        reader = await self.open(digest)
+        """A whole (small) blob: `NotFound` when absent or larger than `limit`, `ContainerdError` when
+        containerd does not answer."""
+        info = await self.client.content_info(str(digest))
+        if info.size > limit:
+            raise NotFound(f"{digest} is larger than {limit} bytes")
         try:
-            if reader.size > limit:
-                raise NotFound(f"{digest} is larger than {limit} bytes")
-            return b"".join([chunk async for chunk in reader.chunks(0, reader.size - 1)]) if reader.size else b""
-        finally:
-            await reader.aclose()
+            return await trio.to_thread.run_sync(blob_path(self.content_path, digest).read_bytes)
+        except (FileNotFoundError, NotADirectoryError):
+            async with self.client.read_content(str(digest), 0, 0) as pieces:
+                return b"".join([piece async for piece in pieces])
 
     async def walk(self, root: Descriptor) -> list[Descriptor]:
         """`root` and every descriptor below it that this namespace holds, parents before children, once each.
 
         Indexes are followed into every platform's manifest that is present (containerd usually fetches one);
-        absent or unparsable children are skipped, never an error. `NotFound` when `root` itself is absent.
+        absent or unparsable children are skipped, never an error. `NotFound` when `root` itself is absent;
+        `ContainerdError` when containerd does not answer (a partial walk is never returned).
         """
-        await self.describe(root.digest)
+        await self.client.content_info(str(root.digest))
         found: dict[Digest, Descriptor] = {}
         pending = [root]
         while pending:
@@ -163,7 +175,7 @@ class ContainerdStore:
                 continue
             if descriptor is not root:
                 try:
-                    await self.describe(descriptor.digest)
+                    await self.client.content_info(str(descriptor.digest))
                 except NotFound:
                     continue
             found[descriptor.digest] = descriptor
@@ -205,6 +217,17 @@ class ContainerdStore:
         return [info.digest for info in await self.client.list_content()]
 
 
+@contextlib.contextmanager
+def _unavailable_is_missing() -> Iterator[None]:
+    """For the request path: when containerd does not answer, the content is not here (peers may have it)."""
+    try:
+        yield
+    except ContainerdError as exc:
+        if isinstance(exc, ContainerdUnavailable):
+            log.warning("containerd does not answer: answering not found", extra={"error": str(exc)})
+        raise NotFound(str(exc)) from exc
+
+
 class ContentAPIReader:
     """A `BlobReader` reading through containerd's Content.Read API (when the content root is not mounted)."""
 
@@ -217,12 +240,15 @@ class ContentAPIReader:
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         offset = start
-        async with self._client.read_content(str(self.digest), start, end - start + 1) as pieces:
-            async for piece in pieces:
-                piece = piece[: end + 1 - offset]
-                if piece:
-                    offset += len(piece)
-                    yield piece
+        try:
+            async with self._client.read_content(str(self.digest), start, end - start + 1) as pieces:
+                async for piece in pieces:
+                    piece = piece[: end + 1 - offset]
+                    if piece:
+                        offset += len(piece)
+                        yield piece
+        except (ContainerdError, NotFound) as exc:
+            raise OSError(f"reading {self.digest} through containerd failed at {offset}: {exc}") from exc
         if offset != end + 1:
             raise OSError(f"content API returned {offset - start} of {end - start + 1} bytes of {self.digest}")
 
