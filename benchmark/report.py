@@ -399,7 +399,8 @@ def _markdown(
     out.append("## Upstream traffic\n")
     out.append(
         "Bytes the upstream registry sent per phase (tc counter of its link, framing included), as a multiple "
-        "of the image size S; `peer bytes` is what the mirrors served from peers (median per phase).\n"
+        "of the image size S, beside what its access log claims (more: containerd closes open-ended chunk "
+        "requests early); `peer bytes` is what the mirrors served from peers (median per phase).\n"
     )
     out.append(
         markdown_table(
@@ -413,6 +414,7 @@ def _markdown(
                 "min": "min",
                 "max": "max",
                 "cv": "CV",
+                "log_median": "access log, median x S",
                 "peer_bytes_median": "peer bytes",
             },
         )

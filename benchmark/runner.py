@@ -11,7 +11,9 @@ it measured), with the labels `run, image, mode, repetition`:
 - `pulls`: phase, node, batch, phase_start, start, end, duration, ok, error;
 - `events`: phase, node, event (`ingest`: download started; `commit`: blob committed), digest, layer, time;
 - `visibility`: phase, observer, digest, layer, visible, rtt, probes;
-- `traffic`: phase, phase_start, phase_end, upstream_bytes, and the mirrors' counters summed over nodes;
+- `traffic`: phase, phase_start, phase_end, upstream_bytes (tc counter of the upstream's link, framing
+  included), upstream_log_bytes (body bytes in the registry's access log), and the mirrors' counters summed
+  over nodes (`bytes_<source>`, `requests_<source>`);
 - `usage`: node, process, cpu_seconds, peak_rss_bytes.
 `OUT/meta.json` holds the scenario, the images' digests and sizes, the machine and the git commit.
 """
@@ -202,6 +204,7 @@ class ScenarioRunner:
         reference = image.reference(self.cluster.registry_host)
         phase_labels = {**labels, "phase": phase}
         upstream_before = await trio.to_thread.run_sync(self.cluster.upstream_bytes)
+        logged_before = await trio.to_thread.run_sync(self.cluster.upstream_log_bytes)
         mirrors_before = [await measure.scrape_mirror(client, node) for node in nodes]
         phase_start = time.time()
 
@@ -220,6 +223,7 @@ class ScenarioRunner:
             await self._advertise(phase_labels, image, nodes, client, reference, record_pull(0))
         phase_end = time.time()
         upstream_after = await trio.to_thread.run_sync(self.cluster.upstream_bytes)
+        logged_after = await trio.to_thread.run_sync(self.cluster.upstream_log_bytes)
         mirrors_after = [await measure.scrape_mirror(client, node) for node in nodes]
         counters: dict[str, float] = {}
         for before, after in zip(mirrors_before, mirrors_after, strict=True):
@@ -232,6 +236,7 @@ class ScenarioRunner:
                 "phase_start": phase_start,
                 "phase_end": phase_end,
                 "upstream_bytes": upstream_after - upstream_before,
+                "upstream_log_bytes": logged_after - logged_before,
                 **counters,
             },
         )

@@ -116,7 +116,8 @@ def _phase_bound(meta: dict[str, Any], image: str, phase: str) -> float:
 
 
 def traffic_table(traffic: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
-    """Upstream bytes per phase as a multiple of the image size S (1 = the image crossed the link once)."""
+    """Upstream bytes per phase as a multiple of the image size S (1 = the image crossed the link once): the
+    spread of the link's counter, and the median of what the registry's access log claims (`log_median`)."""
     if traffic.empty:
         return pd.DataFrame(columns=["image", "phase", "mode", *STAT_COLUMNS])
     frame = traffic.copy()
@@ -124,6 +125,11 @@ def traffic_table(traffic: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
         r.upstream_bytes / meta["images"][f"{r.image}/{r.phase}"]["size"] for r in frame.itertuples()
     ]
     table = summarize(frame, ["image", "phase", "mode"], "upstream_ratio")
+    if "upstream_log_bytes" in frame:
+        sizes = [meta["images"][f"{r.image}/{r.phase}"]["size"] for r in frame.itertuples()]
+        frame["log_ratio"] = frame["upstream_log_bytes"] / sizes
+        logged = frame.groupby(["image", "phase", "mode"])["log_ratio"].median().rename("log_median")
+        table = table.merge(logged.reset_index(), on=["image", "phase", "mode"], how="left")
     peer_columns = [c for c in ("bytes_peer", "bytes_inflight") if c in frame]
     if peer_columns:
         frame["peer_bytes"] = frame[peer_columns].fillna(0).sum(axis=1)

@@ -49,7 +49,11 @@ class Cluster(Protocol):
     def stop_nodes(self) -> list[ProcessUsage]: ...
 
     def upstream_bytes(self) -> int:
-        """Bytes the upstream registry has sent so far (a counter: take differences)."""
+        """Bytes the upstream registry has sent so far on the wire (a counter: take differences)."""
+        ...
+
+    def upstream_log_bytes(self) -> int:
+        """Body bytes the upstream registry has logged as sent so far (a counter: take differences)."""
         ...
 
 

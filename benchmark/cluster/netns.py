@@ -331,6 +331,13 @@ class NetnsCluster:
 
     # --- measurements ---
 
+    def upstream_log_bytes(self) -> int:
+        """Body bytes the upstream registry's access log says it sent so far (overcounts: containerd closes
+        open-ended chunk requests before the logged size is sent)."""
+        if self.upstream is None:
+            raise ClusterError("the cluster is not up")
+        return sum(entry.bytes for entry in self.upstream.access_log())
+
     def upstream_bytes(self) -> int:
         """Bytes the upstream has sent through its shaper so far (tc class counter, with framing)."""
         ep = self.net.upstream

@@ -91,6 +91,7 @@ def _traffic() -> pd.DataFrame:
                     "repetition": rep,
                     "phase": "create",
                     "upstream_bytes": ratio * SIZE,
+                    "upstream_log_bytes": ratio * SIZE * 1.1,
                     "bytes_peer": 0 if mode == "upstream" else SIZE,
                     "bytes_inflight": 0,
                 }
@@ -211,6 +212,7 @@ def test_traffic_table_in_image_sizes() -> None:
     table = tables.traffic_table(_traffic(), _meta())
     assert table.set_index("mode")["median"].to_dict() == pytest.approx({"upstream": 2.1, "inflight": 1.1})
     assert table.set_index("mode")["peer_bytes_median"]["inflight"] == SIZE
+    assert table.set_index("mode")["log_median"].to_dict() == pytest.approx({"upstream": 2.31, "inflight": 1.21})
 
 
 def test_advertisement_latency_from_commit_and_ingest() -> None:
