@@ -51,8 +51,12 @@ def open_store(args: argparse.Namespace) -> ContentStore:
 def run_registry(args: argparse.Namespace) -> int:
     try:
         store = open_store(args)
-        with contextlib.suppress(KeyboardInterrupt):
-            trio.run(serve_registry, args, store)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                trio.run(serve_registry, args, store)
+        finally:
+            if isinstance(store, ContainerdStore):
+                store.close()
     except (ConfigurationError, RouterConfigError, BaseExceptionGroup) as exc:
         error = find_exception(exc, (ConfigurationError, RouterConfigError))
         if error is None:
@@ -85,28 +89,35 @@ async def listen(nursery: trio.Nursery, app: object, address: str) -> list[str]:
 
 
 async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
+    """Serve until SIGINT or SIGTERM. Contexts are entered outside the serving nursery, so that on a signal
+    the servers stop first, then the mirror, then the router, each inside the one that started before it."""
     metrics = Metrics()
-    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-        if args.router == "none":
-            backend: Backend = LocalBackend(store)
-        else:
-            router = await stack.enter_async_context(open_router(args, args.registry_addr))
-            backend = await stack.enter_async_context(open_mirror(args, store, router, metrics))
-            if isinstance(store, ContainerdStore):
-                watcher = Watcher(store, router, Mode(args.advertise), args.containerd_relist_interval)
-                nursery.start_soon(watcher.run)
-        registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
-        bound = await listen(nursery, registry_app, args.registry_addr)
-        metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
-        log.info("serving", extra={"registry": bound, "metrics": metrics_bound, "store": args.store})
+    async with trio.open_nursery() as signals:
+        signals.start_soon(_stop_on_signals, signals.cancel_scope)
+        async with contextlib.AsyncExitStack() as stack:
+            watcher = None
+            if args.router == "none":
+                backend: Backend = LocalBackend(store)
+            else:
+                router = await stack.enter_async_context(open_router(args, args.registry_addr))
+                if isinstance(store, ContainerdStore):
+                    watcher = Watcher(store, router, Mode(args.advertise), args.containerd_relist_interval)
+                backend = await stack.enter_async_context(open_mirror(args, store, router, metrics, watcher))
+            registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
+            async with trio.open_nursery() as nursery:
+                if watcher is not None:
+                    nursery.start_soon(watcher.run)
+                bound = await listen(nursery, registry_app, args.registry_addr)
+                metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
+                log.info("serving", extra={"registry": bound, "metrics": metrics_bound, "store": args.store})
 
 
 @contextlib.asynccontextmanager
 async def open_mirror(
-    args: argparse.Namespace, store: ContentStore, router: Router, metrics: Metrics
+    args: argparse.Namespace, store: ContentStore, router: Router, metrics: Metrics, watcher: Watcher | None
 ) -> AsyncIterator[MirrorBackend]:
-    """The mirror backend the flags describe; in-progress downloads are shared when the store has them."""
+    """The mirror backend the flags describe; in-progress downloads are shared when the store has them, and
+    the watcher (if any) announces blobs that containerd fetches upstream after a miss."""
     timeouts = Timeouts(
         connect=args.mirror_peer_connect_timeout,
         first_byte=args.mirror_peer_first_byte_timeout,
@@ -123,7 +134,7 @@ async def open_mirror(
     in_progress = IngestSource(store) if isinstance(store, ContainerdStore) else None
     peers = PeerClient(timeouts)
     try:
-        yield MirrorBackend(store, router, peers, metrics, options, in_progress)
+        yield MirrorBackend(store, router, peers, metrics, options, in_progress, watcher)
     finally:
         await peers.aclose()
 

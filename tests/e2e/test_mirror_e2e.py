@@ -142,10 +142,13 @@ async def test_silent_peer_and_misses_cost_bounded_time(cluster, upstream: Regis
     assert max(misses) < 1.0, f"misses answered in {sorted(misses)} s"
 
 
-async def test_a_download_in_progress_is_shared(cluster, upstream: Registry) -> None:
-    """With the upstream throttled, A starts pulling and B one second later: B streams A's download as it
-    grows, finishes within a few seconds of A, and the upstream sends the layer about once."""
-    image = await push_image(upstream, ImageSpec(layers=(48 << 20,), compression="none", seed=16), "e2e/inflight")
+@pytest.mark.parametrize("b_delay", [1.0, 0.2])
+async def test_a_download_in_progress_is_shared(cluster, upstream: Registry, b_delay: float) -> None:
+    """With the upstream throttled, A starts pulling and B a moment later: B streams A's download as it
+    grows, finishes within a few seconds of A, and the upstream sends the layer about once. At 0.2 s, B asks
+    before A's download has begun: A's mirror announced the blob when it answered A's containerd 404."""
+    spec = ImageSpec(layers=(48 << 20,), compression="none", seed=16 + int(b_delay * 10))
+    image = await push_image(upstream, spec, "e2e/inflight")
     layer = image.platforms[0].layers[0]
     finished: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
@@ -161,7 +164,7 @@ async def test_a_download_in_progress_is_shared(cluster, upstream: Registry) -> 
 
         async with trio.open_nursery() as pulls:
             pulls.start_soon(pull, a, 0.0)
-            pulls.start_soon(pull, b, 1.0)
+            pulls.start_soon(pull, b, b_delay)
         nursery.cancel_scope.cancel()
     for node in (a, b):
         assert Digest.of(held_blob(node, layer.digest)) == layer.digest

@@ -30,7 +30,7 @@ from spegel.advertise import Action, Advertise, Advertisements
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.routing.base import Router
 from spegel.store.containerd.client import ContainerdError, Version
-from spegel.store.containerd.ingest import list_ingests
+from spegel.store.containerd.ingest import Ingest, list_ingests
 from spegel.store.containerd.ingestwatch import IngestEnded, IngestEvent, IngestStarted, IngestWatcher
 from spegel.store.containerd.proto import content_events_pb2, images_pb2, types_pb2
 from spegel.store.containerd.store import ContainerdStore
@@ -39,6 +39,8 @@ log = logging.getLogger("spegel.containerd")
 
 DEFAULT_RELIST_INTERVAL = 60.0
 DEFAULT_GC_DELAY = 2.0
+DATA_POLL_INTERVAL = 0.01  # seconds between checks for a new ingest's first bytes
+DEFAULT_MISS_GRACE = 5.0  # seconds a blob announced on a miss stays in progress without a download appearing
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
 
 
@@ -111,6 +113,9 @@ class Watcher:
         self._relist_requested = trio.Event()
         self._warned: set[tuple[Mode, Mode]] = set()
         self._started = False
+        self.miss_grace = DEFAULT_MISS_GRACE
+        self._expected: dict[str, float] = {}  # key announced on a miss -> when to check for its download
+        self._nursery: trio.Nursery | None = None  # the current session's
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled, reconnecting when containerd goes away.
@@ -136,6 +141,7 @@ class Watcher:
             self.mode = mode
             log.info("watching containerd", extra={"version": version.text, "advertise": mode.value})
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 if mode is Mode.INFLIGHT:
                     ingests = IngestWatcher(self.store.content_path, self.store.namespace, self._on_ingest)
                     await nursery.start(ingests.run)
@@ -144,6 +150,7 @@ class Watcher:
                     self._started = True
                     task_status.started()
                 nursery.start_soon(self._relist_periodically)
+                nursery.start_soon(self._expire_misses)
                 async for envelope in envelopes:
                     await self._on_envelope(nursery, envelope)
                 raise ContainerdError("containerd closed the event stream")
@@ -170,7 +177,7 @@ class Watcher:
             in_progress: list[str] = []
             if self.mode is Mode.INFLIGHT:  # ingests first: one committed meanwhile is then listed as content
                 ingests = await trio.to_thread.run_sync(list_ingests, self.store.content_path, self.store.namespace)
-                in_progress = [str(i.digest) for i in ingests]
+                in_progress = [str(i.digest) for i in ingests if i.size() > 0]
             complete = await self.store.all_image_keys()
             if self.mode is not Mode.IMAGE:
                 complete += await self.store.all_content_keys()
@@ -211,14 +218,56 @@ class Watcher:
                 state = self.advertisements
                 await self._apply(state.complete([key]) if topic == "/content/create" else state.withdraw([key]))
 
+    async def blob_missed(self, digest: Digest) -> None:
+        """containerd was told that no peer holds `digest` and is fetching it upstream now: in inflight mode,
+        advertise it in progress at once, so that peers asking in the next moments wait for this node's
+        download instead of all going upstream. Withdrawn after `miss_grace` seconds unless the download
+        (an ingest) or the content has appeared by then."""
+        if self.mode is not Mode.INFLIGHT:
+            return
+        key = str(digest)
+        async with self._lock:
+            actions = self.advertisements.in_progress([key])
+            if actions:
+                self._expected[key] = trio.current_time() + self.miss_grace
+            await self._apply(actions)
+
+    async def _expire_misses(self) -> None:
+        while True:
+            await trio.sleep(self.miss_grace / 4)
+            now = trio.current_time()
+            due = [key for key, deadline in self._expected.items() if deadline <= now]
+            if not due:
+                continue
+            ingests = await trio.to_thread.run_sync(list_ingests, self.store.content_path, self.store.namespace)
+            downloading = {str(i.digest) for i in ingests}
+            async with self._lock:
+                for key in due:
+                    del self._expected[key]
+                stale = [k for k in due if k not in downloading and self.advertisements.state.get(k) is not None]
+                await self._apply(self.advertisements.ingest_gone(stale))
+
     async def _on_ingest(self, event: IngestEvent) -> None:
         key = str(event.ingest.digest)
+        if isinstance(event, IngestStarted):
+            if self._nursery is not None:
+                self._nursery.start_soon(self._advertise_once_growing, event.ingest)
+            return
         async with self._lock:
-            if isinstance(event, IngestStarted):
-                await self._apply(self.advertisements.in_progress([key]))
-            elif isinstance(event, IngestEnded):
+            if isinstance(event, IngestEnded):
                 committed = [key] if event.committed else []
                 await self._apply(self.advertisements.ingest_gone([key], committed))
+
+    async def _advertise_once_growing(self, ingest: Ingest) -> None:
+        """Advertise an ingest in progress once its first bytes are on disk. containerd creates an ingest
+        before it asks anyone for the blob: a node whose download still waits on its mirror must not be taken
+        for a source, or two such nodes would wait on each other."""
+        while await trio.to_thread.run_sync(ingest.path.is_dir):
+            if await trio.to_thread.run_sync(ingest.size) > 0:
+                async with self._lock:
+                    await self._apply(self.advertisements.in_progress([str(ingest.digest)]))
+                return
+            await trio.sleep(DATA_POLL_INTERVAL)
 
     async def _apply(self, actions: list[Action]) -> None:
         for action in actions:
