@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -12,6 +13,7 @@ from typing import TypeVar
 
 import trio
 
+from spegel.advertise import Advertisements
 from spegel.metrics import Metrics, instrument
 from spegel.mirror.backend import MirrorBackend, MirrorOptions
 from spegel.mirror.inflight import IngestSource
@@ -21,7 +23,7 @@ from spegel.registry.app import create_app
 from spegel.registry.backend import Backend, LocalBackend
 from spegel.registry.routes import handler_name
 from spegel.registry.server import create_metrics_app, serve_app
-from spegel.routing.base import Router
+from spegel.routing.base import KeyState, Router
 from spegel.routing.config import RouterConfigError, open_router
 from spegel.store.base import ContentStore
 from spegel.store.containerd.store import ContainerdStore
@@ -102,6 +104,7 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
                 router = await stack.enter_async_context(open_router(args, args.registry_addr))
                 if isinstance(store, ContainerdStore):
                     watcher = Watcher(store, router, Mode(args.advertise), args.containerd_relist_interval)
+                    export_advertised_keys(metrics, watcher.advertisements)
                 backend = await stack.enter_async_context(open_mirror(args, store, router, metrics, watcher))
             registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
             async with trio.open_nursery() as nursery:
@@ -110,6 +113,22 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
                 bound = await listen(nursery, registry_app, args.registry_addr)
                 metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
                 log.info("serving", extra={"registry": bound, "metrics": metrics_bound, "store": args.store})
+
+
+def export_advertised_keys(metrics: Metrics, advertisements: Advertisements) -> None:
+    """`spegel_advertised_keys{kind}`: tags, complete blobs and blobs in progress, counted at scrape time."""
+
+    def count(kind: str) -> int:
+        return sum(1 for key, state in advertisements.state.items() if advertised_kind(key, state) == kind)
+
+    for kind in ("tag", "blob", "blob_in_progress"):
+        metrics.advertised_keys.labels(kind).set_function(functools.partial(count, kind))
+
+
+def advertised_kind(key: str, state: KeyState) -> str:
+    if "/" in key:
+        return "tag"
+    return "blob" if state is KeyState.COMPLETE else "blob_in_progress"
 
 
 @contextlib.asynccontextmanager
