@@ -110,7 +110,13 @@ class RawResponse:
 
     @classmethod
     def parse(cls, data: bytes) -> RawResponse:
-        head, _, body = data.partition(b"\r\n\r\n")
+        """Parse the final answer in `data`, skipping interim (1xx) answers such as `100 Continue`."""
+        end = final_head_end(data)
+        if end < 0:
+            return cls(None, {}, data)
+        head, body = data[: end - 4], data[end:]
+        while head.startswith(b"HTTP/1.1 1"):
+            head = head.partition(b"\r\n\r\n")[2]
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
@@ -122,6 +128,16 @@ class RawResponse:
         if headers.get("transfer-encoding", "").lower() == "chunked":
             body = _dechunk(body)
         return cls(int(parts[1]), headers, body)
+
+
+def final_head_end(data: bytes) -> int:
+    """Where the body of the final (non-1xx) answer in `data` starts; -1 while its head is incomplete."""
+    offset = 0
+    while (end := data.find(b"\r\n\r\n", offset)) >= 0:
+        if not data.startswith(b"HTTP/1.1 1", offset):
+            return end + 4
+        offset = end + 4
+    return -1
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -177,9 +193,9 @@ class ServedRegistry:
                 received.extend(data)
                 return bool(data)
 
-            while b"\r\n\r\n" not in received and more():
-                pass
-            body_start = received.find(b"\r\n\r\n") + 4
+            while (body_start := final_head_end(bytes(received))) < 0:
+                if not more():
+                    return RawResponse.parse(bytes(received))
             headers = RawResponse.parse(bytes(received)).headers
             if head:
                 while more(0.2):
