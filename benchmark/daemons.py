@@ -395,6 +395,23 @@ def spegel_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "spegel"]
 
 
+def configure_mirror(hosts_dir: Path, registry_url: str, mirror_url: str) -> None:
+    """Point containerd's hosts.toml for `registry_url` at `mirror_url`, as a user does: `spegel configuration`."""
+    argv = [
+        *spegel_command(),
+        "configuration",
+        "--containerd-registry-config-path",
+        str(hosts_dir),
+        "--mirrored-registries",
+        registry_url,
+        "--mirror-targets",
+        mirror_url,
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise DaemonError(f"spegel configuration failed: {result.stderr.strip()}")
+
+
 class Spegel(Daemon):
     """A `spegel` CLI process (`spegel ARGS...`, exactly the command line a user runs) with its log.
 

@@ -5,7 +5,6 @@ router (static bootstrap to the first node), each node's containerd pointed at i
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmark.daemons import Containerd, Registry, Spegel, free_address, spegel_command
+from benchmark.daemons import Containerd, Registry, Spegel, configure_mirror, free_address
 from spegel.store.containerd.client import ContainerdClient
 
 CHUNK = 1 << 20
@@ -52,21 +51,6 @@ def _same_sample(key: str, want: str) -> bool:
     return name == want_name and set(labels.rstrip("}").split(",")) == set(want_labels.rstrip("}").split(","))
 
 
-def configure_hosts(hosts_dir: Path, upstream: str, mirror_addr: str) -> None:
-    argv = [
-        *spegel_command(),
-        "configuration",
-        "--containerd-registry-config-path",
-        str(hosts_dir),
-        "--mirrored-registries",
-        f"http://{upstream}",
-        "--mirror-targets",
-        f"http://{mirror_addr}",
-    ]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-
-
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Registry]:
     with Registry(tmp_path / "upstream") as registry:
@@ -86,7 +70,9 @@ def cluster(tmp_path: Path, upstream: Registry) -> Iterator[Callable[..., list[M
                 base = tmp_path / name
                 containerd = stack.enter_context(Containerd(base / "containerd", chunk_size=CHUNK))
                 registry_addr, router_addr = free_address(), free_address()
-                configure_hosts(containerd.hosts_dir, upstream_address or upstream.address, registry_addr)
+                configure_mirror(
+                    containerd.hosts_dir, f"http://{upstream_address or upstream.address}", f"http://{registry_addr}"
+                )
                 bootstrap = nodes[0].router_addr if nodes else router_addr
                 host, port = bootstrap.split(":")
                 router = [
