@@ -75,7 +75,8 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--router-refresh",
         type=_positive_seconds,
-        help="seconds between full-state announcements and DHT republishes (default: a third of the TTL)",
+        help="seconds between full-state announcements to every peer (default: a third of the TTL); "
+        "DHT records are republished at half the TTL",
     )
     group.add_argument(
         "--router-rejoin",

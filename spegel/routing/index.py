@@ -86,7 +86,7 @@ class HolderIndex:
 
     def expire(self, now: float) -> int:
         """Drop the entries of peers not heard from within `ttl`; returns how many entries were dropped."""
-        silent = [peer for peer, heard in self._heard.items() if not self._live(peer, now)]
+        silent = [peer for peer, heard in self._heard.items() if not self.heard(peer, now)]
         dropped = sum(self.holds(peer) for peer in silent)
         for peer in silent:
             self.forget(peer)
@@ -102,7 +102,7 @@ class HolderIndex:
         ranked = []
         for peer, entry in holders.items():
             address = self._addresses.get(peer)
-            if peer == exclude or address is None or not self._live(peer, now):
+            if peer == exclude or address is None or not self.heard(peer, now):
                 continue
             rank = (
                 entry.state is not KeyState.COMPLETE,
@@ -118,7 +118,8 @@ class HolderIndex:
         """How many keys `peer` has announced (live or not yet swept)."""
         return len(self._by_peer.get(peer, ()))
 
-    def _live(self, peer: str, now: float) -> bool:
+    def heard(self, peer: str, now: float) -> bool:
+        """Whether `peer` was heard from within `ttl` before `now` (its entries count)."""
         heard = self._heard.get(peer)
         return heard is not None and now < heard + self.ttl
 

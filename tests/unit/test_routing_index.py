@@ -90,6 +90,7 @@ def test_a_peers_entries_count_while_it_is_heard_from() -> None:
     assert index.expire(now=10) == 1
     assert index.holds("a") == 0
     index.touch("b", now=15)
+    assert index.heard("b", now=24.9) and not index.heard("b", now=25) and not index.heard("never", now=0)
     assert index.expire(now=24) == 0
     assert index.expire(now=25) == 3
     assert index.lookup("k", 5, now=25) == []

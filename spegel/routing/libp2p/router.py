@@ -8,7 +8,7 @@ refreshing expire after `ttl`. `State` also carries peer exchange (the peers the
 to one node yields a full mesh. Lookups read the index (no I/O) and fall back to the DHT only when it knows no
 holder, within the caller's timeout (the DHT search itself runs on in the background: see workarounds).
 
-The DHT: complete keys are provided (one key at a time, in the background) and republished every `refresh`;
+The DHT: complete keys are provided (one key at a time, in the background) and republished every `ttl / 2`;
 records expire `ttl` after their last republish, so a vanished node ages out of both.
 
 `open_libp2p_router` runs it all; everything stops when its context exits.
@@ -60,7 +60,8 @@ DHT_SEARCH_COUNT = 20
 
 @dataclass(frozen=True)
 class RouterSettings:
-    """How the router runs. `refresh` defaults to a third of `ttl`; `rejoin` is how often bootstrap repeats."""
+    """How the router runs. `refresh` (full State to every peer) defaults to a third of `ttl`; `rejoin` is how
+    often bootstrap repeats."""
 
     listen: multiaddr.Multiaddr
     key_pair: KeyPair
@@ -74,6 +75,11 @@ class RouterSettings:
     @property
     def refresh_interval(self) -> float:
         return self.refresh if self.refresh is not None else self.ttl / 3
+
+    @property
+    def republish_interval(self) -> float:
+        """DHT records are republished at half their TTL (a provide walks the DHT: costlier than a State)."""
+        return self.ttl / 2
 
 
 class _Link:
@@ -167,10 +173,12 @@ class Libp2pRouter:
         await trio.lowlevel.checkpoint()
 
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
-        deadline = trio.current_time() + timeout
-        holders = self.index.lookup(key, count, trio.current_time(), preferred=self._connected_names())
-        if holders or self.dht is None or count <= 0:
-            await trio.lowlevel.checkpoint()
+        """See `Router.lookup`. Answers from the index without yielding to other tasks; only when the index knows no
+        holder and may be incomplete (a known peer has not been heard from) does it wait for the DHT."""
+        now = trio.current_time()
+        deadline = now + timeout
+        holders = self.index.lookup(key, count, now, preferred=self._connected_names())
+        if holders or self.dht is None or count <= 0 or self._index_complete(now):
             return holders
         try:
             multihash = key_multihash(key)
@@ -383,17 +391,17 @@ class Libp2pRouter:
                 self._changed = trio.Event()
 
     async def _provide(self) -> None:
-        """Provide complete keys in the DHT one at a time; re-queue all of them every refresh interval."""
+        """Provide complete keys in the DHT one at a time; re-queue all of them every republish interval."""
         assert self.dht is not None
         store = self.dht.provider_store
-        next_republish = trio.current_time() + self._settings.refresh_interval
+        next_republish = trio.current_time() + self._settings.republish_interval
         while True:
             if not self._to_provide:
                 self._provide_wake = trio.Event()
                 with trio.move_on_at(next_republish):
                     await self._provide_wake.wait()
             if trio.current_time() >= next_republish:
-                next_republish = trio.current_time() + self._settings.refresh_interval
+                next_republish = trio.current_time() + self._settings.republish_interval
                 self._to_provide.update(
                     (key, None) for key, item in self._held.items() if item.state is KeyState.COMPLETE
                 )
@@ -412,6 +420,12 @@ class Libp2pRouter:
 
     def _connected_names(self) -> set[str]:
         return {str(peer) for peer in self._links}
+
+    def _index_complete(self, now: float) -> bool:
+        """Whether every peer this node knows of (connected, or in the DHT routing table) is heard from."""
+        assert self.dht is not None
+        known = set(self._links).union(self.dht.routing_table.get_peer_ids())
+        return all(self.index.heard(str(peer), now) for peer in known)
 
 
 def with_host(address: str, remote_ip: str | None) -> str:
