@@ -25,6 +25,7 @@ from spegel.registry.routes import handler_name
 from spegel.registry.server import create_metrics_app, serve_app
 from spegel.routing.base import KeyState, Router
 from spegel.routing.config import RouterConfigError, open_router
+from spegel.routing.filtered import TagFilteringRouter, is_tag_key
 from spegel.store.base import ContentStore
 from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher
@@ -103,7 +104,8 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
             else:
                 router = await stack.enter_async_context(open_router(args, args.registry_addr))
                 if isinstance(store, ContainerdStore):
-                    watcher = Watcher(store, router, Mode(args.advertise), args.containerd_relist_interval)
+                    advertised = TagFilteringRouter(router, RegistryFilters(args.registry_filters).excludes)
+                    watcher = Watcher(store, advertised, Mode(args.advertise), args.containerd_relist_interval)
                     export_advertised_keys(metrics, watcher.advertisements)
                 backend = await stack.enter_async_context(open_mirror(args, store, router, metrics, watcher))
             registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
@@ -126,7 +128,7 @@ def export_advertised_keys(metrics: Metrics, advertisements: Advertisements) -> 
 
 
 def advertised_kind(key: str, state: KeyState) -> str:
-    if "/" in key:
+    if is_tag_key(key):
         return "tag"
     return "blob" if state is KeyState.COMPLETE else "blob_in_progress"
 
