@@ -19,6 +19,7 @@ from spegel.mirror.backend import MirrorBackend, MirrorOptions
 from spegel.mirror.inflight import IngestSource
 from spegel.mirror.peers import PeerClient, Timeouts
 from spegel.mirror.policy import RegistryFilters
+from spegel.preflight import Severity, run_preflight
 from spegel.registry.app import create_app
 from spegel.registry.backend import Backend, LocalBackend
 from spegel.registry.routes import handler_name
@@ -27,6 +28,7 @@ from spegel.routing.base import KeyState, Router
 from spegel.routing.config import RouterConfigError, open_router
 from spegel.routing.filtered import TagFilteringRouter, is_tag_key
 from spegel.store.base import ContentStore
+from spegel.store.containerd.client import ContainerdError
 from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher
 from spegel.store.layout import InvalidLayout, OCILayoutStore
@@ -110,11 +112,31 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
                 backend = await stack.enter_async_context(open_mirror(args, store, router, metrics, watcher))
             registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
             async with trio.open_nursery() as nursery:
+                if isinstance(store, ContainerdStore):
+                    nursery.start_soon(check_containerd, store, args)
                 if watcher is not None:
                     nursery.start_soon(watcher.run)
                 bound = await listen(nursery, registry_app, args.registry_addr)
                 metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
                 log.info("serving", extra={"registry": bound, "metrics": metrics_bound, "store": args.store})
+
+
+async def check_containerd(store: ContainerdStore, args: argparse.Namespace) -> None:
+    """Preflight at start: log, in one line each, what in containerd's version or configuration keeps the
+    mirror from working (the mirror keeps serving: the watcher falls back to what containerd offers)."""
+    try:
+        version = await store.client.version()
+    except ContainerdError as exc:
+        log.warning("preflight: containerd is not reachable yet", extra={"error": str(exc)})
+        return
+    findings = await trio.to_thread.run_sync(
+        run_preflight, version.text, args.containerd_config_path, args.containerd_registry_config_path
+    )
+    for finding in findings:
+        level = logging.ERROR if finding.severity is Severity.ERROR else logging.WARNING
+        log.log(level, f"preflight: {finding.message}", extra={"check": finding.check})
+    if not findings:
+        log.info("preflight: containerd is ready for the mirror", extra={"version": version.text})
 
 
 def export_advertised_keys(metrics: Metrics, advertisements: Advertisements) -> None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from spegel import hostsconfig, logs
+from spegel import hostsconfig, logs, preflight
 from spegel.routing.config import add_router_arguments
 from spegel.store.containerd.store import add_containerd_arguments
 from spegel.store.containerd.watcher import add_watcher_arguments
@@ -141,6 +141,17 @@ def build_parser() -> ArgumentParser:
     containerd = registry.add_argument_group("containerd store")
     add_containerd_arguments(containerd)
     add_watcher_arguments(containerd)
+    containerd.add_argument(
+        "--containerd-config-path",
+        default=preflight.DEFAULT_CONFIG_FILE,
+        help=f"containerd's config.toml, checked at start (default: {preflight.DEFAULT_CONFIG_FILE})",
+    )
+    containerd.add_argument(
+        "--containerd-registry-config-path",
+        default=hostsconfig.DEFAULT_CONFIG_PATH,
+        help="the hosts.toml directory containerd must read, checked at start "
+        f"(default: {hostsconfig.DEFAULT_CONFIG_PATH})",
+    )
     add_router_arguments(registry)
     add_configuration_commands(commands)
     return parser

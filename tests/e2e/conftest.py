@@ -86,7 +86,14 @@ def cluster(tmp_path: Path, upstream: Registry) -> Iterator[Callable[..., list[M
                     f"/ip4/{host}/tcp/{port}",
                     "--router-dht",
                 ]
+                preflight = [
+                    "--containerd-config-path",
+                    str(containerd.config_path),
+                    "--containerd-registry-config-path",
+                    str(containerd.hosts_dir),
+                ]
                 store = [
+                    *preflight,
                     "--containerd-sock",
                     str(containerd.socket),
                     "--containerd-content-path",

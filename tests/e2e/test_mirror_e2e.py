@@ -58,6 +58,7 @@ async def test_peers_serve_an_image_when_upstream_is_gone(cluster, upstream: Reg
         )
     layer_bytes = sum(layer.size for layer in host.layers)
     assert a.metric("spegel_mirror_bytes_total", {"source": "local"}) >= 2 * layer_bytes
+    assert any(r.get("msg") == "preflight: containerd is ready for the mirror" for r in a.mirror.log_records())
     assert a.metric("spegel_advertised_keys", {"kind": "tag"}) == 1
     assert a.metric("spegel_advertised_keys", {"kind": "blob"}) >= len(digests)
 
