@@ -24,7 +24,8 @@ def test_parse_events_reads_packed_records() -> None:
 
 
 class Containerd:
-    """Writes ingests the way containerd's local content store does (mkdir, ref, startedat, total, data)."""
+    """Writes ingests the way containerd's local content store does (mkdir, ref, startedat, total, empty data,
+    then the data as it arrives)."""
 
     def __init__(self, content_root: Path) -> None:
         self.content_root = content_root
@@ -34,9 +35,15 @@ class Containerd:
         directory.mkdir(parents=True)
         (directory / "ref").write_text(ref)
         (directory / "startedat").write_text("2026-01-01T00:00:00Z")
-        (directory / "total").write_text(str(len(data)))
-        (directory / "data").write_bytes(data)
+        (directory / "total").write_text("1000")
+        (directory / "data").touch()
+        if data:
+            self.write(directory, data)
         return directory
+
+    def write(self, directory: Path, data: bytes) -> None:
+        with open(directory / "data", "ab") as f:
+            f.write(data)
 
     def commit(self, directory: Path, digest: Digest) -> None:
         target = self.content_root / "blobs" / "sha256" / digest.hex
@@ -50,7 +57,8 @@ class Containerd:
         directory.rmdir()
 
 
-async def test_watcher_reports_starts_and_ends_from_before_the_content_root_exists(tmp_path: Path) -> None:
+async def test_watcher_reports_downloads_from_their_first_bytes_to_their_end(tmp_path: Path) -> None:
+    """From before the content root exists; an ingest counts once its data has bytes."""
     content_root = tmp_path / "io.containerd.content.v1.content"
     events: list[IngestEvent] = []
     changed = trio.Event()
@@ -72,19 +80,29 @@ async def test_watcher_reports_starts_and_ends_from_before_the_content_root_exis
             watcher = IngestWatcher(content_root, "k8s.io", on_event)
             await nursery.start(watcher.run)  # neither the content root nor ingest/ exist yet
             first = writer.start("one", f"k8s.io/1/layer-{kept}", b"kept")
-            writer.start("two", f"other-ns/1/layer-{other}")  # another namespace: not reported
+            writer.start("two", f"other-ns/1/layer-{other}", b"other")  # another namespace: not reported
             second = writer.start("three", f"k8s.io/2/config-{dropped}")
+            never = writer.start("four", f"k8s.io/3/layer-{Digest.of(b'never')}")  # no byte ever: not reported
+            await until(1)
+            await trio.sleep(0.05)
+            assert len(events) == 1, "an ingest without data is not a download yet"
+            writer.write(second, b"d")
             await until(2)
             writer.commit(first, kept)
             writer.remove(second)
+            writer.remove(never)
             await until(4)
-            assert [i.digest for i in watcher.known] == []
+            await trio.sleep(0.05)
+            assert watcher.known == []
             nursery.cancel_scope.cancel()
 
-    started = [e.ingest.digest for e in events if isinstance(e, IngestStarted)]
-    ended = {e.ingest.digest: e.committed for e in events if isinstance(e, IngestEnded)}
-    assert started == [kept, dropped]
-    assert ended == {kept: True, dropped: False}
+    assert [(type(e).__name__, e.ingest.digest) for e in events] == [
+        ("IngestStarted", kept),
+        ("IngestStarted", dropped),
+        ("IngestEnded", kept),
+        ("IngestEnded", dropped),
+    ]
+    assert [e.committed for e in events if isinstance(e, IngestEnded)] == [True, False]
 
 
 async def test_watcher_reports_ingests_present_at_start(tmp_path: Path) -> None:

@@ -1,5 +1,9 @@
 """Seeing containerd's downloads start and end, with inotify on the content root's `ingest/` directory.
 
+A download counts as started when its first bytes are on disk, not when containerd creates the ingest:
+containerd creates the ingest before it asks anyone (the mirror first) for the blob, and a node whose download
+still waits on its mirror must not be taken for a source, or two such nodes would wait on each other.
+
 Why inotify and not Content.ListStatuses polling: containerd publishes no event when an ingest starts.
 benchmark/watcher_bench.py measured both while 8 layers downloaded at once (5 pulls, 40 layers, 2 cores):
 ingest start -> seen, p50 / p95: inotify 0.6 / 10.9 ms; polling every 50 ms 35 / 62 ms; every 200 ms
@@ -9,14 +13,16 @@ polling interval and cheaper than one fast enough for the 250 ms goal, and costs
 price is that the content root must be mounted, which serving in-progress blobs needs anyway.
 
 The kernel tells us: `CREATE,ISDIR` in `ingest/` (a new ingest; its `ref` may not be written yet, so the new
-directory is watched for `ref` being closed after writing), and `DELETE,ISDIR` (the ingest ended: committed
-when its blob now exists, abandoned otherwise). containerd creates the content root and `ingest/` only when it
-first needs them, so until they exist their parents are watched for their creation. A queue overflow triggers
-a rescan of the directory.
+directory is watched for `ref` being closed after writing and for the first `MODIFY` of `data`; once that has
+been seen the directory's watch is narrowed so that the 1 MiB writes that follow cost nothing), and
+`DELETE,ISDIR` (the ingest ended: committed when its blob now exists, abandoned otherwise). containerd creates
+the content root and `ingest/` only when it first needs them, so until they exist their parents are watched for
+their creation. A queue overflow triggers a rescan of the directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,11 +38,15 @@ log = logging.getLogger("spegel.containerd")
 
 @dataclass(frozen=True)
 class IngestStarted:
+    """The ingest has its first bytes on disk."""
+
     ingest: Ingest
 
 
 @dataclass(frozen=True)
 class IngestEnded:
+    """An ingest reported as started is gone."""
+
     ingest: Ingest
     committed: bool  # the blob is in the content root now (else the download was abandoned)
 
@@ -44,7 +54,8 @@ class IngestEnded:
 IngestEvent = IngestStarted | IngestEnded
 
 _DIR_EVENTS = inotify.CREATE | inotify.DELETE | inotify.MOVED_FROM | inotify.MOVED_TO | inotify.ONLYDIR
-_REF_EVENTS = inotify.CLOSE_WRITE | inotify.MOVED_TO
+_NEW_INGEST_EVENTS = inotify.CLOSE_WRITE | inotify.MOVED_TO | inotify.MODIFY | inotify.ONLYDIR  # ref, first data
+_STARTED_INGEST_EVENTS = inotify.DELETE_SELF | inotify.ONLYDIR  # nothing more is needed from inside
 
 
 class IngestWatcher:
@@ -63,6 +74,7 @@ class IngestWatcher:
         self._ingest_wd: int | None = None
         self._dirs: dict[int, str] = {}  # watch descriptor -> ingest directory name
         self._watches: dict[str, int] = {}  # ingest directory name -> watch descriptor
+        self._pending: dict[str, Ingest] = {}  # ingest directory name -> ingest without data yet
         self._known: dict[str, Ingest] = {}  # ingest directory name -> ingest reported as started
 
     @property
@@ -104,7 +116,7 @@ class IngestWatcher:
         elif event.wd in self._dirs:
             if event.mask & inotify.IGNORED:
                 self._watches.pop(self._dirs.pop(event.wd), None)
-            elif event.name == "ref":
+            elif event.name in ("ref", "data"):
                 await self._discover(self._dirs[event.wd])
 
     async def _watch_from(self, level: int) -> bool:
@@ -139,25 +151,34 @@ class IngestWatcher:
             await self._discover(name)
 
     async def _discover(self, name: str) -> None:
+        """Look at ingest `name` again: report it as started once its ref is readable and its data not empty."""
         assert self._inotify is not None
+        if name in self._known:
+            return
         directory = ingest_root(self.content_root) / name
         if name not in self._watches:
             try:
-                wd = self._inotify.add_watch(directory, _REF_EVENTS | inotify.ONLYDIR)
+                wd = self._inotify.add_watch(directory, _NEW_INGEST_EVENTS)
             except (FileNotFoundError, NotADirectoryError):
                 return  # gone already
             self._watches[name], self._dirs[wd] = wd, name
-        if name in self._known:
+        ingest = self._pending.get(name) or read_ingest(directory)  # None until `ref` is written
+        if ingest is None or ingest.namespace != self.namespace:
             return
-        ingest = read_ingest(directory)  # None until `ref` is written: its CLOSE_WRITE brings us back
-        if ingest is not None and ingest.namespace == self.namespace:
-            self._known[name] = ingest
-            await self.on_event(IngestStarted(ingest))
+        if ingest.size() == 0:
+            self._pending[name] = ingest  # the first MODIFY of `data` brings us back
+            return
+        self._pending.pop(name, None)
+        self._known[name] = ingest
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self._inotify.add_watch(directory, _STARTED_INGEST_EVENTS)  # replaces the mask, same descriptor
+        await self.on_event(IngestStarted(ingest))
 
     async def _ended(self, name: str) -> None:
         wd = self._watches.pop(name, None)
         if wd is not None:
             self._dirs.pop(wd, None)
+        self._pending.pop(name, None)
         ingest = self._known.pop(name, None)
         if ingest is not None:
             await self.on_event(IngestEnded(ingest, blob_path(self.content_root, ingest.digest).exists()))

@@ -4,8 +4,9 @@ Modes:
 - `image`: an image's tag and every digest it holds are advertised when `/images/create|update` arrives
   (containerd publishes it after the whole image is fetched and unpacked);
 - `layer`: also each digest on `/content/create`, the moment its blob is committed (containerd >= 2.1);
-- `inflight`: also each blob as in progress as soon as its ingest appears (inotify, see ingestwatch.py),
-  withdrawn if the download is abandoned.
+- `inflight`: also each blob as in progress as soon as its download's first bytes are on disk (inotify, see
+  ingestwatch.py for why not earlier), withdrawn if the download is abandoned; and, through `blob_missed`,
+  a blob the mirror just sent upstream, before containerd has received anything.
 
 A session subscribes first, then re-lists everything (so nothing published in between is lost), then applies
 events in containerd's order. Re-listing also runs every `relist_interval` seconds and `gc_delay` seconds after
@@ -30,7 +31,7 @@ from spegel.advertise import Action, Advertise, Advertisements
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.routing.base import Router
 from spegel.store.containerd.client import ContainerdError, Version
-from spegel.store.containerd.ingest import Ingest, list_ingests
+from spegel.store.containerd.ingest import list_ingests
 from spegel.store.containerd.ingestwatch import IngestEnded, IngestEvent, IngestStarted, IngestWatcher
 from spegel.store.containerd.proto import content_events_pb2, images_pb2, types_pb2
 from spegel.store.containerd.store import ContainerdStore
@@ -39,7 +40,6 @@ log = logging.getLogger("spegel.containerd")
 
 DEFAULT_RELIST_INTERVAL = 60.0
 DEFAULT_GC_DELAY = 2.0
-DATA_POLL_INTERVAL = 0.01  # seconds between checks for a new ingest's first bytes
 DEFAULT_MISS_GRACE = 5.0  # seconds a blob announced on a miss stays in progress without a download appearing
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
 
@@ -115,7 +115,6 @@ class Watcher:
         self._started = False
         self.miss_grace = DEFAULT_MISS_GRACE
         self._expected: dict[str, float] = {}  # key announced on a miss -> when to check for its download
-        self._nursery: trio.Nursery | None = None  # the current session's
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled, reconnecting when containerd goes away.
@@ -141,7 +140,6 @@ class Watcher:
             self.mode = mode
             log.info("watching containerd", extra={"version": version.text, "advertise": mode.value})
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 if mode is Mode.INFLIGHT:
                     ingests = IngestWatcher(self.store.content_path, self.store.namespace, self._on_ingest)
                     await nursery.start(ingests.run)
@@ -249,25 +247,12 @@ class Watcher:
 
     async def _on_ingest(self, event: IngestEvent) -> None:
         key = str(event.ingest.digest)
-        if isinstance(event, IngestStarted):
-            if self._nursery is not None:
-                self._nursery.start_soon(self._advertise_once_growing, event.ingest)
-            return
         async with self._lock:
-            if isinstance(event, IngestEnded):
+            if isinstance(event, IngestStarted):
+                await self._apply(self.advertisements.in_progress([key]))
+            elif isinstance(event, IngestEnded):
                 committed = [key] if event.committed else []
                 await self._apply(self.advertisements.ingest_gone([key], committed))
-
-    async def _advertise_once_growing(self, ingest: Ingest) -> None:
-        """Advertise an ingest in progress once its first bytes are on disk. containerd creates an ingest
-        before it asks anyone for the blob: a node whose download still waits on its mirror must not be taken
-        for a source, or two such nodes would wait on each other."""
-        while await trio.to_thread.run_sync(ingest.path.is_dir):
-            if await trio.to_thread.run_sync(ingest.size) > 0:
-                async with self._lock:
-                    await self._apply(self.advertisements.in_progress([str(ingest.digest)]))
-                return
-            await trio.sleep(DATA_POLL_INTERVAL)
 
     async def _apply(self, actions: list[Action]) -> None:
         for action in actions:
