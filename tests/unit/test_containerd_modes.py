@@ -1,4 +1,5 @@
-"""The watcher's pure decisions: containerd versions, the mode a version allows, event filters, flags."""
+"""The watcher's decisions without containerd: versions, the mode a version allows, event filters, flags, and
+blobs announced on a miss."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import trio
 
+from benchmark.watcher_bench import RecordingRouter
+from spegel.oci.digest import Digest
+from spegel.routing.base import KeyState
 from spegel.store.containerd.client import Version
 from spegel.store.containerd.store import add_containerd_arguments
 from spegel.store.containerd.watcher import Mode, Watcher, add_watcher_arguments, effective_mode, event_filters
@@ -85,3 +90,27 @@ def test_flags_and_defaults() -> None:
     assert args.advertise == "inflight"
     args = parser.parse_args(["--advertise", "image", "--containerd-sock", "/x.sock"])
     assert (args.advertise, args.containerd_sock) == ("image", "/x.sock")
+
+
+async def test_blob_missed_is_in_progress_until_its_grace_ends_without_a_download(tmp_path: Path) -> None:
+    router = RecordingRouter()
+    store = SimpleNamespace(content_path=tmp_path, namespace="k8s.io")
+    watcher = Watcher(store, router, Mode.INFLIGHT)  # type: ignore[arg-type]
+    watcher.mode, watcher.miss_grace = Mode.INFLIGHT, 0.2
+    abandoned, downloading = Digest.of(b"no download"), Digest.of(b"downloading")
+    await watcher.blob_missed(abandoned)
+    await watcher.blob_missed(downloading)
+    assert router.state == {str(abandoned): KeyState.IN_PROGRESS, str(downloading): KeyState.IN_PROGRESS}
+    ingest = tmp_path / "ingest" / "x"
+    ingest.mkdir(parents=True)
+    (ingest / "ref").write_text(f"k8s.io/1/layer-{downloading}")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher._expire_misses)
+            await router.wait_for(lambda state: str(abandoned) not in state)
+            nursery.cancel_scope.cancel()
+    assert router.state == {str(downloading): KeyState.IN_PROGRESS}
+
+    watcher.mode = Mode.LAYER  # nothing is announced on a miss outside inflight mode
+    await watcher.blob_missed(abandoned)
+    assert str(abandoned) not in router.state
