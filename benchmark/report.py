@@ -400,7 +400,8 @@ def _markdown(
     out.append(
         "Bytes the upstream registry sent per phase (tc counter of its link, framing included), as a multiple "
         "of the image size S, beside what its access log claims (more: containerd closes open-ended chunk "
-        "requests early); `peer bytes` is what the mirrors served from peers (median per phase).\n"
+        "requests early); `peer bytes` is what the nodes' containerd got through their mirror from peers, `of "
+        "which in flight` what peers sent of downloads still in progress (medians per phase).\n"
     )
     out.append(
         markdown_table(
@@ -416,6 +417,7 @@ def _markdown(
                 "cv": "CV",
                 "log_median": "access log, median x S",
                 "peer_bytes_median": "peer bytes",
+                "inflight_bytes_median": "of which in flight",
             },
         )
     )

@@ -130,11 +130,12 @@ def traffic_table(traffic: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
         frame["log_ratio"] = frame["upstream_log_bytes"] / sizes
         logged = frame.groupby(["image", "phase", "mode"])["log_ratio"].median().rename("log_median")
         table = table.merge(logged.reset_index(), on=["image", "phase", "mode"], how="left")
-    peer_columns = [c for c in ("bytes_peer", "bytes_inflight") if c in frame]
-    if peer_columns:
-        frame["peer_bytes"] = frame[peer_columns].fillna(0).sum(axis=1)
-        peers = frame.groupby(["image", "phase", "mode"])["peer_bytes"].median().rename("peer_bytes_median")
-        table = table.merge(peers.reset_index(), on=["image", "phase", "mode"], how="left")
+    # On the node that asks, `peer` counts what its containerd got from peers; on the nodes that serve,
+    # `inflight` counts what they sent from downloads still in progress (a part of the askers' `peer`).
+    for column, name in (("bytes_peer", "peer_bytes_median"), ("bytes_inflight", "inflight_bytes_median")):
+        if column in frame:
+            medians = frame.groupby(["image", "phase", "mode"])[column].median().rename(name)
+            table = table.merge(medians.reset_index(), on=["image", "phase", "mode"], how="left")
     return order(table)
 
 

@@ -101,14 +101,17 @@ def test_ci_scenario_end_to_end_writes_data_and_report(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     pulls = pd.read_csv(out / "data" / "pulls.csv")
-    assert len(pulls) == 2 * 2 * 2 and pulls["ok"].all()  # modes x phases x nodes
-    assert set(pulls["mode"]) == {"upstream", "proxy"}
+    assert len(pulls) == 3 * 2 * 2 + 1 and pulls["ok"].all()  # modes x (create, update) x nodes + 1 advertise
+    assert set(pulls["mode"]) == {"upstream", "proxy", "inflight"}
     events = pd.read_csv(out / "data" / "events.csv")
     assert {"ingest", "commit"} <= set(events["event"]) and (events[events["event"] == "commit"]["layer"] >= 0).any()
-    traffic = pd.read_csv(out / "data" / "traffic.csv")
-    assert (traffic["upstream_bytes"] > 0).all()
+    traffic = pd.read_csv(out / "data" / "traffic.csv").set_index(["mode", "phase"])
+    assert (traffic.loc[["upstream", "proxy"], "upstream_bytes"] > 0).all()
+    assert traffic.loc[("inflight", "update"), "bytes_peer"] > 0  # the second node got the new image from the first
+    visibility = pd.read_csv(out / "data" / "visibility.csv")
+    assert len(visibility) == 2 and visibility["visible"].notna().all()  # 1 observer x 2 layers
     readme = (out / "README.md").read_text()
-    assert "## Pull times" in readme and "pull_times.png" in readme
+    assert "## Pull times" in readme and "pull_times.png" in readme and "## Advertisement latency" in readme
     assert (out / "pull_times.png").stat().st_size > 1000
 
 
