@@ -16,10 +16,10 @@ TTL = "3"  # seconds: records of a vanished node age out quickly
 PSK_HEX = "5e" * 32
 
 
-def psk_args(tmp_path: Path, hex_key: str = PSK_HEX, name: str = "cluster.key") -> list[str]:
+def psk_args(tmp_path: Path, hex_key: str = PSK_HEX, name: str = "cluster.key", ttl: str = "30") -> list[str]:
     path = tmp_path / name
     path.write_text(f"/key/swarm/psk/1.0.0/\n/base16/\n{hex_key}\n")
-    return ["--router-psk-file", str(path), "--router-record-ttl", TTL, "--router-refresh", "1"]
+    return ["--router-psk-file", str(path), "--router-record-ttl", ttl]
 
 
 async def wait_found(node: NodeProcess, key: str, timeout: float = 10.0) -> list[list[object]]:
@@ -49,31 +49,30 @@ async def test_content_is_found_from_every_node_and_misses_are_answered_in_budge
         assert max(answer["latencies"]) < 0.02 + 0.03
 
         # A node with another key, and one with none, cannot join.
-        for name, extra in (
-            ("intruder", psk_args(tmp_path, "77" * 32, "other.key")),
-            ("plain", ["--router-refresh", "1"]),
-        ):
-            async with trio.open_nursery() as nursery:
-                intruder = await NodeProcess.start(
-                    nursery,
-                    name,
-                    tmp_path / name,
-                    "127.0.0.1:29999",
-                    [*extra, "--static-bootstrap-peers", nodes[0].addrs[0]],
-                )
-                try:
-                    await intruder.request("advertise", keys=["sha256:evil"])
-                    await trio.sleep(3)
-                    status = await intruder.request("status")
+        bootstrap = ["--static-bootstrap-peers", nodes[0].addrs[0]]
+        outsiders = {"intruder": psk_args(tmp_path, "77" * 32, "other.key"), "plain": []}
+        async with trio.open_nursery() as nursery:
+            started = []
+            try:
+                for name, extra in outsiders.items():
+                    started.append(
+                        await NodeProcess.start(nursery, name, tmp_path / name, "127.0.0.1:29999", [*extra, *bootstrap])
+                    )
+                for outsider in started:
+                    await outsider.request("advertise", keys=[f"sha256:{outsider.name}"])
+                await trio.sleep(3)
+                for outsider in started:
+                    status = await outsider.request("status")
                     assert status["connected"] == [] and not status["ready"]
-                    assert (await intruder.request("lookup", key="sha256:" + "0" * 64))["holders"] == []
-                    assert (await nodes[1].request("lookup", key="sha256:evil"))["holders"] == []
-                finally:
-                    await intruder.close()
+                    assert (await outsider.request("lookup", key="sha256:" + "0" * 64))["holders"] == []
+                    assert (await nodes[1].request("lookup", key=f"sha256:{outsider.name}"))["holders"] == []
+            finally:
+                for outsider in started:
+                    await outsider.close()
 
 
 async def test_killed_node_ages_out_and_restarted_node_rejoins_with_its_identity(tmp_path: Path) -> None:
-    args = psk_args(tmp_path)
+    args = [*psk_args(tmp_path, ttl=TTL), "--router-refresh", "1"]
     async with running_cluster(tmp_path, NODES, args) as nodes:
         victim = nodes[4]
         await victim.request("advertise", keys=["sha256:victim"])
