@@ -2,6 +2,7 @@
 
 - after a CRI pull of a two-platform image, the store lists the tag, resolves it, walks every digest this
   node holds, and serves each blob byte-exact, from the content root and through the Content.Read API;
+- `spegel registry --store containerd` (the CLI process) serves the pulled image over HTTP, byte-exact;
 - the trio <-> asyncio bridge under load (hundreds of concurrent calls and streams) and under cancellation
   (unary calls, Content.Read streams and Events.Subscribe cancelled mid-flight): the channel keeps working.
 """
@@ -12,11 +13,12 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from containerd_harness import plain_http_upstream, pushed
 
-from benchmark.daemons import Containerd, Registry
+from benchmark.daemons import Containerd, Registry, Spegel
 from benchmark.images import ImageSpec
 from spegel.oci.digest import Digest
 from spegel.oci.manifest import Descriptor
@@ -81,6 +83,33 @@ async def test_store_after_cri_pull(
     finally:
         store.close()
         api_store.close()
+
+
+async def test_registry_serves_containerd_content(
+    upstream_registry: Registry,
+    containerd_factory: Callable[..., Containerd],
+    spegel_registry_factory: Callable[..., Spegel],
+) -> None:
+    image, name = await pushed(upstream_registry, ImageSpec((400_000, 90_000), seed=503, platforms=2), "s/web", "v2")
+    containerd = containerd_factory()
+    plain_http_upstream(containerd, upstream_registry)
+    async with ContainerdClient(str(containerd.socket)) as client:
+        await client.pull_image(name, timeout=120)
+    flags = ("--containerd-sock", str(containerd.socket), "--containerd-content-path", str(containerd.content_root))
+    mirror = spegel_registry_factory("containerd", extra=flags)
+    base = f"{mirror.url}/v2/s/web"
+    async with httpx.AsyncClient(timeout=30) as http:
+        tag = await http.get(f"{base}/manifests/v2?ns={upstream_registry.address}", headers={"Accept": "*/*"})
+        assert tag.status_code == 200 and tag.content == image.read_blob(image.index.digest)
+        assert tag.headers["docker-content-digest"] == str(image.index.digest)
+        host = image.platforms[0]
+        manifest = await http.get(f"{base}/manifests/{host.manifest.digest}?ns={upstream_registry.address}")
+        assert manifest.status_code == 200 and manifest.content == image.read_blob(host.manifest.digest)
+        for blob in (host.config, *host.layers):
+            response = await http.get(f"{base}/blobs/{blob.digest}?ns={upstream_registry.address}")
+            assert response.status_code == 200 and response.content == image.read_blob(blob.digest)
+        other = image.platforms[1].manifest.digest  # the other platform's manifest was never pulled
+        assert (await http.get(f"{base}/manifests/{other}?ns={upstream_registry.address}")).status_code == 404
 
 
 async def test_bridge_under_load_and_cancellation(
