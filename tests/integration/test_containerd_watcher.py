@@ -60,7 +60,7 @@ async def record_first_bytes(content_root: Path, digest: Digest, found: list[flo
         await trio.sleep(0.002)
 
 
-@pytest.mark.parametrize("mode", [Mode.IMAGE, Mode.LAYER])
+@pytest.mark.parametrize("mode", [Mode.IMAGE, Mode.LAYER, Mode.INFLIGHT])
 async def test_events_are_advertised_in_containerds_order(
     mode: Mode, upstream_registry: Registry, containerd_factory: Callable[..., Containerd]
 ) -> None:
@@ -85,8 +85,9 @@ async def test_events_are_advertised_in_containerds_order(
 
     assert set(router.state) == {tag, *held_digests(image)}
     assert all(state is COMPLETE for state in router.state.values())
-    advertised = [key for call in router.calls for key in call.keys]
     assert all(call.kind == "advertise" for call in router.calls)
+    complete = [call for call in router.calls if call.state is COMPLETE]  # (inflight also says in progress)
+    advertised = [key for call in complete for key in call.keys]
     if mode is Mode.IMAGE:
         # one advertisement, when the image is created: tag first, then manifest, config, layers
         [call] = router.calls
@@ -97,7 +98,11 @@ async def test_events_are_advertised_in_containerds_order(
         # each blob advertised on its own /content/create, in containerd's order, before the image's tag
         assert advertised[: len(created)] == created
         assert advertised[len(created)] == tag
-        assert [call.keys for call in router.calls[: len(created)]] == [(d,) for d in created]
+        assert [call.keys for call in complete[: len(created)]] == [(d,) for d in created]
+        for call in router.calls:
+            if call.state is IN_PROGRESS:  # a blob is in progress only before it is complete
+                [key] = call.keys
+                assert router.calls.index(call) < router.calls.index(router.first("advertise", key, COMPLETE))
 
 
 async def test_inflight_layer_is_advertised_at_once_and_readable_mid_download(
