@@ -11,9 +11,10 @@ Modes:
 A session subscribes first, then re-lists everything (so nothing published in between is lost), then applies
 events in containerd's order. Re-listing also runs every `relist_interval` seconds and `gc_delay` seconds after
 an image is deleted, because garbage collection publishes no content deletes. When containerd goes away the
-session ends; the next one starts after a back-off (0.1 s doubling to 5 s) and re-lists: advertisements are
-kept meanwhile (a restart keeps the content). A mode containerd cannot serve (content events need 2.1) is
-logged once and the best available mode is used instead.
+session ends (so does it when the content root cannot be watched, e.g. out of inotify watches); the next one
+starts after a back-off (0.1 s doubling to 5 s) and re-lists: advertisements are kept meanwhile (a restart
+keeps the content). A mode containerd cannot serve (content events need 2.1) is logged once and the best
+available mode is used instead.
 
 All changes go through one `Advertisements` state under one lock, so a re-list and an event never interleave;
 the resulting actions are applied to the `Router` in order.
@@ -126,7 +127,7 @@ class Watcher:
             sessions = self.sessions
             try:
                 await self._session(task_status)
-            except* ContainerdError as group:
+            except* (ContainerdError, OSError) as group:  # containerd away, or its content root unwatchable
                 errors = "; ".join(str(e) for e in group.exceptions)
                 log.warning("containerd watch interrupted", extra={"error": errors, "retry_in": backoff})
             backoff = MIN_BACKOFF if self.sessions > sessions else min(backoff * 2, MAX_BACKOFF)
