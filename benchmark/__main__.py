@@ -37,7 +37,8 @@ def run(scenario: Scenario, out: Path, workdir: Path) -> None:
     progress = Progress(len(plan(scenario)))
     progress.note(f"building images for {scenario.name} (cached under the image cache)")
     phase_images = build_images(scenario)
-    write_meta(out, scenario, phase_images, started=time.time())
+    started = time.time()
+    write_meta(out, scenario, phase_images, started=started)
     recorder = Recorder(out)
     backend = scenario.cluster.backend
     cluster = NetnsCluster(scenario.cluster, workdir) if backend == "netns" else KindCluster(scenario, out / "kind")
@@ -53,7 +54,7 @@ def run(scenario: Scenario, out: Path, workdir: Path) -> None:
             trio.run(main)
         finally:
             recorder.flush()
-    write_meta(out, scenario, phase_images, started=None, finished=time.time())
+    write_meta(out, scenario, phase_images, started=started, finished=time.time())
     progress.note(f"report: {report.build(out)}")
 
 

@@ -323,6 +323,11 @@ def goals(meta: dict[str, Any], frames: dict[str, pd.DataFrame], latency: pd.Dat
     return results
 
 
+def _took(meta: dict[str, Any]) -> str:
+    started, finished = meta.get("started"), meta.get("finished")
+    return f", ran {(finished - started) / 60:.1f} min" if started and finished else ""
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "**not met**"
 
@@ -339,7 +344,8 @@ def _markdown(
         f"node B = {format_rate(cluster['node_bandwidth'])}, containerd chunk {format_size(cluster['chunk_size'])}, "
         f"{scenario['repetitions']} repetition(s), modes {', '.join(scenario['modes'])}, phases "
         f"{', '.join(scenario['phases'])}. Machine: {meta.get('machine', {}).get('cpus', '?')} CPUs, "
-        f"commit `{meta.get('commit', '?')}`. Failed pulls: {int((~pulls['ok'].astype(bool)).sum())} of {len(pulls)}.\n"
+        f"commit `{meta.get('commit', '?')}`{_took(meta)}. "
+        f"Failed pulls: {int((~pulls['ok'].astype(bool)).sum())} of {len(pulls)}.\n"
     )
     out.append("## Bounds\n")
     out.append(
@@ -400,7 +406,7 @@ def _markdown(
     out.append(
         "Bytes the upstream registry sent per phase (tc counter of its link, framing included), as a multiple "
         "of the image size S, beside what its access log claims (more: containerd closes open-ended chunk "
-        "requests early); `peer bytes` is what the nodes' containerd got through their mirror from peers, `of "
+        "requests early); `peer MiB` is what the nodes' containerd got through their mirror from peers, `of "
         "which in flight` what peers sent of downloads still in progress (medians per phase).\n"
     )
     out.append(
@@ -416,8 +422,8 @@ def _markdown(
                 "max": "max",
                 "cv": "CV",
                 "log_median": "access log, median x S",
-                "peer_bytes_median": "peer bytes",
-                "inflight_bytes_median": "of which in flight",
+                "peer_mib_median": "peer MiB",
+                "inflight_mib_median": "of which in flight",
             },
         )
     )

@@ -132,9 +132,9 @@ def traffic_table(traffic: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
         table = table.merge(logged.reset_index(), on=["image", "phase", "mode"], how="left")
     # On the node that asks, `peer` counts what its containerd got from peers; on the nodes that serve,
     # `inflight` counts what they sent from downloads still in progress (a part of the askers' `peer`).
-    for column, name in (("bytes_peer", "peer_bytes_median"), ("bytes_inflight", "inflight_bytes_median")):
+    for column, name in (("bytes_peer", "peer_mib_median"), ("bytes_inflight", "inflight_mib_median")):
         if column in frame:
-            medians = frame.groupby(["image", "phase", "mode"])[column].median().rename(name)
+            medians = (frame.groupby(["image", "phase", "mode"])[column].median() / (1 << 20)).rename(name)
             table = table.merge(medians.reset_index(), on=["image", "phase", "mode"], how="left")
     return order(table)
 

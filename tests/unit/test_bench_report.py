@@ -211,8 +211,8 @@ def test_completion_and_pull_table() -> None:
 def test_traffic_table_in_image_sizes() -> None:
     table = tables.traffic_table(_traffic(), _meta())
     assert table.set_index("mode")["median"].to_dict() == pytest.approx({"upstream": 2.1, "inflight": 1.1})
-    assert table.set_index("mode")["peer_bytes_median"]["inflight"] == SIZE  # in-flight bytes are a part of it
-    assert table.set_index("mode")["inflight_bytes_median"]["inflight"] == SIZE // 2
+    assert table.set_index("mode")["peer_mib_median"]["inflight"] == 8  # in-flight bytes are a part of it
+    assert table.set_index("mode")["inflight_mib_median"]["inflight"] == 4
     assert table.set_index("mode")["log_median"].to_dict() == pytest.approx({"upstream": 2.31, "inflight": 1.21})
 
 
