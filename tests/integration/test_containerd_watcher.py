@@ -105,13 +105,14 @@ async def test_events_are_advertised_in_containerds_order(
                 assert router.calls.index(call) < router.calls.index(router.first("advertise", key, COMPLETE))
 
 
+@pytest.mark.parametrize("chunk_size", [0, 1 << 20], ids=["one-stream", "parallel-chunks"])
 async def test_inflight_layer_is_advertised_at_once_and_readable_mid_download(
-    upstream_registry: Registry, containerd_factory: Callable[..., Containerd]
+    chunk_size: int, upstream_registry: Registry, containerd_factory: Callable[..., Containerd]
 ) -> None:
     size = 6 << 20
     image, _ = await pushed(upstream_registry, ImageSpec((size,), compression="none", seed=602), "w/slow", "v1")
     layer = image.platforms[0].layers[0]
-    containerd = containerd_factory()
+    containerd = containerd_factory(chunk_size=chunk_size, max_concurrent_downloads=4)
     router = RecordingRouter()
     store = ContainerdStore(ContainerdClient(str(containerd.socket)), containerd.content_root)
     proxy = ThrottledProxy(upstream_registry.address, rate=3e6)  # about 2 s for the layer
@@ -152,6 +153,11 @@ async def test_inflight_layer_is_advertised_at_once_and_readable_mid_download(
         store.close()
     assert router.state[key] is COMPLETE
     assert not any(call.kind == "withdraw" for call in router.calls)
+    layer_gets = [e for e in upstream_registry.access_log() if e.method == "GET" and e.path.endswith(key)]
+    if chunk_size:  # containerd really fetched the layer in parallel ranges
+        assert sum(e.status == 206 for e in layer_gets) > 1
+    else:
+        assert len(layer_gets) == 1
 
 
 async def test_removed_image_is_withdrawn_after_gc(
