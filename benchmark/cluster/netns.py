@@ -181,16 +181,15 @@ class NetnsCluster:
             run(argv)
 
     def _save_state(self) -> None:
-        """Record in `workdir/cluster.json` what exists now (names, and PIDs with their command lines), so that
-        `cleanup` can remove it if this process is killed before it can."""
+        """Record in `workdir/cluster.json` what exists now (names, and PIDs with their command lines as
+        /proc shows them), so that `cleanup` can remove it if this process is killed before it can."""
         if self.plan is None:
             return
         daemons = [self.upstream, *(d for _, _, d in self._node_daemons)]
         processes = {}
         for daemon in daemons:
             if daemon is not None and daemon.process is not None and daemon.process.poll() is None:
-                with contextlib.suppress(OSError):
-                    processes[str(daemon.pid)] = Path(f"/proc/{daemon.pid}/cmdline").read_text(errors="replace")
+                processes[str(daemon.pid)] = "\0".join(daemon.command()) + "\0"
         state = {
             "prefix": self.prefix,
             "subnet": str(self.plan.subnet),
@@ -361,7 +360,10 @@ def cleanup(workdir: Path) -> list[str]:
     removed = []
     for pid, cmdline in processes.items():
         try:
-            if Path(f"/proc/{int(pid)}/cmdline").read_text(errors="replace") != cmdline:
+            running = Path(f"/proc/{int(pid)}/cmdline").read_text(errors="replace")
+            # the daemon's own command line ends the running one: after `ip netns exec NS` (not yet replaced by
+            # the daemon) or an interpreter (a script's shebang); it names this run's own paths
+            if not running.endswith(cmdline):
                 continue  # gone, and the PID now belongs to someone else
             os.kill(int(pid), signal.SIGKILL)
             removed.append(f"process {pid}")

@@ -122,7 +122,7 @@ from benchmark.cluster.netns import NetnsCluster
 from benchmark.scenario import ClusterSpec
 cluster = NetnsCluster(ClusterSpec(nodes=2, upstream_bandwidth=1e8, node_bandwidth=1e8), Path(sys.argv[1]))
 cluster.__enter__()
-cluster.start_nodes("proxy", Path(sys.argv[1]) / "run")
+cluster.start_nodes("inflight", Path(sys.argv[1]) / "run")
 print(cluster.prefix, flush=True)
 time.sleep(120)
 """
@@ -143,7 +143,7 @@ def test_cleanup_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     assert len(left) == 4  # upstream, cache, 2 nodes: nobody tore them down
     state = (tmp_path / "cluster.json").read_text()
     pids = [int(p) for p in json.loads(state)["processes"]]
-    assert len(pids) == 4 and all(_alive(p) for p in pids)  # upstream, cache, 2 containerd
+    assert len(pids) == 5 and all(_alive(p) for p in pids)  # upstream, 2 containerd, 2 spegel
     result = subprocess.run(
         [sys.executable, "-m", "benchmark", "cleanup", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
