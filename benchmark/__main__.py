@@ -9,6 +9,7 @@ Ctrl-C tears the cluster down, keeps the data measured so far, and exits 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="run a scenario and write reports/<run>/")
     run_parser.add_argument("scenario", type=Path)
     run_parser.add_argument("--out", type=Path, help="report directory (default: reports/<scenario>-<time>)")
+    run_parser.add_argument("--repetitions", type=int, help="override the scenario's repetitions (>= 1)")
     run_parser.add_argument(
         "--workdir", type=Path, help="node state and logs (default: /var/tmp/spegel-bench/<scenario>-<time>)"
     )
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         scenario = load(args.scenario)
     except ScenarioError as exc:
         return _fail(str(exc), 2)
+    if args.repetitions is not None:
+        if args.repetitions < 1:
+            return _fail("--repetitions must be at least 1", 2)
+        scenario = dataclasses.replace(scenario, repetitions=args.repetitions)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / f"{scenario.name}-{stamp}"
     workdir = args.workdir or Path("/var/tmp/spegel-bench") / f"{scenario.name}-{stamp}"

@@ -95,3 +95,13 @@ def test_missing_cluster_and_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("name = [")
     with pytest.raises(ScenarioError, match="not valid TOML"):
         load(tmp_path / "bad.toml")
+
+
+def test_run_command_refuses_bad_scenarios_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmark.__main__ import main
+
+    (tmp_path / "bad.toml").write_text('name = "x"\n[cluster]\nnodes = "many"\n')
+    assert main(["run", str(tmp_path / "bad.toml")]) == 2
+    assert capsys.readouterr().err == "benchmark: error: cluster.nodes: must be an integer in [1, 64], got 'many'\n"
+    assert main(["run", str(SCENARIOS / "ci.toml"), "--repetitions", "0"]) == 2
+    assert "--repetitions must be at least 1" in capsys.readouterr().err
