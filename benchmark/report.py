@@ -347,6 +347,10 @@ def _markdown(
         f"commit `{meta.get('commit', '?')}`{_took(meta)}. "
         f"Failed pulls: {int((~pulls['ok'].astype(bool)).sum())} of {len(pulls)}.\n"
     )
+    failures = frames["failures"]
+    if not failures.empty:
+        out.append(f"**{len(failures)} run(s) failed** and are missing from the tables:\n")
+        out.extend(f"- {r['run']}: {str(r['error']).splitlines()[0][:300]}\n" for r in failures.to_dict("records"))
     out.append("## Bounds\n")
     out.append(
         "Rates are TCP payload rates (95.8 % of the shaped rate). Lower bound T = max(S/U, S/B, N·S/(U+N·B)); "

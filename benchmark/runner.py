@@ -14,7 +14,8 @@ it measured), with the labels `run, image, mode, repetition`:
 - `traffic`: phase, phase_start, phase_end, upstream_bytes (tc counter of the upstream's link, framing
   included), upstream_log_bytes (body bytes in the registry's access log), and the mirrors' counters summed
   over nodes (`bytes_<source>`, `requests_<source>`);
-- `usage`: node, process, cpu_seconds, peak_rss_bytes.
+- `usage`: node, process, cpu_seconds, peak_rss_bytes;
+- `failures`: runs that could not run (their nodes did not start), with the error.
 `OUT/meta.json` holds the scenario, the images' digests and sizes, the machine and the git commit.
 """
 
@@ -36,11 +37,12 @@ import pandas as pd
 import trio
 
 from benchmark import images, measure
-from benchmark.cluster.base import Cluster, Node
+from benchmark.cluster.base import Cluster, ClusterError, Node
+from benchmark.daemons import DaemonError
 from benchmark.progress import Progress
 from benchmark.scenario import MIRROR_MODES, PHASES, RunKey, Scenario, plan, repository_name
 
-TABLES = ("pulls", "events", "visibility", "traffic", "usage")
+TABLES = ("pulls", "events", "visibility", "traffic", "usage", "failures")
 SETTLE_AFTER_PULL = 10.0  # seconds observers keep probing after the pull ended (image events come late)
 INGEST_POLL = 0.02
 
@@ -156,7 +158,11 @@ class ScenarioRunner:
     async def run_all(self) -> None:
         for key in plan(self.scenario):
             self.progress.run_starting()
-            await self.run_one(key)
+            try:
+                await self.run_one(key)
+            except (ClusterError, DaemonError) as exc:  # one broken run must not lose the others
+                self.recorder.add("failures", _labels(key), {"error": str(exc)[:2000]})
+                self.progress.note(f"{key.label} failed: {str(exc).splitlines()[0]}")
             self.recorder.flush()
             self.progress.run_finished(f"{key.label} done")
 

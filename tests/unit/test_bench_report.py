@@ -177,7 +177,25 @@ def run_dir(tmp_path: Path) -> Path:
     (tmp_path / "data").mkdir()
     (tmp_path / "meta.json").write_text(json.dumps(_meta()))
     events, visibility = _events_and_visibility()
-    frames = {"pulls": _pulls(), "traffic": _traffic(), "events": events, "visibility": visibility, "usage": _usage()}
+    failures = pd.DataFrame(
+        [
+            {
+                "run": "img/layer/rep1",
+                "image": "img",
+                "mode": "layer",
+                "repetition": 1,
+                "error": "starting the nodes failed: spegel exited\nlog tail",
+            }
+        ]
+    )
+    frames = {
+        "pulls": _pulls(),
+        "traffic": _traffic(),
+        "events": events,
+        "visibility": visibility,
+        "usage": _usage(),
+        "failures": failures,
+    }
     for name, frame in frames.items():
         frame.to_csv(tmp_path / "data" / f"{name}.csv", index=False)
     return tmp_path
@@ -254,6 +272,7 @@ def test_report_is_built_with_tables_and_plots(run_dir: Path) -> None:
     ):
         assert heading in text
     assert "| img | create | inflight | 4 |" in text
+    assert "**1 run(s) failed**" in text and "- img/layer/rep1: starting the nodes failed: spegel exited\n" in text
     for png in ("pull_times.png", "cdf.png", "timeline.png", "advertisement.png", "upstream_bytes.png"):
         assert f"]({png})" in text
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
