@@ -71,7 +71,9 @@ def create_app(backend: Backend, default_registry: str, ready: Callable[[], bool
     @app.route("/v2/<path:rest>", methods=_ALL_METHODS)
     async def v2(rest: str = "") -> Response:
         if request.method not in _ALLOWED:
-            return oci_error(ErrorCode.UNSUPPORTED, "this registry is pull-only")
+            response = oci_error(ErrorCode.UNSUPPORTED, "this registry is pull-only")
+            response.headers["Connection"] = "close"  # the unread request body must not be taken for a request
+            return response
         try:
             route = parse_route(request.path)
             registry = validate_registry(request.args.get("ns", default_registry))
