@@ -18,6 +18,8 @@ from typing import Any
 
 import trio
 
+START_CONCURRENCY = 4  # nodes starting at once: Python start-up is CPU-bound
+
 
 class NodeError(Exception):
     """A node that failed to start, died, or answered a command with an error."""
@@ -163,8 +165,8 @@ async def wait_until_meshed(nodes: Sequence[NodeProcess], timeout: float) -> Non
 async def running_cluster(
     root: Path, count: int, router_args: Sequence[str] = (), mesh_timeout: float = 60.0
 ) -> AsyncIterator[list[NodeProcess]]:
-    """`count` nodes under `root` (node0 first, then the others at once, bootstrapped from it), meshed; all closed
-    on exit, also on failure.
+    """`count` nodes under `root` (node0 first, then the others a few at a time, bootstrapped from it), meshed;
+    all closed on exit, also on failure.
 
     Node i announces registry address `127.0.0.1:<20000 + i>` (never dialled by the router itself).
     """
@@ -175,10 +177,13 @@ async def running_cluster(
             nodes.append(first)
             bootstrap = ["--static-bootstrap-peers", first.addrs[0]]
 
+            starting = trio.CapacityLimiter(START_CONCURRENCY)
+
             async def start_one(i: int) -> None:
-                node = await NodeProcess.start(
-                    nursery, f"node{i}", root / f"node{i}", f"127.0.0.1:{20000 + i}", [*router_args, *bootstrap]
-                )
+                async with starting:
+                    node = await NodeProcess.start(
+                        nursery, f"node{i}", root / f"node{i}", f"127.0.0.1:{20000 + i}", [*router_args, *bootstrap]
+                    )
                 nodes.append(node)
 
             async with trio.open_nursery() as starters:

@@ -50,14 +50,16 @@ def _holder(holder: Holder) -> list[object]:
 
 async def _watch(router: Libp2pRouter, keys: list[str], timeout: float) -> dict[str, float]:
     seen: dict[str, float] = {}
+    remaining = list(dict.fromkeys(keys))
     with trio.move_on_after(timeout):
-        while True:
-            for key in keys:
-                if key not in seen and router.index.lookup(key, 1, trio.current_time()):
-                    seen[key] = time.time()
-            if len(seen) == len(keys):
-                break
-            await router.wait_changed()
+        while remaining:
+            now = trio.current_time()
+            found = [key for key in remaining if router.index.lookup(key, 1, now)]
+            for key in found:
+                seen[key] = time.time()
+            remaining = [key for key in remaining if key not in seen]
+            if remaining:
+                await router.wait_changed()
     return seen
 
 

@@ -22,6 +22,7 @@ import random
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import multiaddr
 import trio
@@ -138,6 +139,7 @@ class Libp2pRouter:
         self._links: dict[ID, _Link] = {}
         self._peer_addrs: dict[ID, tuple[str, ...]] = {}
         self._dialing: set[ID] = set()
+        self._probed: dict[str, ID] = {}  # bootstrap addresses without /p2p: who answered there last time
         self._dial_limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
         self._alone = False
         self._changed = trio.Event()
@@ -226,7 +228,7 @@ class Libp2pRouter:
                 link = self._links[peer] = _Link()
                 self._nursery.start_soon(self._send, peer, link)
                 if self.dht is not None:
-                    await self.dht.add_peer(peer, skip_server_mode_check=True)
+                    self._nursery.start_soon(partial(self.dht.add_peer, peer, skip_server_mode_check=True))
             elif not connected and not self.host.get_network().get_connections(peer):
                 link = self._links.pop(peer, None)
                 if link is not None:
@@ -369,7 +371,11 @@ class Libp2pRouter:
         try:
             peer_text = addr.get_peer_id()
             if peer_text is None:
-                peer = await learn_peer_id(self.host, addr, DIAL_TIMEOUT)
+                known = self._probed.get(str(addr))
+                if known == self.peer_id or (known is not None and self.host.get_network().get_connections(known)):
+                    others.append(known != self.peer_id)
+                    return
+                peer = self._probed[str(addr)] = await learn_peer_id(self.host, addr, DIAL_TIMEOUT)
                 target = addr
             else:
                 peer = ID.from_base58(peer_text)
