@@ -117,8 +117,9 @@ def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mirror-inflight-wait",
         type=duration,
-        default=2.0,
-        help="how long a peer's request waits for a download this node announced on a miss to start (default: 2s)",
+        default=10.0,
+        help="longest wait for the first bytes, or the next bytes, of a download in progress on a peer (a "
+        "download that has not begun after 1s is not waited for; default: 10s)",
     )
 
 

@@ -48,7 +48,7 @@ class MirrorOptions:
     resolve_retries: int = 3
     resolve_tags: bool = True
     filters: RegistryFilters = field(default_factory=RegistryFilters)
-    inflight_wait: float = 2.0  # how long a peer's request waits for a download announced on a miss to start
+    inflight_wait: float = 10.0  # longest wait for the first bytes of a download in progress (see IngestSource)
 
 
 class MirrorBackend:

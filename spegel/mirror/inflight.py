@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Protocol
 
@@ -24,28 +23,39 @@ class IngestSource:
     """The mirror's `InProgressSource` over a store that exposes its downloads (containerd ingests).
 
     `open_in_progress(digest, wait)` returns the complete blob when it is committed, else a reader that follows
-    the download once its first bytes are on disk. A download this node announced on a miss may not have
-    started yet when a peer asks: the call then polls for up to `wait` seconds before answering NotFound.
+    the download once its first bytes are on disk. Two waits bound it: a download this node announced on a
+    miss must appear (as an ingest) within `appear_wait` seconds; a download that has appeared must write its
+    first bytes within `wait` seconds (containerd's parallel chunk fetch from a slow upstream writes nothing
+    until the first chunk is complete, which can take seconds: waiting for it is still faster for the peer
+    than fetching the blob upstream itself). NotFound when either runs out.
     """
 
-    def __init__(self, store: IngestStore, poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, store: IngestStore, appear_wait: float = 1.0, poll_interval: float = POLL_INTERVAL) -> None:
         self.store = store
+        self.appear_wait = appear_wait
         self.poll_interval = poll_interval
 
     async def open_in_progress(self, digest: Digest, wait: float) -> BlobReader:
-        with trio.move_on_after(wait):
+        started = trio.current_time()
+        with trio.move_on_after(max(wait, self.appear_wait)):
             while True:
                 try:
                     return await self.store.open(digest)
                 except NotFound:
                     pass
-                with contextlib.suppress(NotFound):
+                try:
                     reader = await self.store.open_ingest(digest)
+                except NotFound:
+                    if trio.current_time() - started > self.appear_wait:
+                        break  # no download of it here: do not keep the peer waiting
+                else:
                     if reader.ranged or await _has_bytes(reader):
                         return reader
                     await reader.aclose()
+                    if trio.current_time() - started > wait:
+                        break
                 await trio.sleep(self.poll_interval)
-        raise NotFound(f"no bytes of {digest} arrived within {wait} s")
+        raise NotFound(f"no bytes of {digest} here within {wait} s")
 
 
 async def _has_bytes(reader: BlobReader) -> bool:

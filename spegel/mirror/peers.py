@@ -37,8 +37,8 @@ class PeerError(Exception):
 class Timeouts:
     connect: float = 0.5
     first_byte: float = 2.0  # for complete holders; in-progress holders get `first_byte + inflight_wait`
-    read: float = 5.0
-    inflight_wait: float = 2.0
+    read: float = 5.0  # for complete holders; in-progress holders get `read + inflight_wait`
+    inflight_wait: float = 10.0
 
 
 class PeerResponse:
@@ -106,11 +106,14 @@ class PeerClient:
         return response
 
     def _request(self, method: str, holder: Holder, path: str, registry: str, headers: dict[str, str]) -> httpx.Request:
+        t = self.timeouts
+        read = t.read + t.inflight_wait if holder.state is KeyState.IN_PROGRESS else t.read
         return self._client.build_request(
             method,
             f"http://{holder.address}{path}",
             params={"ns": registry},
             headers={MIRRORED_HEADER: "true", "Accept-Encoding": "identity", **headers},
+            timeout=httpx.Timeout(connect=t.connect, read=read, write=t.read, pool=1.0),
         )
 
     async def fetch_manifest(self, holder: Holder, reference: Reference) -> ManifestContent:
