@@ -70,7 +70,7 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
         "--router-record-ttl",
         type=_positive_seconds,
         default=600.0,
-        help="seconds an advertisement counts unless refreshed (index entries and DHT records; default: 600)",
+        help="seconds a node's advertisements count after it was last heard from, and DHT records live (default: 600)",
     )
     group.add_argument(
         "--router-refresh",

@@ -14,6 +14,7 @@ import trio
 from spegel.routing.base import Holder, KeyState
 from spegel.routing.config import RouterConfigError, add_router_arguments, open_router
 from spegel.routing.keys import key_multihash
+from spegel.routing.libp2p.bootstrap import BootstrapError, HttpBootstrapper, serve_id
 from spegel.routing.libp2p.host import IDENTITY_FILE
 from spegel.routing.libp2p.router import Libp2pRouter
 
@@ -201,3 +202,18 @@ async def test_bad_key_and_identity_files(tmp_path: Path) -> None:
     with pytest.raises(RouterConfigError, match="not a libp2p private key"):
         async with router(tmp_path, "y"):
             pass
+
+
+async def test_http_bootstrap_fills_in_an_unspecified_ip_from_the_url(tmp_path: Path) -> None:
+    peer = "12D3KooWGJ69AYrWgdxE4AiCfwvtEXbm6jWE85VT6nJPtyhfMGsp"
+    served = [f"/ip4/0.0.0.0/tcp/5001/p2p/{peer}", f"/ip4/10.1.2.3/tcp/5001/p2p/{peer}"]
+    async with trio.open_nursery() as nursery:
+        (bound,) = await nursery.start(serve_id, lambda: served, "127.0.0.1:0")
+        port = bound.rsplit(":", 1)[1]
+        candidates = await HttpBootstrapper(f"http://localhost:{port}/id").candidates()
+        assert [str(c) for c in candidates] == [f"/ip4/127.0.0.1/tcp/5001/p2p/{peer}", served[1]]
+        with pytest.raises(BootstrapError, match="answered 404"):
+            await HttpBootstrapper(f"http://127.0.0.1:{port}/nothing").candidates()
+        nursery.cancel_scope.cancel()
+    with pytest.raises(BootstrapError, match="cannot fetch"):
+        await HttpBootstrapper("http://127.0.0.1:1/id").candidates()

@@ -17,6 +17,8 @@ import httpx
 import multiaddr
 import trio
 
+from spegel.routing.libp2p.addresses import with_host_multiaddr
+
 
 class BootstrapError(Exception):
     """A bootstrap source that cannot answer now (the router retries) or is misconfigured."""
@@ -73,7 +75,8 @@ class DnsBootstrapper:
 
 
 class HttpBootstrapper:
-    """The multiaddrs another node serves at `url` (its `/id`)."""
+    """The multiaddrs another node serves at `url` (its `/id`); an unspecified IP in them (the node listens on all
+    interfaces) becomes the IP the URL's host resolves to."""
 
     def __init__(self, url: str) -> None:
         self._url = url
@@ -86,7 +89,20 @@ class HttpBootstrapper:
             raise BootstrapError(f"cannot fetch {self._url}: {exc}") from None
         if response.status_code != 200:
             raise BootstrapError(f"{self._url} answered {response.status_code}")
-        return parse_multiaddrs(response.text.splitlines())
+        lines = response.text.splitlines()
+        if any("/0.0.0.0/" in line or "/::/" in line for line in lines):
+            seen_ip = await _resolve_one(response.url.host)
+            lines = [with_host_multiaddr(line.strip(), seen_ip) for line in lines]
+        return parse_multiaddrs(lines)
+
+
+async def _resolve_one(host: str) -> str:
+    try:
+        with trio.fail_after(5):
+            answers = await trio.socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, trio.TooSlowError) as exc:
+        raise BootstrapError(f"cannot resolve {host}: {exc}") from None
+    return str(answers[0][4][0])
 
 
 async def serve_id(

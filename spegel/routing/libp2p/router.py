@@ -16,7 +16,6 @@ records expire `ttl` after their last republish, so a vanished node ages out of 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 from collections.abc import AsyncIterator, Iterable
@@ -38,6 +37,7 @@ from spegel.routing.base import Holder, KeyState
 from spegel.routing.index import Announcement, HolderIndex
 from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p import messages
+from spegel.routing.libp2p.addresses import with_host, with_host_multiaddr
 from spegel.routing.libp2p.bootstrap import BootstrapError, Bootstrapper, backoff_delays
 from spegel.routing.libp2p.host import build_host, learn_peer_id
 from spegel.routing.libp2p.workarounds import (
@@ -432,33 +432,6 @@ class Libp2pRouter:
         assert self.dht is not None
         known = set(self._links).union(self.dht.routing_table.get_peer_ids())
         return all(self.index.heard(str(peer), now) for peer in known)
-
-
-def with_host(address: str, remote_ip: str | None) -> str:
-    """`address` (`host:port`), with an unspecified or missing host replaced by the peer's `remote_ip`."""
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if sep and remote_ip and (not host or _unspecified(host)):
-        host = remote_ip
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}" if sep else address
-
-
-def with_host_multiaddr(addr: str, remote_ip: str | None) -> str:
-    """A listen multiaddr with an unspecified IP (`0.0.0.0`, `::`) replaced by the peer's `remote_ip`."""
-    parts = addr.split("/")
-    if remote_ip and len(parts) > 2 and parts[1] in ("ip4", "ip6") and _unspecified(parts[2]):
-        version = ipaddress.ip_address(remote_ip).version
-        parts[1:3] = [f"ip{version}", remote_ip]
-    return "/".join(parts)
-
-
-def _unspecified(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False
 
 
 @asynccontextmanager
