@@ -182,8 +182,9 @@ async def _stream(
         log.warning("blob body cut short", extra={"digest": str(route.digest), "error": str(exc)})
         raise BodyCutShort(str(exc)) from None
     finally:
-        open_blobs.remove(blob)
-        await blob.aclose()
+        if blob in open_blobs:  # else the connection's clean-up closed it already
+            open_blobs.remove(blob)
+            await blob.aclose()
 
 
 class _HTTPConnection(TrioASGIHTTPConnection):
