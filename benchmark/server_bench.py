@@ -9,8 +9,11 @@ in the same run, and measures both with the same client, curl, so the client cos
 - ranges: 8 `curl` processes at once, each fetching one 8 MiB range at a random offset, repeated, median
   MB/s of the 64 MiB over the wall time of the round.
 
-It prints one table, plus our server's CPU seconds (user + system, from /proc/PID/stat) and peak RSS
-(VmHWM, from /proc/PID/status) over the whole run, beside nginx's (master + workers). Not a test: nothing is
+Measurements alternate between the two servers round by round, so load from elsewhere falls on both alike;
+the ratios are medians of per-round ratios. It prints one table with, per server, the CPU seconds spent
+serving (user + system from /proc/PID/stat, start-up excluded; nginx: master + workers), CPU seconds per GB
+served, RSS when ready and peak RSS (VmHWM from /proc/PID/status). Our server runs as `spegel registry
+--store oci-layout:DIR --router none` (the registry alone, no libp2p host beside it). Not a test: nothing is
 asserted; the targets (full GET >= 0.7x nginx, RSS <= 120 MiB) are printed beside the figures.
 """
 
@@ -42,6 +45,7 @@ NGINX_BIN = "/usr/sbin/nginx"
 CURL_TIMEOUT = 120  # seconds for any one curl
 RSS_TARGET = 120 * MiB
 FULL_GET_TARGET = 0.7  # of nginx's MB/s
+RANGES, RANGE_LENGTH = 8, 8 * MiB  # parallel range requests per round, bytes each
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,9 @@ def full_get_mbps(url: str, size: int) -> float:
     return size / finish(curl(url), size, 200) / 1e6
 
 
-def parallel_ranges_mbps(url: str, size: int, rng: random.Random, count: int = 8, length: int = 8 * MiB) -> float:
+def parallel_ranges_mbps(
+    url: str, size: int, rng: random.Random, count: int = RANGES, length: int = RANGE_LENGTH
+) -> float:
     """MB/s of `count` concurrent range downloads of `length` bytes (wall time of the whole round)."""
     starts = [rng.randrange(0, size - length) for _ in range(count)]
     began = time.perf_counter()
@@ -208,7 +214,14 @@ class Server:
     pids: Callable[[], list[int]]
     full_get: list[float] = field(default_factory=list)
     ranges: list[float] = field(default_factory=list)
-    usage: Usage | None = None
+    served: int = 0  # body bytes, all requests
+    start: Usage = Usage(0.0, 0)  # when ready, before the first request
+    end: Usage = Usage(0.0, 0)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time spent serving (start-up excluded)."""
+        return self.end.cpu_seconds - self.start.cpu_seconds
 
 
 def measure(servers: list[Server], size: int, repeats: int, seed: int = 7) -> None:
@@ -218,6 +231,7 @@ def measure(servers: list[Server], size: int, repeats: int, seed: int = 7) -> No
     alike; the ranges of a round are the same random offsets for every server.
     """
     for server in servers:
+        server.start = process_usage(server.pids())
         full_get_mbps(server.url, size)
     rng = random.Random(seed)
     for _ in range(repeats):
@@ -227,7 +241,8 @@ def measure(servers: list[Server], size: int, repeats: int, seed: int = 7) -> No
         for server in servers:
             server.ranges.append(parallel_ranges_mbps(server.url, size, random.Random(round_seed)))
     for server in servers:
-        server.usage = process_usage(server.pids())
+        server.end = process_usage(server.pids())
+        server.served = (repeats + 1) * size + repeats * RANGES * RANGE_LENGTH
 
 
 def _spread(values: list[float]) -> str:
@@ -241,31 +256,37 @@ def paired_ratio(ours: list[float], theirs: list[float]) -> float:
 
 def report(ours: Server, nginx: Server, size: int, read_size: int) -> dict[str, object]:
     """Print the figures; return them as a JSON-able dict."""
-    assert ours.usage is not None and nginx.usage is not None
     full_ratio = paired_ratio(ours.full_get, nginx.full_get)
     range_ratio = paired_ratio(ours.ranges, nginx.ranges)
     lines = [
         f"blob {size / GiB:.2f} GiB, {len(ours.full_get)} interleaved rounds, client curl, MB = 10^6 bytes,"
         f" median (min-max); spegel read size {read_size // 1024} KiB",
-        f"{'server':<8} {'full GET MB/s':>20} {'8x8MiB ranges MB/s':>20} {'CPU s':>7} {'peak RSS MiB':>13}",
+        f"{'server':<8} {'full GET MB/s':>17} {'8x8MiB ranges MB/s':>19} {'CPU s':>6} {'CPU s/GB':>8}"
+        f" {'RSS start MiB':>13} {'peak RSS MiB':>12}",
     ]
     for server in (ours, nginx):
-        usage = server.usage
-        assert usage is not None
         lines.append(
-            f"{server.name:<8} {_spread(server.full_get):>20} {_spread(server.ranges):>20}"
-            f" {usage.cpu_seconds:>7.1f} {usage.peak_rss / MiB:>13.1f}"
+            f"{server.name:<8} {_spread(server.full_get):>17} {_spread(server.ranges):>19}"
+            f" {server.cpu_seconds:>6.1f} {server.cpu_seconds / (server.served / 1e9):>8.2f}"
+            f" {server.start.peak_rss / MiB:>13.1f} {server.end.peak_rss / MiB:>12.1f}"
         )
     lines.append(f"spegel/nginx full GET: {full_ratio:.2f} (target >= {FULL_GET_TARGET}); ranges: {range_ratio:.2f}")
-    lines.append(f"spegel peak RSS: {ours.usage.peak_rss / MiB:.1f} MiB (target <= {RSS_TARGET // MiB} MiB)")
+    lines.append(f"spegel peak RSS: {ours.end.peak_rss / MiB:.1f} MiB (target <= {RSS_TARGET // MiB} MiB)")
     print("\n".join(lines))
     return {
         "size": size,
         "read_size": read_size,
         "servers": [
-            {"name": s.name, "full_get": s.full_get, "ranges": s.ranges, "usage": s.usage.__dict__}
+            {
+                "name": s.name,
+                "full_get_mbps": s.full_get,
+                "ranges_mbps": s.ranges,
+                "served_bytes": s.served,
+                "cpu_seconds": s.cpu_seconds,
+                "rss_start": s.start.peak_rss,
+                "peak_rss": s.end.peak_rss,
+            }
             for s in (ours, nginx)
-            if s.usage is not None
         ],
         "full_get_ratio": full_ratio,
         "ranges_ratio": range_ratio,
@@ -287,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     layout = cached_blob_layout(args.cache_dir, args.size)
     with tempfile.TemporaryDirectory(prefix="spegel-server-bench-") as tmp:
         work = Path(tmp)
-        spegel = Spegel.registry(f"oci-layout:{layout.root}", work / "spegel.log")
+        # the registry alone: no router, so no libp2p host runs beside it (it serves local content only)
+        spegel = Spegel.registry(f"oci-layout:{layout.root}", work / "spegel.log", extra=["--router", "none"])
         nginx = Nginx(work / "nginx", layout.root, free_address())
         with spegel, nginx:
             ours = Server("spegel", f"{spegel.url}/v2/bench/blob/blobs/{layout.digest}", lambda: [spegel.pid])
