@@ -8,12 +8,13 @@ Prints, for each cluster size:
 - keys per second advertised: one node advertises `--keys` keys in batches, time until every other node sees all;
 - CPU and RSS per node after the workload.
 
-Run: `.venv/bin/python -m benchmark.router_bench [--nodes 10 30] [--rounds 30] [--keys 5000]`
+Run: `.venv/bin/python -m benchmark.router_bench [--nodes 10 30] [--rounds 30] [--keys 5000] [--no-dht]`
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -100,11 +101,11 @@ async def bulk(nodes: list[NodeProcess], count: int, batch: int) -> float:
     return count / (max(last_seen) - start)
 
 
-async def measure(size: int, rounds: int, keys: int, root: Path) -> None:
+async def measure(size: int, rounds: int, keys: int, root: Path, router_args: list[str]) -> None:
     rng = random.Random(size)
     started = time.monotonic()
-    async with running_cluster(root / f"n{size}", size, mesh_timeout=180.0) as nodes:
-        print(f"\n== {size} nodes (meshed in {time.monotonic() - started:.1f} s, 2 cores shared by all)")
+    async with running_cluster(root / f"n{size}", size, router_args, mesh_timeout=180.0) as nodes:
+        print(f"\n== {size} nodes {' '.join(router_args)} (meshed in {time.monotonic() - started:.1f} s)")
         await trio.sleep(5)
         before = await usage(nodes)
         await trio.sleep(10)
@@ -148,10 +149,11 @@ async def measure(size: int, rounds: int, keys: int, root: Path) -> None:
         )
 
 
-async def main(sizes: list[int], rounds: int, keys: int) -> None:
+async def main(sizes: list[int], rounds: int, keys: int, router_args: list[str]) -> None:
+    print(f"{os.cpu_count()} CPUs shared by all nodes; load average before: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="router-bench-") as root:
         for size in sizes:
-            await measure(size, rounds, keys, Path(root))
+            await measure(size, rounds, keys, Path(root), router_args)
 
 
 if __name__ == "__main__":
@@ -159,5 +161,6 @@ if __name__ == "__main__":
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30], help="cluster sizes (default: 10 30)")
     parser.add_argument("--rounds", type=int, default=30, help="advertise->visible rounds (default: 30)")
     parser.add_argument("--keys", type=int, default=5000, help="keys for the keys/s measure (default: 5000)")
+    parser.add_argument("--no-dht", action="store_true", help="run the nodes with --no-router-dht (fast path only)")
     options = parser.parse_args()
-    trio.run(main, options.nodes, options.rounds, options.keys)
+    trio.run(main, options.nodes, options.rounds, options.keys, ["--no-router-dht"] if options.no_dht else [])

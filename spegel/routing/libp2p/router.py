@@ -57,6 +57,7 @@ MAX_CONCURRENT_DIALS = 8
 MAX_DHT_SEARCHES = 16
 DHT_SEARCH_BOUND = 30.0
 DHT_SEARCH_COUNT = 20
+PROVIDE_SETTLE = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class Libp2pRouter:
         self._links: dict[ID, _Link] = {}
         self._peer_addrs: dict[ID, tuple[str, ...]] = {}
         self._dialing: set[ID] = set()
+        self._encoded: dict[messages.Delta, bytes] = {}
         self._probed: dict[str, ID] = {}  # bootstrap addresses without /p2p: who answered there last time
         self._dial_limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
         self._alone = False
@@ -254,10 +256,10 @@ class Libp2pRouter:
             while True:
                 if full_due:
                     link.pending.clear()
-                    message: messages.Message = self._state_message()
                     full_due = False
+                    frame = messages.encode(self._state_message())
                 elif link.pending:
-                    message = link.pending.take()
+                    frame = self._encode_delta(link.pending.take())
                 else:
                     link.wake = trio.Event()
                     with trio.move_on_after(refresh * random.uniform(0.9, 1.1)) as waited:
@@ -265,10 +267,18 @@ class Libp2pRouter:
                     full_due = waited.cancelled_caught
                     continue
                 with trio.fail_after(WRITE_TIMEOUT):
-                    await stream.write(messages.encode(message))
+                    await stream.write(frame)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.reset()
+
+    def _encode_delta(self, delta: messages.Delta) -> bytes:
+        """The frame of `delta`; the same changes usually go to every peer, so the last one is kept."""
+        frame = self._encoded.get(delta)
+        if frame is None:
+            frame = messages.encode(delta)
+            self._encoded = {delta: frame}
+        return frame
 
     def _state_message(self) -> messages.State:
         peers = tuple(
@@ -406,6 +416,7 @@ class Libp2pRouter:
                 self._provide_wake = trio.Event()
                 with trio.move_on_at(next_republish):
                     await self._provide_wake.wait()
+                await trio.sleep(PROVIDE_SETTLE)  # announcements first: the DHT is the slow, costly backup
             if trio.current_time() >= next_republish:
                 next_republish = trio.current_time() + self._settings.republish_interval
                 self._to_provide.update(

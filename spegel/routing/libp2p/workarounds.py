@@ -36,6 +36,9 @@ def dial_connection_config() -> ConnectionConfig:
     return ConnectionConfig(max_connections_per_peer=1)
 
 
+LIBRARY_PROVIDER_RECORD_TTL = provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL  # as shipped, before any change
+
+
 def set_provider_record_ttl(seconds: float) -> None:
     """Make DHT provider records (stored by this process) expire `seconds` after they were last provided."""
     if seconds <= 0:
