@@ -3,13 +3,14 @@
 `python -m benchmark cleanup WORKDIR` removes what a killed run left (its namespaces and daemons).
 
 Errors (a bad scenario, no root, a missing tool) print one line and exit 2 (usage) or 1 (environment);
-Ctrl-C tears the cluster down, keeps the data measured so far, and exits 130.
+Ctrl-C, SIGTERM or SIGHUP tear the cluster down, keep the data measured so far, and exit 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
@@ -48,8 +49,22 @@ def run(scenario: Scenario, out: Path, workdir: Path) -> None:
 
         async def main() -> None:
             progress.note(f"cluster up; pushing images to {cluster.upstream_url}")
-            await runner.push_images()
-            await runner.run_all()
+            interrupted = False
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signals() -> None:
+                    nonlocal interrupted
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                        async for _ in signals:
+                            interrupted = True
+                            nursery.cancel_scope.cancel()
+
+                nursery.start_soon(stop_on_signals)
+                await runner.push_images()
+                await runner.run_all()
+                nursery.cancel_scope.cancel()
+            if interrupted:
+                raise KeyboardInterrupt
 
         try:
             trio.run(main)
@@ -105,12 +120,26 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path("/var/tmp/spegel-bench") / f"{scenario.name}-{stamp}"
     try:
         run(scenario, out, workdir)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"\nbenchmark: interrupted; the cluster is torn down, data so far in {out}/data\n")
-        return 130
-    except (ClusterError, DaemonError, PushError, report.ReportError) as exc:
-        return _fail(str(exc))
+    except BaseException as exc:  # sorted below; trio may wrap what it raises in a group
+        if _find(exc, KeyboardInterrupt) is not None:
+            sys.stderr.write(f"\nbenchmark: interrupted; the cluster is torn down, data so far in {out}/data\n")
+            return 130
+        known = _find(exc, (ClusterError, DaemonError, PushError, report.ReportError))
+        if known is None:
+            raise
+        return _fail(str(known))
     return 0
+
+
+def _find(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+    """`exc` if it is a `kind`, else the first `kind` inside it (exception groups), else None."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _find(inner, kind)) is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -157,3 +158,43 @@ def test_cleanup_removes_what_a_killed_run_left(tmp_path: Path) -> None:
         else:
             raise AssertionError(f"process {pid} still runs")
     assert subprocess.run([sys.executable, "-m", "benchmark", "cleanup", str(tmp_path / "none")]).returncode == 1
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_tears_everything_down(tmp_path: Path, sig: signal.Signals) -> None:
+    work = tmp_path / "work"
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmark",
+            "run",
+            str(SCENARIOS / "ci.toml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--workdir",
+            str(work),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert runner.stderr is not None
+        for line in runner.stderr:  # bounded: the run ends by itself within a minute
+            if ": create" in line:
+                break
+        time.sleep(0.3)
+        state = json.loads((work / "cluster.json").read_text())
+        assert state["processes"], "nothing was running"
+        runner.send_signal(sig)
+        _, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == 130, err[-2000:]
+    assert "interrupted; the cluster is torn down" in err
+    assert not {n for n in _namespaces() if n.startswith(state["prefix"] + "-")}
+    assert not any(_alive(int(pid)) for pid in state["processes"])
