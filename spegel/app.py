@@ -173,6 +173,7 @@ async def open_mirror(
         resolve_tags=args.resolve_tags,
         filters=RegistryFilters(args.registry_filters),
         inflight_wait=args.mirror_inflight_wait,
+        miss_settle=args.mirror_miss_settle,
     )
     in_progress = IngestSource(store) if isinstance(store, ContainerdStore) else None
     peers = PeerClient(timeouts)

@@ -115,6 +115,13 @@ def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
         help="longest pause in a peer's body before the transfer moves to another holder (default: 5s)",
     )
     group.add_argument(
+        "--mirror-miss-settle",
+        type=duration,
+        default=0.02,
+        help="with --advertise inflight, a blob nobody holds is looked up once more after a random wait of up to "
+        "this long before the 404, so that nodes missing it at the same moment download it once (default: 20ms)",
+    )
+    group.add_argument(
         "--mirror-inflight-wait",
         type=duration,
         default=10.0,

@@ -10,10 +10,13 @@ falls back to the upstream registry.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import trio
 
 from spegel.metrics import Metrics
 from spegel.mirror.blob import PeerBlob
@@ -48,6 +51,7 @@ class MirrorOptions:
     resolve_retries: int = 3
     resolve_tags: bool = True
     filters: RegistryFilters = field(default_factory=RegistryFilters)
+    miss_settle: float = 0.02  # upper bound of the random wait before a blob miss is final (see _settle_miss)
     inflight_wait: float = 10.0  # longest wait for the first bytes of a download in progress (see IngestSource)
 
 
@@ -111,6 +115,8 @@ class MirrorBackend:
             self._count(registry, "inflight")
             return _Counted(reader, self.metrics, "inflight")
         holders = await self._lookup(str(digest))
+        if not holders and self.miss_listener is not None and not request.head:
+            holders = await self._settle_miss(str(digest))
         attempts = [
             lambda h=h: self.peers.open_blob(h, registry, request.repository, digest, request.range, request.head)
             for h in holders
@@ -126,9 +132,17 @@ class MirrorBackend:
         blob = PeerBlob(self.peers, holders, registry, request.repository, digest, first, self.metrics)
         return _Counted(blob, self.metrics, "peer")
 
-    async def _lookup(self, key: str) -> list[Holder]:
+    async def _settle_miss(self, key: str) -> list[Holder]:
+        """Before a miss sends containerd upstream (and this node announces the download), wait a random part
+        of `miss_settle` and look again: of several nodes that miss the same blob at once, the first to
+        announce is found by the later ones, which then follow its download instead of fetching it again."""
+        await trio.sleep(random.uniform(0, self.options.miss_settle))
+        return await self._lookup(key, timeout=0)
+
+    async def _lookup(self, key: str, timeout: float | None = None) -> list[Holder]:
         started = time.perf_counter()
-        found = await self.router.lookup(key, self.options.resolve_retries, self.options.resolve_timeout)
+        timeout = self.options.resolve_timeout if timeout is None else timeout
+        found = await self.router.lookup(key, self.options.resolve_retries, timeout)
         holders = [h for h in found if self.peers.usable(h)]
         outcome = "found" if holders else "not_found"
         self.metrics.resolve_duration.labels(outcome).observe(time.perf_counter() - started)
