@@ -108,12 +108,25 @@ def _labels(key: RunKey) -> dict[str, Any]:
 
 
 def _git_commit() -> str:
+    """The commit measured: `$SPEGEL_BENCH_COMMIT` (for runs from an exported tree), else this checkout's HEAD,
+    marked `+dirty` when it has uncommitted changes."""
+    if os.environ.get("SPEGEL_BENCH_COMMIT"):
+        return os.environ["SPEGEL_BENCH_COMMIT"]
+    here = str(Path(__file__).parent)
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, timeout=5
+        head = subprocess.run(
+            ["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return ""
+    return f"{head}+dirty" if head and dirty else head
 
 
 def write_meta(out: Path, scenario: Scenario, phase_images: dict[tuple[str, str], PhaseImage], **extra: Any) -> None:
