@@ -96,3 +96,12 @@ def test_class_bytes_from_tc_output() -> None:
     assert class_bytes(output) == 9608626
     with pytest.raises(ValueError, match="no htb class 1:20"):
         class_bytes(output, "1:20")
+
+
+def test_without_root_the_netns_cluster_stops_with_one_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmark.cluster import netns
+    from benchmark.cluster.base import ClusterError
+
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterError, match=r"^the netns cluster needs root .*use the kind backend$"):
+        netns.check_environment(latency=0)
