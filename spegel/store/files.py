@@ -20,7 +20,7 @@ async def read_at(fd: int, size: int, offset: int) -> bytes:
     Why bound them: each worker thread allocates what it reads from its own glibc malloc arena, which keeps the
     freed memory, so reads spread over many threads grow RSS by about a piece per thread. Measured with the
     registry alone and 8 parallel 200 MiB streams: peak RSS 118 MiB unbounded, 74 MiB with 2 reads at once.
-    Two reads at once still outpace the network for content in the page cache (one 2 MiB read takes ~0.3 ms).
+    Two reads at once still outpace the network for content in the page cache (a 2 MiB read took ~0.4 ms).
     Cancellation waits for the read in flight (at most one piece).
     """
     try:
