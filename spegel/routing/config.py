@@ -23,13 +23,13 @@ if TYPE_CHECKING:
 __all__ = ["RouterConfigError", "add_router_arguments", "open_router", "router_settings"]
 
 
-def _positive_seconds(text: str) -> float:
+def _positive(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: want seconds") from None
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be positive")
     return value
 
 
@@ -68,21 +68,28 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--router-record-ttl",
-        type=_positive_seconds,
+        type=_positive,
         default=600.0,
         help="seconds a node's advertisements count after it was last heard from, and DHT records live (default: 600)",
     )
     group.add_argument(
         "--router-refresh",
-        type=_positive_seconds,
+        type=_positive,
         help="seconds between full-state announcements to every peer (default: a third of the TTL); "
         "DHT records are republished at half the TTL",
     )
     group.add_argument(
         "--router-rejoin",
-        type=_positive_seconds,
+        type=_positive,
         default=60.0,
         help="seconds between bootstrap rounds once connected (default: 60)",
+    )
+    group.add_argument(
+        "--router-dht-provide-rate",
+        type=_positive,
+        default=2.0,
+        metavar="KEYS_PER_SECOND",
+        help="at most this many DHT provides a second (each walks the DHT; default: 2)",
     )
     group.add_argument(
         "--router-dht",
@@ -130,6 +137,7 @@ def router_settings(args: argparse.Namespace) -> RouterSettings:
         refresh=args.router_refresh,
         rejoin=args.router_rejoin,
         dht=args.router_dht,
+        provide_rate=args.router_dht_provide_rate,
     )
 
 

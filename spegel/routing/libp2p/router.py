@@ -8,8 +8,10 @@ refreshing expire after `ttl`. `State` also carries peer exchange (the peers the
 to one node yields a full mesh. Lookups read the index (no I/O) and fall back to the DHT only when it knows no
 holder, within the caller's timeout (the DHT search itself runs on in the background: see workarounds).
 
-The DHT: complete keys are provided (one key at a time, in the background) and republished every `ttl / 2`;
-records expire `ttl` after their last republish, so a vanished node ages out of both.
+The DHT: complete keys are provided (one key at a time, in the background, at most `provide_rate` a second) and
+republished every `ttl / 2`; records expire `ttl` after their last republish, so a vanished node ages out of both.
+A node holding more than `provide_rate * ttl / 2` keys cannot keep all of them in the DHT: the announcement index
+carries everything, the DHT is the backup for peers the index has not heard from.
 
 `open_libp2p_router` runs it all; everything stops when its context exits.
 """
@@ -73,6 +75,7 @@ class RouterSettings:
     refresh: float | None = None
     rejoin: float = 60.0
     dht: bool = True
+    provide_rate: float = 2.0
 
     @property
     def refresh_interval(self) -> float:
@@ -407,7 +410,8 @@ class Libp2pRouter:
                 self._changed = trio.Event()
 
     async def _provide(self) -> None:
-        """Provide complete keys in the DHT one at a time; re-queue all of them every republish interval."""
+        """Provide complete keys in the DHT one at a time, at most `provide_rate` a second (a provide walks the DHT
+        and costs every peer it reaches CPU); re-queue all of them every republish interval."""
         assert self.dht is not None
         store = self.dht.provider_store
         next_republish = trio.current_time() + self._settings.republish_interval
@@ -427,6 +431,7 @@ class Libp2pRouter:
             key = next(iter(self._to_provide))
             del self._to_provide[key]
             multihash = key_multihash(key)
+            pace = trio.current_time() + 1 / self._settings.provide_rate
             with trio.move_on_after(30):
                 try:
                     await store.provide(multihash)
@@ -434,6 +439,7 @@ class Libp2pRouter:
                     log.debug("provide %s failed: %s", key, exc)
             # We republish on our schedule; keep the library's own 22 h republish loop out of it.
             store.providing_keys.discard(multihash)
+            await trio.sleep_until(pace)
 
     def _connected_names(self) -> set[str]:
         return {str(peer) for peer in self._links}
