@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 import trio
 
-# 2 MiB: per read, the thread hop and the serial read-then-send cost little (1 MiB pieces ran ~0.7-0.85x nginx's
-# full-GET MB/s, 2 MiB ~1.0x, in benchmark/server_bench.py), and a cancelled stream stops within one piece.
-READ_SIZE = 2 << 20
+# 1 MiB: with reads bounded by `read_at`, 1 MiB pieces served nearly as fast as 2 MiB ones (full GET 0.94-1.03x
+# nginx vs 1.00-1.14x in benchmark/server_bench.py) and kept peak RSS ~12 MiB lower under 8 parallel streams;
+# a cancelled stream stops within one piece.
+READ_SIZE = 1 << 20
 MAX_CONCURRENT_READS = 2
 _read_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("spegel_blob_reads")
 
@@ -20,7 +21,7 @@ async def read_at(fd: int, size: int, offset: int) -> bytes:
     Why bound them: each worker thread allocates what it reads from its own glibc malloc arena, which keeps the
     freed memory, so reads spread over many threads grow RSS by about a piece per thread. Measured with the
     registry alone and 8 parallel 200 MiB streams: peak RSS 118 MiB unbounded, 74 MiB with 2 reads at once.
-    Two reads at once still outpace the network for content in the page cache (a 2 MiB read took ~0.4 ms).
+    Two reads at once still outpace the network for content in the page cache (a 1 MiB read took ~0.2 ms).
     Cancellation waits for the read in flight (at most one piece).
     """
     try:
