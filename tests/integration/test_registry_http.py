@@ -343,6 +343,9 @@ def test_ns_selects_the_registry(reg: ServedRegistry) -> None:
     assert reg.client.get(mine).status_code == 200  # default registry
     assert reg.client.get(mine, params={"ns": "docker.io"}).status_code == 200
     assert reg.client.get(mine, params={"ns": "ghcr.io"}).status_code == 404
+    with_port = reg.client.get(mine, params={"ns": "127.0.0.1:5000"})  # a registry with a port is valid
+    assert with_port.status_code == 404
+    assert oci_error_code(with_port) == "MANIFEST_UNKNOWN"
 
 
 def test_blobs_are_served_under_any_registry(reg: ServedRegistry) -> None:
