@@ -87,9 +87,10 @@ def add_router_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--router-dht-provide-rate",
         type=_positive,
-        default=2.0,
+        default=1.0,
         metavar="KEYS_PER_SECOND",
-        help="at most this many DHT provides a second (each walks the DHT; default: 2)",
+        help="at most this many DHT provides a second (each walks the DHT and costs every peer it reaches CPU; "
+        "default: 1)",
     )
     group.add_argument(
         "--router-dht",

@@ -11,7 +11,7 @@ holder, within the caller's timeout (the DHT search itself runs on in the backgr
 The DHT: complete keys are provided (one key at a time, in the background, at most `provide_rate` a second) and
 republished every `ttl / 2`; records expire `ttl` after their last republish, so a vanished node ages out of both.
 A node holding more than `provide_rate * ttl / 2` keys cannot keep all of them in the DHT: the announcement index
-carries everything, the DHT is the backup for peers the index has not heard from.
+carries everything, the DHT is the backup for connected peers the index has not heard from.
 
 `open_libp2p_router` runs it all; everything stops when its context exits.
 """
@@ -75,7 +75,7 @@ class RouterSettings:
     refresh: float | None = None
     rejoin: float = 60.0
     dht: bool = True
-    provide_rate: float = 2.0
+    provide_rate: float = 1.0
 
     @property
     def refresh_interval(self) -> float:
@@ -181,7 +181,7 @@ class Libp2pRouter:
 
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         """See `Router.lookup`. Answers from the index without yielding to other tasks; only when the index knows no
-        holder and may be incomplete (a known peer has not been heard from) does it wait for the DHT."""
+        holder and may be incomplete (a connected peer has not been heard from) does it wait for the DHT."""
         now = trio.current_time()
         deadline = now + timeout
         holders = self.index.lookup(key, count, now, preferred=self._connected_names())
@@ -445,10 +445,9 @@ class Libp2pRouter:
         return {str(peer) for peer in self._links}
 
     def _index_complete(self, now: float) -> bool:
-        """Whether every peer this node knows of (connected, or in the DHT routing table) is heard from."""
-        assert self.dht is not None
-        known = set(self._links).union(self.dht.routing_table.get_peer_ids())
-        return all(self.index.heard(str(peer), now) for peer in known)
+        """Whether every connected peer is heard from (a vanished peer, still in the DHT routing table for up to an
+        hour, must not send every miss to the DHT)."""
+        return all(self.index.heard(str(peer), now) for peer in self._links)
 
 
 @asynccontextmanager
