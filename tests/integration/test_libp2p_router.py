@@ -217,3 +217,21 @@ async def test_http_bootstrap_fills_in_an_unspecified_ip_from_the_url(tmp_path: 
         nursery.cancel_scope.cancel()
     with pytest.raises(BootstrapError, match="cannot fetch"):
         await HttpBootstrapper("http://127.0.0.1:1/id").candidates()
+
+
+async def test_a_miss_never_waits_when_every_connected_peer_is_heard_even_after_a_peer_died(tmp_path: Path) -> None:
+    async with router(tmp_path, "a") as a:
+        bootstrap = ("--static-bootstrap-peers", a.listen_addrs()[0])
+        async with router(tmp_path, "b", *bootstrap) as b:
+            async with router(tmp_path, "c", *bootstrap) as c:
+                await until(lambda: len(a.connected_peers()) == 2 and a.ready() and c.ready())
+                await c.advertise(["sha256:c"])
+                await visible(a, "sha256:c")
+            # c is gone (it may linger in the DHT routing table); b is connected and heard.
+            await until(lambda: c.peer_id not in a.connected_peers())
+            with trio.CancelScope() as scope:
+                scope.cancel()  # any wait inside lookup would raise Cancelled here
+                found = await a.lookup("sha256:nobody", 3, 5.0)
+            assert not scope.cancelled_caught
+            assert found == []
+            assert b.peer_id in a.connected_peers()

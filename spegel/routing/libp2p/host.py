@@ -117,6 +117,16 @@ def build_host(key_pair: KeyPair, psk: str | None = None) -> IHost:
     )
 
 
+async def close_host(host: IHost, timeout: float = 5.0) -> None:
+    """Close `host`'s connections and listeners; call it inside `host.run()`. Bounded, shielded from cancellation.
+
+    Leaving `host.run()` alone left a router's connections open (its peers kept listing it as connected until the
+    process ended), so the router closes explicitly.
+    """
+    with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+        await host.get_network().close()
+
+
 async def learn_peer_id(host: IHost, addr: multiaddr.Multiaddr, timeout: float) -> ID:
     """The peer id of whoever listens at `addr` (no `/p2p` part), by a Noise handshake on a throwaway connection.
 

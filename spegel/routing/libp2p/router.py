@@ -41,7 +41,7 @@ from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p import messages
 from spegel.routing.libp2p.addresses import with_host, with_host_multiaddr
 from spegel.routing.libp2p.bootstrap import BootstrapError, Bootstrapper, backoff_delays
-from spegel.routing.libp2p.host import build_host, learn_peer_id
+from spegel.routing.libp2p.host import build_host, close_host, learn_peer_id
 from spegel.routing.libp2p.workarounds import (
     DetachedCalls,
     quiet_dht_eof_warnings,
@@ -467,15 +467,18 @@ async def open_libp2p_router(settings: RouterSettings, registry_address: str) ->
             quiet_dht_eof_warnings()
             dht = KadDHT(host, DHTMode.SERVER)
             relax_dht_server_limits(dht)
-        async with trio.open_nursery() as nursery:
-            if dht is not None:
-                await nursery.start(_run_service, dht)
-            router = Libp2pRouter(host, dht, settings, registry_address, nursery)
-            router.start(receive)
-            try:
-                yield router
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                if dht is not None:
+                    await nursery.start(_run_service, dht)
+                router = Libp2pRouter(host, dht, settings, registry_address, nursery)
+                router.start(receive)
+                try:
+                    yield router
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            await close_host(host)
 
 
 async def _run_service(service: KadDHT, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
