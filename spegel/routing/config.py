@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from spegel.routing.libp2p.host import RouterConfigError
-
 if TYPE_CHECKING:
     from spegel.routing.libp2p.router import Libp2pRouter, RouterSettings
 
 __all__ = ["RouterConfigError", "add_router_arguments", "open_router", "router_settings"]
+
+
+class RouterConfigError(Exception):
+    """An unusable identity file, key file or address (reported in one line)."""
 
 
 def _positive(text: str) -> float:

@@ -27,14 +27,11 @@ from libp2p.security.pnet.protector import new_protected_conn
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from spegel.routing.config import RouterConfigError
 from spegel.routing.libp2p.workarounds import dial_connection_config
 
 IDENTITY_FILE = "identity.key"
 _PSK_HEADER = "/key/swarm/psk/1.0.0/"
-
-
-class RouterConfigError(Exception):
-    """An unusable identity file, key file or address (reported in one line)."""
 
 
 def load_identity(data_dir: str | os.PathLike[str]) -> KeyPair:
