@@ -41,21 +41,20 @@ def summarize(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
 
 
 def order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows sorted by image, then phase and mode in their natural order."""
+    """Rows sorted by image (in order of first appearance: the scenario's), then phase and mode in their
+    natural order."""
     keys = []
     if "image" in frame:
-        keys.append("image")
+        first_seen = {image: i for i, image in enumerate(dict.fromkeys(frame["image"]))}
+        frame = frame.assign(_image=frame["image"].map(first_seen))
+        keys.append("_image")
     for column, ranking in (("phase", PHASE_ORDER), ("mode", MODE_ORDER)):
         if column in frame:
             frame = frame.assign(**{f"_{column}": frame[column].map(lambda v, r=ranking: r.index(v) if v in r else 99)})
             keys.append(f"_{column}")
     if not keys:
         return frame.reset_index(drop=True)
-    return (
-        frame.sort_values(keys, kind="stable")
-        .drop(columns=[k for k in keys if k.startswith("_")])
-        .reset_index(drop=True)
-    )
+    return frame.sort_values(keys, kind="stable").drop(columns=keys).reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -77,35 +76,42 @@ class Bounds:
 
 
 def completion(pulls: pd.DataFrame) -> pd.DataFrame:
-    """Per run and phase: when the last node finished, from the phase start, and whether every pull succeeded."""
+    """Per run and phase: the slowest node's pull time (`slowest`, each node timed from its own start, as the
+    kubelet reports it), when the last node finished counted from the phase start (`completion`: includes the
+    start jitter of `create` and every batch of `update`), and how many pulls failed."""
+    columns = ["run", "image", "mode", "repetition", "phase", "slowest", "completion", "failed"]
     if pulls.empty:
-        return pd.DataFrame(columns=["run", "image", "mode", "repetition", "phase", "completion", "failed"])
-    grouped = pulls.groupby(["run", "image", "mode", "repetition", "phase"], sort=False)
-    frame = grouped.agg(end=("end", "max"), phase_start=("phase_start", "min"), ok=("ok", "all"), pulls=("ok", "size"))
-    frame = frame.reset_index()
-    frame["completion"] = frame["end"] - frame["phase_start"]
-    frame["failed"] = grouped["ok"].apply(lambda s: int((~s.astype(bool)).sum())).to_numpy()
-    return frame.drop(columns=["end", "phase_start", "ok"])
+        return pd.DataFrame(columns=columns)
+    frame = pulls.assign(failed=~pulls["ok"].astype(bool))
+    grouped = frame.groupby(["run", "image", "mode", "repetition", "phase"], sort=False)
+    result = grouped.agg(end=("end", "max"), phase_start=("phase_start", "min"), failed=("failed", "sum")).reset_index()
+    slowest = frame[~frame["failed"]].groupby(["run", "phase"], sort=False)["duration"].max().rename("slowest")
+    result = result.merge(slowest.reset_index(), on=["run", "phase"], how="left")
+    result["completion"] = result["end"] - result["phase_start"]
+    result["failed"] = result["failed"].astype(int)
+    return result[columns]
 
 
 def pull_table(pulls: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
-    """Pull time per node (all nodes, all repetitions) and the completion of each run, beside the bounds.
+    """Pull time per node (all nodes, all repetitions), the slowest node and the completion of each run
+    (medians over repetitions), beside the bounds.
 
-    `vs_bound` compares what the bound is about: in `create` the slowest node (median over repetitions) with
-    the lower bound; in `update` (and `advertise`) the median pull with S/B, the time of one node alone.
+    `vs_bound` compares what the bound is about: in `create` the slowest node with the lower bound; in
+    `update` (and `advertise`) the median pull with S/B, the time of one node alone.
     """
     ok = pulls[pulls["ok"].astype(bool)] if not pulls.empty else pulls
     per_node = summarize(ok, ["image", "phase", "mode"], "duration")
-    done = summarize(completion(pulls), ["image", "phase", "mode"], "completion")
-    table = per_node.merge(
-        done[["image", "phase", "mode", "median", "max"]].rename(columns={"median": "last_median", "max": "last_max"}),
-        on=["image", "phase", "mode"],
-        how="left",
+    runs = completion(pulls)
+    keys = ["image", "phase", "mode"]
+    per_run = runs.groupby(keys).agg(
+        slowest_median=("slowest", "median"),
+        slowest_max=("slowest", "max"),
+        completion_median=("completion", "median"),
+        failed=("failed", "sum"),
     )
-    failed = completion(pulls).groupby(["image", "phase", "mode"])["failed"].sum().rename("failed").reset_index()
-    table = table.merge(failed, on=["image", "phase", "mode"], how="left")
+    table = per_node.merge(per_run.reset_index(), on=keys, how="left")
     table["bound"] = [_phase_bound(meta, r.image, r.phase) for r in table.itertuples()]
-    measured = table["last_median"].where(table["phase"] == "create", table["median"])
+    measured = table["slowest_median"].where(table["phase"] == "create", table["median"])
     table["vs_bound"] = measured / table["bound"]
     return order(table)
 

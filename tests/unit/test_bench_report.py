@@ -46,7 +46,7 @@ def _pulls() -> pd.DataFrame:
         for rep in (0, 1):
             labels = {"run": f"img/{mode}/rep{rep}", "image": "img", "mode": mode, "repetition": rep}
             start = 1000.0 + rep * 100 + (50 if mode == "inflight" else 0)
-            for node, extra in (("n0", 0.0), ("n1", 0.5)):
+            for node, extra, jitter in (("n0", 0.0, 0.0), ("n1", 0.5, 0.3)):
                 duration = base + extra + rep * 0.1
                 rows.append(
                     {
@@ -55,8 +55,8 @@ def _pulls() -> pd.DataFrame:
                         "node": node,
                         "batch": 0,
                         "phase_start": start,
-                        "start": start,
-                        "end": start + duration,
+                        "start": start + jitter,
+                        "end": start + jitter + duration,
                         "duration": duration,
                         "ok": True,
                         "error": "",
@@ -213,13 +213,17 @@ def test_completion_and_pull_table() -> None:
     pulls, meta = _pulls(), _meta()
     done = tables.completion(pulls)
     create = done[(done["mode"] == "inflight") & (done["phase"] == "create")].sort_values("repetition")
-    assert list(create["completion"]) == pytest.approx([2.0, 2.1])
+    assert list(create["slowest"]) == pytest.approx([2.0, 2.1])  # each node from its own start
+    assert list(create["completion"]) == pytest.approx([2.3, 2.4])  # n1 started 0.3 s after the phase
+    upstream = done[(done["mode"] == "upstream") & (done["phase"] == "create")].sort_values("repetition")
+    assert list(upstream["slowest"]) == pytest.approx([3.5, 3.6])
+    assert list(upstream["completion"]) == pytest.approx([3.8, 3.9])
     assert done[done["phase"] == "update"]["failed"].tolist() == [1, 1, 1, 1]
     table = tables.pull_table(pulls, meta)
     assert list(table["mode"]) == ["upstream", "inflight", "upstream", "inflight"]  # mode order within phases
     row = table[(table["phase"] == "create") & (table["mode"] == "inflight")].iloc[0]
     bounds = tables.Bounds.of(meta, "img")
-    assert row["n"] == 4 and row["last_median"] == pytest.approx(2.05)
+    assert row["n"] == 4 and row["slowest_median"] == pytest.approx(2.05) and row["slowest_max"] == 2.1
     assert row["vs_bound"] == pytest.approx(2.05 / bounds.lower)
     update = table[(table["phase"] == "update") & (table["mode"] == "inflight")].iloc[0]
     assert update["n"] == 2 and update["failed"] == 2  # failed pulls are counted, not timed
@@ -291,3 +295,21 @@ def test_markdown_table_formats_numbers_and_missing_values() -> None:
     frame = pd.DataFrame([{"a": "x", "b": 1.23456, "c": float("nan")}])
     assert markdown_table(frame, {"a": "A", "b": "B", "c": "C"}).splitlines()[2] == "| x | 1.23 | - |"
     assert markdown_table(pd.DataFrame(), {"a": "A"}) == "_no data_\n"
+
+
+def test_order_keeps_the_scenarios_image_order_and_sorts_phases_and_modes() -> None:
+    frame = pd.DataFrame(
+        [
+            {"image": "1MB", "phase": "update", "mode": "inflight"},
+            {"image": "1MB", "phase": "create", "mode": "inflight"},
+            {"image": "100MB", "phase": "create", "mode": "inflight"},
+            {"image": "1MB", "phase": "create", "mode": "upstream"},
+        ]
+    )
+    ordered = tables.order(frame)
+    assert list(zip(ordered["image"], ordered["phase"], ordered["mode"], strict=True)) == [
+        ("1MB", "create", "upstream"),
+        ("1MB", "create", "inflight"),
+        ("1MB", "update", "inflight"),
+        ("100MB", "create", "inflight"),
+    ]
