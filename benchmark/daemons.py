@@ -35,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from spegel.store.containerd.client import ContainerdClient
+
 CONTAINERD_BIN = "/var/cache/spegel-py/containerd-2.1.9/usr/bin/containerd"
 REGISTRY_BIN = "/usr/bin/docker-registry"
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
@@ -476,3 +478,79 @@ class Spegel(Daemon):
                     if isinstance(record, dict):
                         records.append(record)
         return records
+
+
+@dataclass
+class LoopbackNode:
+    """One node on loopback: a containerd and its `spegel registry` (containerd store, libp2p router)."""
+
+    name: str
+    containerd: Containerd
+    mirror: Spegel
+    router_addr: str
+
+    async def pull(self, reference: str, timeout: float = 120) -> str:
+        async with ContainerdClient(str(self.containerd.socket)) as client:
+            return await client.pull_image(reference, timeout=timeout)
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample of the mirror's /metrics (0 when absent)."""
+        text = httpx.get(f"http://{self.mirror.metrics_addr}/metrics", timeout=5).text
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if _same_sample(key, want):
+                total += float(value)
+        return total
+
+
+def _same_sample(key: str, want: str) -> bool:
+    if "{" not in want:
+        return key == want
+    name, _, labels = key.partition("{")
+    want_name, _, want_labels = want.partition("{")
+    return name == want_name and set(labels.rstrip("}").split(",")) == set(want_labels.rstrip("}").split(","))
+
+
+def start_loopback_node(
+    stack: contextlib.ExitStack,
+    base: Path,
+    registry_url: str,
+    bootstrap: LoopbackNode | None,
+    *,
+    chunk_size: int = 1 << 20,
+    mirror_flags: Sequence[str] = (),
+) -> LoopbackNode:
+    """Start a node under `base` whose containerd mirrors `registry_url` through its own `spegel registry`
+    (hosts.toml by `spegel configuration`), bootstrapping from `bootstrap` (None: the first node). Both daemons
+    are stopped when `stack` closes."""
+    containerd = stack.enter_context(Containerd(base / "containerd", chunk_size=chunk_size))
+    registry_addr, router_addr = free_address(), free_address()
+    configure_mirror(containerd.hosts_dir, registry_url, f"http://{registry_addr}")
+    host, port = (bootstrap.router_addr if bootstrap else router_addr).split(":")
+    router = [
+        "--router",
+        "libp2p",
+        "--router-addr",
+        router_addr,
+        "--data-dir",
+        str(base / "data"),
+        "--static-bootstrap-peers",
+        f"/ip4/{host}/tcp/{port}",
+    ]
+    flags = [
+        "--containerd-sock",
+        str(containerd.socket),
+        "--containerd-content-path",
+        str(containerd.content_root),
+        "--containerd-config-path",
+        str(containerd.config_path),
+        "--containerd-registry-config-path",
+        str(containerd.hosts_dir),
+        *mirror_flags,
+    ]
+    mirror = Spegel.registry("containerd", base / "spegel.log", registry_addr=registry_addr, router=router, extra=flags)
+    return LoopbackNode(base.name, containerd, stack.enter_context(mirror), router_addr)

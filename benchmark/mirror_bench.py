@@ -23,9 +23,8 @@ from pathlib import Path
 import httpx
 import trio
 
-from benchmark.daemons import Containerd, Registry, Spegel, configure_mirror, free_address
+from benchmark.daemons import Registry, start_loopback_node
 from benchmark.images import ImageSpec, build, push
-from spegel.store.containerd.client import ContainerdClient
 
 
 def fetch(url: str, params: dict[str, str], headers: dict[str, str] | None = None) -> int:
@@ -60,59 +59,30 @@ def main() -> None:
     layer = image.platforms[0].layers[0]
     with tempfile.TemporaryDirectory(prefix="spegel-mirror-bench-") as tmp, Registry(Path(tmp) / "up") as up:
         trio.run(_push, image, up.url)
-        nodes = []
         with contextlib.ExitStack() as stack:
-            first_router = None
-            for name in ("a", "b"):
-                base = Path(tmp) / name
-                containerd = stack.enter_context(Containerd(base / "containerd", chunk_size=8 << 20))
-                registry_addr, router_addr = free_address(), free_address()
-                configure_mirror(containerd.hosts_dir, up.url, f"http://{registry_addr}")
-                host, port = (first_router or router_addr).split(":")
-                first_router = first_router or router_addr
-                router = [
-                    "--router",
-                    "libp2p",
-                    "--router-addr",
-                    router_addr,
-                    "--data-dir",
-                    str(base / "data"),
-                    "--static-bootstrap-peers",
-                    f"/ip4/{host}/tcp/{port}",
-                ]
-                store = [
-                    "--containerd-sock",
-                    str(containerd.socket),
-                    "--containerd-content-path",
-                    str(containerd.content_root),
-                    "--log-level",
-                    "warning",
-                ]
-                mirror = Spegel.registry(
-                    "containerd", base / "spegel.log", registry_addr=registry_addr, router=router, extra=store
-                )
-                nodes.append((containerd, stack.enter_context(mirror)))
-            (a_ctrd, a), (_, b) = nodes
+            flags = ["--log-level", "warning"]
+            a = start_loopback_node(stack, Path(tmp) / "a", up.url, None, chunk_size=8 << 20, mirror_flags=flags)
+            b = start_loopback_node(stack, Path(tmp) / "b", up.url, a, chunk_size=8 << 20, mirror_flags=flags)
             reference = f"{up.address}/bench/mirror:v1"
-            trio.run(_pull, str(a_ctrd.socket), reference)
+            trio.run(a.pull, reference)
             params = {"ns": up.address}
             path = f"/v2/bench/mirror/blobs/{layer.digest}"
             deadline = time.monotonic() + 30
-            while httpx.head(b.url + path, params=params).status_code != 200:
+            while httpx.head(b.mirror.url + path, params=params).status_code != 200:
                 if time.monotonic() > deadline:
                     raise SystemExit("node B never found the layer on node A")
                 time.sleep(0.1)
             print(f"layer: {layer.size / 2**20:.0f} MiB; best of {args.repeat}")
             for parallel in (False, True):
                 label = "8 x 8 MiB ranges" if parallel else "one full GET    "
-                local = max(throughput(a.url + path, params, layer.size, parallel) for _ in range(args.repeat))
-                proxied = max(throughput(b.url + path, params, layer.size, parallel) for _ in range(args.repeat))
+                local = max(throughput(a.mirror.url + path, params, layer.size, parallel) for _ in range(args.repeat))
+                proxied = max(throughput(b.mirror.url + path, params, layer.size, parallel) for _ in range(args.repeat))
                 print(
                     f"{label}: local serve {local:7.0f} MB/s | via peer {proxied:7.0f} MB/s "
                     f"| ratio {proxied / local:.2f}"
                 )
             misses = []
-            with httpx.Client(base_url=b.url, params=params) as client:
+            with httpx.Client(base_url=b.mirror.url, params=params) as client:
                 for i in range(args.misses):
                     digest = "sha256:" + hashlib.sha256(f"nobody-{i}".encode()).hexdigest()
                     started = time.perf_counter()
@@ -130,11 +100,6 @@ def main() -> None:
 async def _push(image, url: str) -> None:
     async with httpx.AsyncClient(timeout=120) as client:
         await push(image, client, url, "bench/mirror", "v1")
-
-
-async def _pull(socket: str, reference: str) -> None:
-    async with ContainerdClient(socket) as client:
-        await client.pull_image(reference, timeout=600)
 
 
 if __name__ == "__main__":
