@@ -152,12 +152,14 @@ class NetnsCluster:
         self.close()
 
     def close(self) -> None:
-        """Stop every process and delete every namespace and link of this run. Idempotent; never raises."""
+        """Stop every process, delete the upstream's storage and every namespace and link of this run (logs
+        stay). Idempotent; never raises."""
         with contextlib.suppress(Exception):
             self.stop_nodes()
         if self.upstream is not None:
             with contextlib.suppress(Exception):
                 self.upstream.stop()
+            shutil.rmtree(self.upstream.storage, ignore_errors=True)  # the images are cached elsewhere
             self.upstream = None
         if self._network_made and self.plan is not None:
             for argv in netplan.teardown_commands(self.plan):

@@ -69,6 +69,8 @@ async def test_two_nodes_come_up_pull_and_go_down(tmp_path: Path, mode: str) -> 
         assert not any(_alive(pid) for pid in pids)
     assert not ours & _namespaces()
     assert cluster.upstream is None
+    assert not (tmp_path / "work" / "upstream" / "storage").exists()
+    assert (tmp_path / "work" / "upstream" / "registry.log").exists()  # logs stay
 
 
 @pytest.mark.root
