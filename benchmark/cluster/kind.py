@@ -173,7 +173,8 @@ def write_configuration(scenario: Scenario, directory: Path, registry_host: str 
     for phase in scenario.phases:
         for shape in scenario.images:
             reference = f"{registry_host}/{repository_name(shape)}:{phase}"
-            (directory / f"workload-{shape.name}-{phase}.yaml").write_text(render_workload(reference))
+            slug = repository_name(shape).rsplit("/", 1)[-1]
+            (directory / f"workload-{slug}-{phase}.yaml").write_text(render_workload(reference))
 
 
 def missing_tools() -> list[str]:

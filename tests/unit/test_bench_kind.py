@@ -55,10 +55,10 @@ def test_written_configuration(tmp_path: Path) -> None:
         "kind-config.yaml",
         "mirror-inflight",
         "mirror-layer",
-        "workload-Big Image-create.yaml",
-        "workload-Big Image-update.yaml",
+        "workload-big-image-create.yaml",
+        "workload-big-image-update.yaml",
     ]
-    workload = yaml.safe_load((tmp_path / "workload-Big Image-update.yaml").read_text())
+    workload = yaml.safe_load((tmp_path / "workload-big-image-update.yaml").read_text())
     assert workload["kind"] == "DaemonSet"
     assert workload["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
     container = workload["spec"]["template"]["spec"]["containers"][0]
