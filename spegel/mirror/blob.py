@@ -42,7 +42,6 @@ class PeerBlob:
         self.size = first.size
         self.ranged = first.ranged
         self.holder = first.holder
-        peers.track(first.holder.address, +1)
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         offset, failed = start, set[str]()
@@ -95,14 +94,12 @@ class PeerBlob:
                 await response.aclose()
                 continue
             self._current = response
-            self._peers.track(holder.address, +1)
             return response
         raise OSError(f"every holder of {self._digest} failed at byte {offset}")
 
     async def _close_current(self) -> None:
         if self._current is not None:
             current, self._current = self._current, None
-            self._peers.track(current.holder.address, -1)
             await current.aclose()
 
     async def aclose(self) -> None:

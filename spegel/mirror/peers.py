@@ -44,12 +44,15 @@ class Timeouts:
 class PeerResponse:
     """An open blob response from a peer: its body covers bytes `start..end` of a blob of `size` bytes."""
 
-    def __init__(self, holder: Holder, response: httpx.Response, start: int, end: int, size: int) -> None:
+    def __init__(
+        self, holder: Holder, response: httpx.Response, start: int, end: int, size: int, on_close: Callable[[], None]
+    ) -> None:
         self.holder = holder
         self.response = response
         self.start, self.end, self.size = start, end, size
         self.ranged = response.headers.get("Accept-Ranges", "").lower() == "bytes"
         self.closed = False
+        self._on_close = on_close
 
     async def pieces(self) -> AsyncIterator[bytes]:
         async for piece in self.response.aiter_raw(READ_PIECE):
@@ -58,11 +61,13 @@ class PeerResponse:
     async def aclose(self) -> None:
         if not self.closed:
             self.closed = True
+            self._on_close()
             await self.response.aclose()
 
 
 class PeerClient:
-    """A pooled HTTP client to peer mirrors. `load[address]` counts open transfers per peer."""
+    """A pooled HTTP client to peer mirrors. `load[address]` counts blob requests open per peer, from the moment
+    they are sent until their response is closed."""
 
     def __init__(self, timeouts: Timeouts = Timeouts(), penalty: float = 10.0) -> None:
         self.timeouts = timeouts
@@ -152,10 +157,16 @@ class PeerClient:
             headers["Range"] = range_header or ""
         path = f"/v2/{repository}/blobs/{digest}"
         request = self._request("HEAD" if head else "GET", holder, path, registry, headers)
-        response = await self._send(holder, request)
+        self.track(holder.address, +1)  # counted from the start, so concurrent requests spread at once
         try:
-            return _blob_response(holder, response, digest)
+            response = await self._send(holder, request)
+        except BaseException:
+            self.track(holder.address, -1)
+            raise
+        try:
+            return _blob_response(holder, response, digest, lambda: self.track(holder.address, -1))
         except PeerError:
+            self.track(holder.address, -1)
             await response.aclose()
             raise
 
@@ -175,7 +186,9 @@ def _header_digest(response: httpx.Response) -> Digest | None:
         return None
 
 
-def _blob_response(holder: Holder, response: httpx.Response, digest: Digest) -> PeerResponse:
+def _blob_response(
+    holder: Holder, response: httpx.Response, digest: Digest, on_close: Callable[[], None]
+) -> PeerResponse:
     """Validate a peer's blob answer and say which bytes its body holds."""
     if response.status_code not in (200, 206):
         raise PeerError(f"{holder.address}: blob answered {response.status_code}")
@@ -188,11 +201,11 @@ def _blob_response(holder: Holder, response: httpx.Response, digest: Digest) -> 
     except (KeyError, ValueError):
         raise PeerError(f"{holder.address}: blob answer without Content-Length") from None
     if response.status_code == 200:
-        return PeerResponse(holder, response, 0, length - 1, length)
+        return PeerResponse(holder, response, 0, length - 1, length, on_close)
     content_range = httprange.parse_content_range(response.headers.get("Content-Range", ""))
     if content_range is None or content_range.size is None or content_range.end - content_range.start + 1 != length:
         raise PeerError(f"{holder.address}: 206 with a bad Content-Range")
-    return PeerResponse(holder, response, content_range.start, content_range.end, content_range.size)
+    return PeerResponse(holder, response, content_range.start, content_range.end, content_range.size, on_close)
 
 
 async def first_success(

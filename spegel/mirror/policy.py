@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from spegel.routing.base import Holder, KeyState
 
@@ -40,16 +41,15 @@ class LatencyTracker:
         return min(self._maximum, max(self._minimum, p80))
 
 
-def order_holders(holders: Iterable[Holder], load: dict[str, int]) -> list[Holder]:
+def order_holders(
+    holders: Iterable[Holder], load: dict[str, int], tiebreak: Callable[[], float] = random.random
+) -> list[Holder]:
     """Complete holders before in-progress ones; within each, least loaded first, then the most bytes
-    available; ties keep the router's order."""
-    indexed = list(enumerate(holders))
-    indexed.sort(
-        key=lambda item: (
-            item[1].state is not KeyState.COMPLETE,
-            load.get(item[1].address, 0),
-            -(item[1].available or 0),
-            item[0],
-        )
-    )
-    return [holder for _, holder in indexed]
+    available; remaining ties are broken by `tiebreak()` (random), so that requests arriving together
+    spread over equal holders."""
+    keyed = [
+        ((h.state is not KeyState.COMPLETE, load.get(h.address, 0), -(h.available or 0), tiebreak()), h)
+        for h in holders
+    ]
+    keyed.sort(key=lambda item: item[0])
+    return [holder for _, holder in keyed]
