@@ -54,13 +54,14 @@ def main() -> None:
     parser.add_argument("--layer-mib", type=int, default=256)
     parser.add_argument("--misses", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--miss-settle", default="20ms", help="the mirrors' --mirror-miss-settle (default: 20ms)")
     args = parser.parse_args()
     image = build(ImageSpec(layers=(args.layer_mib << 20,), compression="none", seed=99))
     layer = image.platforms[0].layers[0]
     with tempfile.TemporaryDirectory(prefix="spegel-mirror-bench-") as tmp, Registry(Path(tmp) / "up") as up:
         trio.run(_push, image, up.url)
         with contextlib.ExitStack() as stack:
-            flags = ["--log-level", "warning"]
+            flags = ["--log-level", "warning", "--mirror-miss-settle", args.miss_settle]
             a = start_loopback_node(stack, Path(tmp) / "a", up.url, None, chunk_size=8 << 20, mirror_flags=flags)
             b = start_loopback_node(stack, Path(tmp) / "b", up.url, a, chunk_size=8 << 20, mirror_flags=flags)
             reference = f"{up.address}/bench/mirror:v1"
