@@ -21,7 +21,7 @@ import trio
 from spegel.metrics import Metrics
 from spegel.mirror.blob import PeerBlob
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse, first_success
-from spegel.mirror.policy import RegistryFilters, order_holders
+from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
 from spegel.registry.backend import BlobRequest, ManifestContent, ManifestRequest, read_manifest
 from spegel.routing.base import Holder, Router
@@ -146,7 +146,7 @@ class MirrorBackend:
         holders = [h for h in found if self.peers.usable(h)]
         outcome = "found" if holders else "not_found"
         self.metrics.resolve_duration.labels(outcome).observe(time.perf_counter() - started)
-        return order_holders(holders, self.peers.load)
+        return self.peers.order(holders)
 
     def _count(self, registry: str, source: str) -> None:
         self.metrics.mirror_requests.labels(registry, source).inc()

@@ -9,7 +9,6 @@ import httpx
 
 from spegel.metrics import Metrics
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse
-from spegel.mirror.policy import order_holders
 from spegel.oci.digest import Digest
 from spegel.routing.base import Holder
 
@@ -79,7 +78,7 @@ class PeerBlob:
 
     async def _reopen(self, offset: int, end: int, failed: set[str]) -> PeerResponse:
         await self._close_current()
-        for holder in order_holders([h for h in self._holders if h.address not in failed], self._peers.load):
+        for holder in self._peers.order([h for h in self._holders if h.address not in failed]):
             try:
                 response = await self._peers.open_blob_range(
                     holder, self._registry, self._repository, self._digest, offset, end

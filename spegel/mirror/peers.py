@@ -7,6 +7,7 @@ requests never loop) and `Accept-Encoding: identity`. Each call has a connect ti
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,7 +18,7 @@ import httpx
 import trio
 
 from spegel import httprange
-from spegel.mirror.policy import LatencyTracker
+from spegel.mirror.policy import LatencyTracker, order_holders
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import detect_media_type
 from spegel.oci.reference import Reference
@@ -74,11 +75,17 @@ class PeerClient:
         self.load: dict[str, int] = {}
         self.penalty = penalty
         self._failed_at: dict[str, float] = {}
+        self._rotation = itertools.count()
+
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=1.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         self.latency = LatencyTracker()
+
+    def order(self, holders: list[Holder]) -> list[Holder]:
+        """`holders` best first (see `order_holders`): each call rotates the ties by one more place."""
+        return order_holders(holders, self.load, next(self._rotation))
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import random
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from spegel.routing.base import Holder, KeyState
 
@@ -41,15 +40,15 @@ class LatencyTracker:
         return min(self._maximum, max(self._minimum, p80))
 
 
-def order_holders(
-    holders: Iterable[Holder], load: dict[str, int], tiebreak: Callable[[], float] = random.random
-) -> list[Holder]:
+def order_holders(holders: Iterable[Holder], load: dict[str, int], rotation: int = 0) -> list[Holder]:
     """Complete holders before in-progress ones; within each, least loaded first, then the most bytes
-    available; remaining ties are broken by `tiebreak()` (random), so that requests arriving together
-    spread over equal holders."""
+    available; remaining ties take the router's order rotated by `rotation`, so that successive requests
+    (each with the next rotation) spread over equal holders."""
+    listed = list(holders)
+    count = len(listed) or 1
     keyed = [
-        ((h.state is not KeyState.COMPLETE, load.get(h.address, 0), -(h.available or 0), tiebreak()), h)
-        for h in holders
+        ((h.state is not KeyState.COMPLETE, load.get(h.address, 0), -(h.available or 0), (i - rotation) % count), h)
+        for i, h in enumerate(listed)
     ]
     keyed.sort(key=lambda item: item[0])
     return [holder for _, holder in keyed]

@@ -74,16 +74,22 @@ def local_bytes(node) -> float:
     return node.metric("spegel_mirror_bytes_total", {"source": "local"})
 
 
-async def test_one_layer_comes_from_several_peers(cluster, upstream: Registry) -> None:
-    """With A and B holding a 64 MiB layer, C's multipart pull takes chunks from both."""
-    image = await push_image(upstream, ImageSpec(layers=(64 << 20,), compression="none", seed=12), "e2e/multi")
-    reference = f"{upstream.address}/e2e/multi:v1"
+async def two_holders_for_a_third(cluster, upstream: Registry, image, repository: str):
+    """Three nodes where A and B hold `image` (B pulled it after A) and C's mirror already finds its layer."""
+    reference = f"{upstream.address}/{repository}:v1"
     layer = image.platforms[0].layers[0]
     a, b, c = cluster(3)
     await a.pull(reference)
-    await wait_until(lambda: peer_has(b, upstream.address, layer.digest, "e2e/multi"))
+    await wait_until(lambda: peer_has(b, upstream.address, layer.digest, repository))
     await b.pull(reference)
-    await wait_until(lambda: peer_has(c, upstream.address, layer.digest, "e2e/multi"))
+    await wait_until(lambda: peer_has(c, upstream.address, layer.digest, repository))
+    return reference, layer, (a, b, c)
+
+
+async def test_one_layer_comes_from_several_peers(cluster, upstream: Registry) -> None:
+    """With A and B holding a 64 MiB layer, C's multipart pull takes chunks from both."""
+    image = await push_image(upstream, ImageSpec(layers=(64 << 20,), compression="none", seed=12), "e2e/multi")
+    reference, layer, (a, b, c) = await two_holders_for_a_third(cluster, upstream, image, "e2e/multi")
     await trio.sleep(0.5)  # B's own advertisement (it committed the layer) reaches C
     before = local_bytes(a), local_bytes(b)
     await c.pull(reference)
@@ -94,13 +100,7 @@ async def test_one_layer_comes_from_several_peers(cluster, upstream: Registry) -
 
 async def test_pull_survives_a_holder_killed_mid_layer(cluster, upstream: Registry) -> None:
     image = await push_image(upstream, ImageSpec(layers=(128 << 20,), compression="none", seed=13), "e2e/death")
-    reference = f"{upstream.address}/e2e/death:v1"
-    layer = image.platforms[0].layers[0]
-    a, b, c = cluster(3)
-    await a.pull(reference)
-    await wait_until(lambda: peer_has(b, upstream.address, layer.digest, "e2e/death"))
-    await b.pull(reference)
-    await wait_until(lambda: peer_has(c, upstream.address, layer.digest, "e2e/death"))
+    reference, layer, (a, _, c) = await two_holders_for_a_third(cluster, upstream, image, "e2e/death")
     upstream.stop()  # the pull can only complete from the surviving holder
 
     async def kill_a_once_it_serves() -> None:

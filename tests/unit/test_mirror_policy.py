@@ -1,5 +1,3 @@
-from collections import Counter
-
 from spegel.mirror.policy import LatencyTracker, RegistryFilters, order_holders
 from spegel.routing.base import Holder, KeyState
 
@@ -11,14 +9,15 @@ def test_complete_holders_come_first_then_least_loaded_then_most_available() -> 
         Holder("c:1"),
         Holder("d:1"),
     ]
-    ordered = order_holders(holders, {"c:1": 2, "d:1": 0}, tiebreak=lambda: 0.0)
+    ordered = order_holders(holders, {"c:1": 2, "d:1": 0})
     assert [h.address for h in ordered] == ["d:1", "c:1", "b:1", "a:1"]
 
 
-def test_equal_holders_are_spread_by_the_tiebreak() -> None:
-    holders = [Holder("a:1"), Holder("b:1")]
-    firsts = Counter(order_holders(holders, {})[0].address for _ in range(400))
-    assert firsts["a:1"] > 100 and firsts["b:1"] > 100
+def test_equal_holders_are_spread_by_the_rotation() -> None:
+    holders = [Holder("a:1"), Holder("b:1"), Holder("c:1")]
+    firsts = [order_holders(holders, {}, rotation)[0].address for rotation in range(6)]
+    assert firsts == ["a:1", "b:1", "c:1", "a:1", "b:1", "c:1"]
+    assert order_holders(holders, {"b:1": 1}, 1)[0].address == "c:1"
 
 
 def test_hedge_delay_is_the_clamped_p80_once_there_are_enough_samples() -> None:
