@@ -22,10 +22,9 @@ from spegel.mirror.policy import LatencyTracker, order_holders
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import detect_media_type
 from spegel.oci.reference import Reference
-from spegel.registry.backend import MAX_MANIFEST_SIZE, ManifestContent
+from spegel.registry.backend import MAX_MANIFEST_SIZE, MIRRORED_HEADER, ManifestContent
 from spegel.routing.base import Holder, KeyState
 
-MIRRORED_HEADER = "X-Spegel-Mirrored"
 READ_PIECE = 1 << 20
 T = TypeVar("T")
 

@@ -54,11 +54,6 @@ class Digest:
         return f"{self.algorithm}:{self.hex}"
 
 
-def is_digest(text: str) -> bool:
-    """Whether `text` looks like a digest reference (has the `algorithm:` form), valid or not."""
-    return ":" in text
-
-
 def _is_lower_hex(text: str) -> bool:
     return all(c in "0123456789abcdef" for c in text)
 

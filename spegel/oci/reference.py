@@ -84,13 +84,6 @@ class Reference:
             path, tag = path[:colon], path[colon + 1 :]
         return cls(registry, path, tag, digest)
 
-    @classmethod
-    def from_request(cls, registry: str, repository: str, tag_or_digest: str) -> Reference:
-        """A reference from the parts of a `/v2/<name>/manifests/<reference>` request."""
-        if ":" in tag_or_digest:
-            return cls(registry, repository, None, Digest.parse(tag_or_digest))
-        return cls(registry, repository, tag_or_digest, None)
-
     @property
     def name(self) -> str:
         """`registry/repository`."""

@@ -28,13 +28,12 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from spegel import httprange
 from spegel.oci.errors import ErrorCode, error_body
 from spegel.oci.reference import InvalidReference, Reference, validate_registry
-from spegel.registry.backend import Backend, BlobRequest, ManifestRequest
+from spegel.registry.backend import MIRRORED_HEADER, Backend, BlobRequest, ManifestRequest
 from spegel.registry.routes import BaseRoute, BlobRoute, ManifestRoute, RouteError, parse_route
 from spegel.store.base import BlobReader, NotFound
 
 log = logging.getLogger("spegel.registry")
 
-MIRRORED_HEADER = "X-Spegel-Mirrored"
 OCTET_STREAM = "application/octet-stream"
 _ALLOWED = ("GET", "HEAD")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

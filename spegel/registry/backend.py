@@ -15,6 +15,7 @@ from spegel.oci.manifest import detect_media_type
 from spegel.oci.reference import Reference
 from spegel.store.base import BlobReader, ContentStore, NotFound
 
+MIRRORED_HEADER = "X-Spegel-Mirrored"  # `true` on requests from peer mirrors: serve local content only
 MAX_MANIFEST_SIZE = 4 << 20  # what CNCF distribution accepts; anything larger is not a manifest we serve
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spegel.oci.digest import Digest, InvalidDigest, UnsupportedAlgorithm, is_digest
+from spegel.oci.digest import Digest, InvalidDigest, UnsupportedAlgorithm
 
 SHA256_ABC = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 SHA512_ABC = (
@@ -67,12 +67,6 @@ def test_error_message_is_bounded_for_huge_input() -> None:
     with pytest.raises(InvalidDigest) as info:
         Digest.parse("sha256:" + "x" * 100_000)
     assert len(str(info.value)) < 400
-
-
-def test_is_digest_tells_digest_references_from_tags() -> None:
-    assert is_digest(f"sha256:{SHA256_ABC}")
-    assert is_digest("sha256:nonsense")  # looks like one; parsing decides validity
-    assert not is_digest("latest")
 
 
 @given(st.binary(max_size=4096), st.sampled_from(["sha256", "sha512"]))

@@ -145,11 +145,6 @@ def test_parse_rejects_invalid_references(text: str) -> None:
         Reference.parse(text)
 
 
-def test_from_request_tells_tags_from_digests() -> None:
-    assert Reference.from_request("r.io", "a/b", "v1") == Reference("r.io", "a/b", "v1")
-    assert Reference.from_request("r.io", "a/b", str(DIGEST)) == Reference("r.io", "a/b", None, DIGEST)
-
-
 _alnum = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=6)
 _separator = st.sampled_from([".", "_", "__", "-", "--"])
 _component = st.builds(
