@@ -16,7 +16,6 @@ records from different sources line up; the runner adds the run's labels and tur
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,12 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmark.cluster.base import Node
 from spegel.store.containerd.client import ContainerdClient, ContainerdError
+from spegel.store.containerd.ingest import ref_digest
 from spegel.store.containerd.proto import content_events_pb2
 
 Record = dict[str, Any]
 Sink = Callable[[Record], None]
-
-_INGEST_REF = re.compile(r"(?:^|[-/])(sha256:[0-9a-f]{64})$")
 
 
 async def pull(node: Node, reference: str, timeout: float) -> Record:
@@ -67,12 +65,6 @@ async def watch_commits(node: Node, sink: Sink, task_status: Any = trio.TASK_STA
             sink({"node": node.name, "event": "commit", "digest": event.digest, "time": stamp})
 
 
-def ingest_digest(ref: str) -> str | None:
-    """The digest in an ingest's ref (`k8s.io/1/layer-sha256:<hex>`), or None."""
-    match = _INGEST_REF.search(ref.strip())
-    return match[1] if match else None
-
-
 def scan_ingests(content_root: Path, seen: set[str]) -> list[str]:
     """Digests of ingests under `content_root/ingest` whose directory is not in `seen` (which is updated)."""
     found = []
@@ -84,12 +76,12 @@ def scan_ingests(content_root: Path, seen: set[str]) -> list[str]:
         if entry in seen:
             continue
         try:
-            digest = ingest_digest((content_root / "ingest" / entry / "ref").read_text())
+            digest = ref_digest((content_root / "ingest" / entry / "ref").read_text().strip())
         except OSError:
             continue  # not written yet, or already committed: look again next time
         seen.add(entry)
         if digest is not None:
-            found.append(digest)
+            found.append(str(digest))
     return found
 
 

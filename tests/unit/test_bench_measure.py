@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.measure import counter_delta, ingest_digest, parse_mirror_metrics, scan_ingests
+from benchmark.measure import counter_delta, parse_mirror_metrics, scan_ingests
 from benchmark.progress import Progress
+from spegel.store.containerd.ingest import ref_digest
 
 HEX = "ab" * 32
 
@@ -24,7 +25,8 @@ HEX = "ab" * 32
     ],
 )
 def test_ingest_digest(ref: str, expected: str | None) -> None:
-    assert ingest_digest(ref) == expected
+    digest = ref_digest(ref.strip())
+    assert (str(digest) if digest else None) == expected
 
 
 def test_scan_ingests_reports_each_new_ingest_once(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import trio
 
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.store.base import BlobReader, NotFound
-from spegel.store.files import READ_SIZE, FileBlobReader
+from spegel.store.files import READ_SIZE, FileBlobReader, read_at
 
 DEFAULT_STALL_TIMEOUT = 10.0  # seconds without growth after which a reader gives up on an ingest
 DEFAULT_POLL_INTERVAL = 0.01  # seconds between size checks while waiting for the writer
@@ -179,7 +179,7 @@ class IngestReader(FileBlobReader):
             stat = os.fstat(self._fd)
             if stat.st_size > offset:
                 want = min(READ_SIZE, end - offset + 1, stat.st_size - offset)
-                data = await trio.to_thread.run_sync(os.pread, self._fd, want, offset)
+                data = await read_at(self._fd, want, offset)
                 if data:
                     offset += len(data)
                     yield data
