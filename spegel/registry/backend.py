@@ -61,12 +61,11 @@ async def read_manifest(store: ContentStore, reference: Reference) -> ManifestCo
     else:
         descriptor = await store.resolve(reference)
         digest, media_type = descriptor.digest, descriptor.media_type
-    info = await store.describe(digest)
-    if info.size > MAX_MANIFEST_SIZE:
-        raise NotFound(f"{digest} is too large to be a manifest")
-    reader = await store.open(digest)
+    reader = await store.open(digest)  # knows the size: no separate describe (one containerd call, not two)
     try:
-        data = b"".join([chunk async for chunk in reader.chunks(0, info.size - 1)]) if info.size else b""
+        if reader.size > MAX_MANIFEST_SIZE:
+            raise NotFound(f"{digest} is too large to be a manifest")
+        data = b"".join([chunk async for chunk in reader.chunks(0, reader.size - 1)]) if reader.size else b""
     finally:
         await reader.aclose()
     if Digest.of(data, digest.algorithm) != digest:
