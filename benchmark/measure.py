@@ -10,7 +10,8 @@ records from different sources line up; the runner adds the run's labels and tur
 - `scrape_mirror(node)`: the mirror's byte and request counters by source, from its `/metrics`.
 - `watch_visibility(...)`: an observer node asks its own mirror (as its containerd would: HEAD, no
   `X-Spegel-Mirrored`) for a blob every `interval` seconds until it answers 200: when the blob became
-  available to that node through the router. HEAD never counts as a miss, so probing announces nothing.
+  available to that node through the router (the send time of the first probe answered 200). HEAD never
+  counts as a miss, so probing announces nothing.
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ async def watch_visibility(
     """Probe `observer`'s mirror for each digest until it answers 200 or `time.time()` passes `deadline()`
     (asked before every probe, so the caller can move it).
 
-    Records `visible` (the time of the first 200 answer) and the probe's round trip; digests never seen get
-    `visible = NaN`.
+    Records `visible`, the send time of the first probe answered 200: the observer's router looks the digest
+    up as the probe arrives (waiting at most its resolve timeout), before the mirror asks the holder, so the
+    rest of the round trip (`answered - visible`, `rtt`: the holder's HEAD path, slow on a busy node) is not
+    advertisement latency. Resolution: one probe period (the interval plus a miss). Digests never seen get NaN.
     """
     async with trio.open_nursery() as nursery:
         for digest in digests:
@@ -163,13 +166,14 @@ async def _probe(
         try:
             response = await client.head(url, timeout=5)
             if response.status_code == 200:
-                received = time.time()
+                answered = time.time()
                 sink(
                     {
                         "observer": observer.name,
                         "digest": digest,
-                        "visible": received,
-                        "rtt": received - sent,
+                        "visible": sent,
+                        "answered": answered,
+                        "rtt": answered - sent,
                         "probes": probes,
                     }
                 )
@@ -177,4 +181,5 @@ async def _probe(
         except httpx.HTTPError:
             pass
         await trio.sleep(interval)
-    sink({"observer": observer.name, "digest": digest, "visible": float("nan"), "rtt": float("nan"), "probes": probes})
+    nan = float("nan")
+    sink({"observer": observer.name, "digest": digest, "visible": nan, "answered": nan, "rtt": nan, "probes": probes})

@@ -437,9 +437,11 @@ def _markdown(
     if not latency.empty:
         out.append("## Advertisement latency\n")
         out.append(
-            "Seconds from the puller's commit of a layer until another node's mirror answered for it (negative: "
-            "visible while still downloading), and the median from the puller's download start. Resolution: "
-            f"the probe interval ({scenario['observe_interval'] * 1000:g} ms) plus one probe's round trip.\n"
+            "Seconds from the puller's commit of a layer until another node's mirror found a holder for it (the "
+            "send time of its first probe answered 200; negative: visible while still downloading), and the "
+            "median from the puller's download start. Resolution: one probe period, the interval "
+            f"({scenario['observe_interval'] * 1000:g} ms) plus a miss; the rest of the probe's round trip (the "
+            "holder's HEAD path) is shown apart (probe answer).\n"
         )
         out.append(
             markdown_table(
@@ -454,6 +456,8 @@ def _markdown(
                     "cv": "CV",
                     "p95": "p95 (s)",
                     "ingest_median": "after download start, median (s)",
+                    "rtt_median": "probe answer, median (s)",
+                    "rtt_p95": "probe answer, p95 (s)",
                     "unseen": "never seen",
                 },
             )

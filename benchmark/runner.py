@@ -10,7 +10,8 @@ What is kept, as DataFrames written to `OUT/data/*.csv` after every run (so an i
 it measured), with the labels `run, image, mode, repetition`:
 - `pulls`: phase, node, batch, phase_start, start, end, duration, ok, error;
 - `events`: phase, node, event (`ingest`: download started; `commit`: blob committed), digest, layer, time;
-- `visibility`: phase, observer, digest, layer, visible, rtt, probes;
+- `visibility`: phase, observer, digest, layer, visible (first answered probe's send time), answered, rtt,
+  probes;
 - `traffic`: phase, phase_start, phase_end, upstream_bytes (tc counter of the upstream's link, framing
   included), upstream_log_bytes (body bytes in the registry's access log), and the mirrors' counters summed
   over nodes (`bytes_<source>`, `requests_<source>`);

@@ -146,9 +146,10 @@ def traffic_table(traffic: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
 
 
 def advertisement_latency(events: pd.DataFrame, visibility: pd.DataFrame) -> pd.DataFrame:
-    """Per observation: the puller's ingest start and commit of the layer, when the observer saw it, and the
-    latencies `after_commit` (visible - commit; negative when seen while downloading) and `after_ingest`."""
-    columns = ["run", "image", "mode", "repetition", "observer", "layer", "after_commit", "after_ingest"]
+    """Per observation: the puller's ingest start and commit of the layer, when the observer saw it, the
+    latencies `after_commit` (visible - commit; negative when seen while downloading) and `after_ingest`, and
+    `rtt`, the round trip of the probe that saw it."""
+    columns = ["run", "image", "mode", "repetition", "observer", "layer", "after_commit", "after_ingest", "rtt"]
     if visibility.empty or events.empty:
         return pd.DataFrame(columns=columns)
     puller = events[(events["phase"] == "advertise") & (events["node"] == "n0")]
@@ -160,10 +161,12 @@ def advertisement_latency(events: pd.DataFrame, visibility: pd.DataFrame) -> pd.
 
 
 def advertisement_table(latency: pd.DataFrame) -> pd.DataFrame:
-    """Advertisement latency per mode: spread after commit and after ingest start, p95 after commit, and how
-    many layers were never seen."""
+    """Advertisement latency per mode: spread after commit and after ingest start, p95 after commit, the
+    probes' round trip (median, p95), and how many layers were never seen."""
     if latency.empty:
-        return pd.DataFrame(columns=["image", "mode", *STAT_COLUMNS, "p95", "ingest_median", "unseen"])
+        return pd.DataFrame(
+            columns=["image", "mode", *STAT_COLUMNS, "p95", "ingest_median", "rtt_median", "rtt_p95", "unseen"]
+        )
     rows = []
     for (image, mode), group in latency.groupby(["image", "mode"], sort=False):
         stats = spread(group["after_commit"])
@@ -175,6 +178,8 @@ def advertisement_table(latency: pd.DataFrame) -> pd.DataFrame:
                 **stats,
                 "p95": seen.quantile(0.95) if not seen.empty else math.nan,
                 "ingest_median": group["after_ingest"].median(),
+                "rtt_median": group["rtt"].median(),
+                "rtt_p95": group["rtt"].quantile(0.95),
                 "unseen": int(group["after_commit"].isna().sum()),
             }
         )

@@ -113,6 +113,7 @@ def test_ci_scenario_end_to_end_writes_data_and_report(tmp_path: Path) -> None:
     assert traffic.loc[("inflight", "update"), "bytes_peer"] > 0  # the second node got the new image from the first
     visibility = pd.read_csv(out / "data" / "visibility.csv")
     assert len(visibility) == 2 and visibility["visible"].notna().all()  # 1 observer x 2 layers
+    assert (visibility["answered"] - visibility["visible"] == visibility["rtt"]).all()  # sent, then answered
     readme = (out / "README.md").read_text()
     assert "## Pull times" in readme and "pull_times.png" in readme and "## Advertisement latency" in readme
     assert (out / "pull_times.png").stat().st_size > 1000

@@ -147,7 +147,8 @@ def _events_and_visibility() -> tuple[pd.DataFrame, pd.DataFrame]:
                     "digest": digest,
                     "layer": layer,
                     "visible": 11.0 + layer + delay,
-                    "rtt": 0.002,
+                    "answered": 11.0 + layer + delay + 0.002 + 0.01 * layer,
+                    "rtt": 0.002 + 0.01 * layer,
                     "probes": 5,
                 }
             )
@@ -247,6 +248,7 @@ def test_advertisement_latency_from_commit_and_ingest() -> None:
     table = tables.advertisement_table(latency).set_index("mode")
     assert table.loc["inflight", "median"] == pytest.approx(-0.5) and table.loc["inflight", "unseen"] == 1
     assert table.loc["layer", "p95"] == pytest.approx(0.05)
+    assert table.loc["layer", "rtt_median"] == pytest.approx(0.007)  # the probes' round trip, apart
 
 
 def test_goals_report_met_and_not_met() -> None:
