@@ -34,6 +34,7 @@ def run(scenario: Scenario, out: Path, workdir: Path) -> None:
     """Build the images, bring up the cluster, run every run, write the data and the report."""
     from benchmark.cluster.kind import KindCluster
     from benchmark.cluster.netns import NetnsCluster
+    from benchmark.kindrun import KindRunner
     from benchmark.runner import Recorder, ScenarioRunner, build_images, write_meta
 
     progress = Progress(len(plan(scenario)))
@@ -45,7 +46,10 @@ def run(scenario: Scenario, out: Path, workdir: Path) -> None:
     backend = scenario.cluster.backend
     cluster = NetnsCluster(scenario.cluster, workdir) if backend == "netns" else KindCluster(scenario, out / "kind")
     with cluster:
-        runner = ScenarioRunner(scenario, cluster, phase_images, recorder, workdir, progress)
+        if isinstance(cluster, KindCluster):
+            runner: ScenarioRunner = KindRunner(scenario, cluster, phase_images, recorder, progress)
+        else:
+            runner = ScenarioRunner(scenario, cluster, phase_images, recorder, workdir, progress)
 
         async def main() -> None:
             progress.note(f"cluster up; pushing images to {cluster.upstream_url}")

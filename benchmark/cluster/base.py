@@ -3,16 +3,25 @@
 A cluster is a context manager: entering builds it (network, upstream registry), leaving tears everything
 down, also after an error or Ctrl-C. `start_nodes(mode, run_dir)` gives a fresh set of nodes (empty content
 stores) configured for `mode`; `stop_nodes()` stops them and returns what each process used.
+
+Shared by both backends: `run` (one command, bounded, failure as `ClusterError`) and `trap_signals` /
+`restore_signals` (SIGTERM and SIGHUP become KeyboardInterrupt while a cluster is up, so teardown runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from benchmark.daemons import Containerd, Spegel
+
+COMMAND_TIMEOUT = 30.0
 
 
 class ClusterError(RuntimeError):
@@ -68,3 +77,41 @@ def process_usage(pid: int, node: str, process: str) -> ProcessUsage | None:
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     peak = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
     return ProcessUsage(node, process, cpu, peak)
+
+
+def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, *, stdin: str | None = None, hint: str = "") -> str:
+    """Run one command (with `stdin` as its input, if given) and return its stdout; raise `ClusterError` with
+    its stderr when it fails, does not finish within `timeout` seconds, or is not installed (then `hint`, e.g.
+    "install iproute2", ends the message)."""
+    argv = list(argv)
+    try:
+        result = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise ClusterError(f"{argv[0]} not found" + (f": {hint}" if hint else "")) from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from None
+    if result.returncode != 0:
+        raise ClusterError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def trap_signals() -> dict[int, object]:
+    """Make SIGTERM and SIGHUP raise KeyboardInterrupt (so a cluster's teardown runs); returns the previous
+    handlers for `restore_signals`. Outside the main thread it changes nothing."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old: dict[int, object] = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
+            old[sig] = signal.signal(sig, interrupt)
+    return old
+
+
+def restore_signals(old: dict[int, object]) -> None:
+    """Put back the handlers `trap_signals` replaced (and forget them)."""
+    for sig, handler in old.items():
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+    old.clear()

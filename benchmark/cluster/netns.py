@@ -25,10 +25,18 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 
-from benchmark.cluster import netplan
-from benchmark.cluster.base import ClusterError, Node, ProcessUsage, process_usage
+from benchmark.cluster import base, netplan
+from benchmark.cluster.base import (
+    COMMAND_TIMEOUT,
+    ClusterError,
+    Node,
+    ProcessUsage,
+    process_usage,
+    restore_signals,
+    trap_signals,
+)
 from benchmark.daemons import Containerd, Daemon, DaemonError, Registry, Spegel, spegel_command
 from benchmark.scenario import MIRROR_MODES, ClusterSpec
 from spegel import hostsconfig
@@ -39,21 +47,12 @@ REGISTRY_PORT = 5000
 MIRROR_PORT = 5000
 METRICS_PORT = 9090
 ROUTER_PORT = 5001
-COMMAND_TIMEOUT = 30.0
 STATE_FILE = "cluster.json"
 
 
 def run(argv: list[str], timeout: float = COMMAND_TIMEOUT) -> str:
-    """Run one command; raise `ClusterError` with its stderr when it fails."""
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise ClusterError(f"{argv[0]} not found: install iproute2") from None
-    except subprocess.TimeoutExpired:
-        raise ClusterError(f"{' '.join(argv)} did not finish within {timeout:.0f} s") from None
-    if result.returncode != 0:
-        raise ClusterError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
+    """Run one command (`base.run`); raise `ClusterError` with its stderr when it fails."""
+    return base.run(argv, timeout, hint="install iproute2")
 
 
 def check_environment(latency: float) -> None:
@@ -131,7 +130,7 @@ class NetnsCluster:
 
     def __enter__(self) -> NetnsCluster:
         check_environment(self.spec.latency)
-        self._trap_signals()
+        self._old_handlers = trap_signals()
         try:
             self._build_network()
             self.upstream = Registry(self.workdir / "upstream", self.registry_host, netns=self.net.upstream.netns)
@@ -165,7 +164,7 @@ class NetnsCluster:
             for argv in netplan.teardown_commands(self.plan):
                 subprocess.run(argv, capture_output=True, check=False, timeout=COMMAND_TIMEOUT)
             self._network_made = False
-        self._restore_signals()
+        restore_signals(self._old_handlers)
 
     def _build_network(self) -> None:
         used = _used_subnets()
@@ -201,20 +200,6 @@ class NetnsCluster:
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=1))
-
-    def _trap_signals(self) -> None:
-        def interrupt(signum: int, frame: FrameType | None) -> None:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            with contextlib.suppress(ValueError):  # not the main thread: leave handlers alone
-                self._old_handlers[sig] = signal.signal(sig, interrupt)
-
-    def _restore_signals(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)  # type: ignore[arg-type]
-        self._old_handlers.clear()
 
     # --- nodes ---
 

@@ -25,12 +25,13 @@ SCENARIO = from_dict(
 )
 
 
-def test_kind_config_patches_containerd_and_mounts_hosts(tmp_path: Path) -> None:
-    config = yaml.safe_load(kind.render_kind_config(SCENARIO, tmp_path / "certs.d"))
+def test_kind_config_patches_containerd() -> None:
+    config = yaml.safe_load(kind.render_kind_config(SCENARIO))
     assert config["kind"] == "Cluster" and config["name"] == kind.CLUSTER_NAME
     roles = [n["role"] for n in config["nodes"]]
     assert roles == ["control-plane", "worker", "worker", "worker"]
-    assert all(n["extraMounts"][0]["containerPath"] == "/etc/containerd/certs.d" for n in config["nodes"][1:])
+    # no shared host directory: each node keeps its own certs.d (written per mode with docker exec)
+    assert not any("extraMounts" in n for n in config["nodes"])
     patch = tomllib.loads(config["containerdConfigPatches"][0])
     transfer = patch["plugins"]["io.containerd.transfer.v1.local"]
     assert transfer["concurrent_layer_fetch_buffer"] == 2 << 20 and transfer["max_concurrent_downloads"] == 5
@@ -60,7 +61,8 @@ def test_written_configuration(tmp_path: Path) -> None:
     ]
     workload = yaml.safe_load((tmp_path / "workload-big-image-update.yaml").read_text())
     assert workload["kind"] == "DaemonSet"
-    assert workload["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "20%"
+    assert workload["spec"]["updateStrategy"] == {"type": "OnDelete"}  # the runner rolls it batch by batch
+    assert workload["spec"]["template"]["spec"]["nodeSelector"] == {kind.PULL_LABEL: "true"}
     container = workload["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"{kind.UPSTREAM_HOST}/bench/big-image:update"
 
