@@ -13,9 +13,9 @@ Configuration, written under `DIR` (the report's `kind/`) before anything runs (
 
 Entering `KindCluster` (needs `kind`, `kubectl` and a running Docker daemon; where one is missing it raises
 `ClusterError` naming it, after the configuration has been written, so it can be inspected or used by hand):
-1. in mirror modes, builds the mirror image from `deploy/Containerfile` as `spegel:bench`;
+1. refuses when a kind cluster of its name exists; in mirror modes, builds `spegel:bench` from `deploy/Containerfile`;
 2. `kind create cluster` with the config and its own kubeconfig (`DIR/kubeconfig`: the user's current
-   kubectl context is not touched); refused when a cluster of that name exists already;
+   kubectl context is not touched);
 3. starts the upstream registry (`registry:2`, CNCF distribution) on the `kind` Docker network as
    `spegel-bench-upstream`, its port published on 127.0.0.1 (`upstream_url`, where the images are pushed);
 4. in mirror modes, `kind load docker-image spegel:bench`.
@@ -41,6 +41,7 @@ bridge runs at host speed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -79,6 +80,8 @@ CREATE_TIMEOUT = 600.0
 LOAD_TIMEOUT = 600.0
 WAIT_TIMEOUT = 300.0  # rollouts, deletions, a registry container's start (image pull included)
 READY_TIMEOUT = 30.0  # a started registry answering /v2/
+
+log = logging.getLogger("benchmark.kind")
 
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
 _GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
@@ -358,6 +361,8 @@ class KindCluster:
             problems = self.close()
             if problems and isinstance(exc, ClusterError):
                 raise ClusterError(f"{exc}; and tearing down failed: {'; '.join(problems)}") from None
+            for problem in problems:
+                log.warning("tearing down the kind cluster: %s", problem)
             raise
         return self
 
@@ -367,17 +372,19 @@ class KindCluster:
         problems = self.close()
         if problems and exc is None:
             raise ClusterError(f"tearing down the kind cluster failed: {'; '.join(problems)}")
+        for problem in problems:  # an exception is on its way out: say what is left beside it
+            log.warning("tearing down the kind cluster: %s", problem)
 
     def _bring_up(self) -> None:
-        if self.mirrors:
-            containerfile = self.repo_root / "deploy" / "Containerfile"
-            build = ["docker", "build", "-f", str(containerfile), "-t", MIRROR_IMAGE, str(self.repo_root)]
-            run(build, BUILD_TIMEOUT)
         if CLUSTER_NAME in run(["kind", "get", "clusters"]).split():
             raise ClusterError(
                 f"a kind cluster named {CLUSTER_NAME} exists already (left by a killed run?); it is not ours to "
                 f"delete: kind delete cluster --name {CLUSTER_NAME}"
             )
+        if self.mirrors:
+            containerfile = self.repo_root / "deploy" / "Containerfile"
+            build = ["docker", "build", "-f", str(containerfile), "-t", MIRROR_IMAGE, str(self.repo_root)]
+            run(build, BUILD_TIMEOUT)
         self._cluster_created = True  # from here on, a cluster of this name is ours (also a half-made one)
         create = ["kind", "create", "cluster", "--config", str(self.directory / "kind-config.yaml")]
         run([*create, "--kubeconfig", str(self.kubeconfig), "--wait", "5m"], CREATE_TIMEOUT)

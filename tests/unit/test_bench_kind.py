@@ -409,8 +409,8 @@ def test_bringing_up_and_leaving_removes_what_it_made(fakes: Fakes, tmp_path: Pa
     containerfile = kind.REPO_ROOT / "deploy" / "Containerfile"
     config, kubeconfig = directory.resolve() / "kind-config.yaml", directory.resolve() / "kubeconfig"
     expected_in_order = [
-        f"docker build -f {containerfile} -t spegel:bench {kind.REPO_ROOT}",
         "kind get clusters",
+        f"docker build -f {containerfile} -t spegel:bench {kind.REPO_ROOT}",
         f"kind create cluster --config {config} --kubeconfig {kubeconfig} --wait 5m",
         "kind get nodes --name spegel-bench",
         f"docker run -d --cidfile {directory.resolve() / 'spegel-bench-upstream.cid'} --name spegel-bench-upstream "
