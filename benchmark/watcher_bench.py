@@ -59,12 +59,13 @@ WATCHERS = ["image", "layer", "inflight", "poll-50ms", "poll-200ms"]
 
 @dataclass(frozen=True)
 class Call:
-    """One router call: wall-clock time (time.time()), `advertise` or `withdraw`, keys, state."""
+    """One router call: wall-clock time (time.time()), `advertise` or `withdraw`, keys, state, claim time."""
 
     at: float
     kind: str
     keys: tuple[str, ...]
     state: KeyState | None
+    since: float | None = None
 
 
 class RecordingRouter:
@@ -75,13 +76,20 @@ class RecordingRouter:
     """
 
     def __init__(self, echo: bool = False) -> None:
+        self.name = "recording"
         self.calls: list[Call] = []
         self.state: dict[str, KeyState] = {}
         self.echo = echo
         self._changed = trio.Event()
 
-    async def advertise(self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE) -> None:
-        self._record(Call(time.time(), "advertise", tuple(keys), state))
+    async def advertise(
+        self,
+        keys: Iterable[str],
+        state: KeyState = KeyState.COMPLETE,
+        available: int | None = None,
+        since: float | None = None,
+    ) -> None:
+        self._record(Call(time.time(), "advertise", tuple(keys), state, since))
         self.state.update(dict.fromkeys(self.calls[-1].keys, state))
 
     async def withdraw(self, keys: Iterable[str]) -> None:

@@ -3,7 +3,7 @@
 `Advertisements` holds, for every key (a digest string or a `registry/repository:tag`), whether this node
 advertises it as complete or in progress. Each input method takes what was just learnt about the node's
 content and returns the router actions that bring the advertisements in line with it, in input order:
-`Advertise(keys, state)` and `Withdraw(keys)`. Nothing here does I/O; the watcher applies the actions to a
+`Advertise(keys, state, since)` and `Withdraw(keys)`. Nothing here does I/O; the watcher applies the actions to a
 `Router`. Rules:
 
 - a complete key is never downgraded to in progress (an ingest seen after its commit is stale news);
@@ -25,6 +25,7 @@ from spegel.routing.base import KeyState
 class Advertise:
     keys: tuple[str, ...]
     state: KeyState = KeyState.COMPLETE
+    since: float | None = None  # in progress: when this node claimed the downloads (wall-clock seconds)
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,10 @@ class Advertisements:
         """The node now holds `keys` completely."""
         return self._set(keys, KeyState.COMPLETE)
 
-    def in_progress(self, keys: Iterable[str]) -> list[Action]:
-        """Downloads of `keys` have started. Keys already advertised (complete or in progress) are unchanged."""
-        return self._set([k for k in keys if k not in self._state], KeyState.IN_PROGRESS)
+    def in_progress(self, keys: Iterable[str], since: float | None = None) -> list[Action]:
+        """Downloads of `keys` have started (claimed at `since`, when this node claims them). Keys already
+        advertised (complete or in progress) are unchanged."""
+        return self._set([k for k in keys if k not in self._state], KeyState.IN_PROGRESS, since)
 
     def ingest_gone(self, keys: Iterable[str], committed: Iterable[str] = ()) -> list[Action]:
         """Downloads of `keys` ended; those in `committed` ended with the content on disk and stay as they are.
@@ -84,8 +86,8 @@ class Advertisements:
         actions += self._set([k for k, s in wanted.items() if s is KeyState.IN_PROGRESS], KeyState.IN_PROGRESS)
         return actions
 
-    def _set(self, keys: Iterable[str], state: KeyState) -> list[Action]:
+    def _set(self, keys: Iterable[str], state: KeyState, since: float | None = None) -> list[Action]:
         changed = [k for k in _unique(keys) if self._state.get(k) is not state]
         for key in changed:
             self._state[key] = state
-        return [Advertise(tuple(changed), state)] if changed else []
+        return [Advertise(tuple(changed), state, since)] if changed else []

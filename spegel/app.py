@@ -100,11 +100,12 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
     async with trio.open_nursery() as signals:
         signals.start_soon(_stop_on_signals, signals.cancel_scope)
         async with contextlib.AsyncExitStack() as stack:
-            watcher = None
+            watcher, peer_name = None, None
             if args.router == "none":
                 backend: Backend = LocalBackend(store)
             else:
                 router = await stack.enter_async_context(open_router(args, args.registry_addr))
+                peer_name = router.name
                 if isinstance(store, ContainerdStore):
                     advertised = TagFilteringRouter(router, RegistryFilters(args.registry_filters).excludes)
                     watcher = Watcher(store, advertised, Mode(args.advertise), args.containerd_relist_interval)
@@ -118,7 +119,10 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
                     nursery.start_soon(watcher.run)
                 bound = await listen(nursery, registry_app, args.registry_addr)
                 metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
-                log.info("serving", extra={"registry": bound, "metrics": metrics_bound, "store": args.store})
+                log.info(
+                    "serving",
+                    extra={"registry": bound, "metrics": metrics_bound, "store": args.store, "peer": peer_name},
+                )
 
 
 async def check_containerd(store: ContainerdStore, args: argparse.Namespace) -> None:
@@ -160,7 +164,7 @@ async def open_mirror(
     args: argparse.Namespace, store: ContentStore, router: Router, metrics: Metrics, watcher: Watcher | None
 ) -> AsyncIterator[MirrorBackend]:
     """The mirror backend the flags describe; in-progress downloads are shared when the store has them, and
-    the watcher (if any) announces blobs that containerd fetches upstream after a miss."""
+    the watcher (if any) announces the downloads containerd is about to make (claims)."""
     timeouts = Timeouts(
         connect=args.mirror_peer_connect_timeout,
         first_byte=args.mirror_peer_first_byte_timeout,

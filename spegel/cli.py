@@ -118,8 +118,9 @@ def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
         "--mirror-miss-settle",
         type=duration,
         default=0.02,
-        help="with --advertise inflight, a blob nobody holds is looked up once more after a random wait of up to "
-        "this long before the 404, so that nodes missing it at the same moment download it once (default: 20ms)",
+        help="with --advertise inflight, a blob no peer holds complete is claimed (announced as this node's "
+        "download), then looked up again after this long: the first claimant goes upstream, each later one "
+        "follows the claimant before it (default: 20ms)",
     )
     group.add_argument(
         "--mirror-inflight-wait",

@@ -10,7 +10,7 @@ falls back to the upstream registry.
 from __future__ import annotations
 
 import logging
-import random
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,10 +24,12 @@ from spegel.mirror.peers import PeerClient, PeerError, PeerResponse, first_succe
 from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
 from spegel.registry.backend import BlobRequest, ManifestContent, ManifestRequest, read_manifest
-from spegel.routing.base import Holder, Router
+from spegel.routing.base import Holder, KeyState, Router
 from spegel.store.base import BlobReader, ContentStore, NotFound
 
 log = logging.getLogger("spegel.mirror")
+
+CLAIMANTS_SEEN = 256  # holders a claimant looks at to find the one just before it (see _claims_ahead)
 
 
 class InProgressSource(Protocol):
@@ -39,9 +41,10 @@ class InProgressSource(Protocol):
         ...
 
 
-class MissListener(Protocol):
-    async def blob_missed(self, digest: Digest) -> None:
-        """Called when a blob request from containerd is answered 404: containerd now fetches it upstream."""
+class DownloadClaims(Protocol):
+    async def claim(self, digest: Digest) -> float | None:
+        """This node's containerd is about to download `digest`, which no peer holds complete: announce the
+        download in progress. Returns the claim's time (wall-clock seconds), or None when no claim is made."""
         ...
 
 
@@ -51,7 +54,7 @@ class MirrorOptions:
     resolve_retries: int = 3
     resolve_tags: bool = True
     filters: RegistryFilters = field(default_factory=RegistryFilters)
-    miss_settle: float = 0.02  # upper bound of the random wait before a blob miss is final (see _settle_miss)
+    miss_settle: float = 0.02  # how long a claim waits for other nodes' claims (see _claims_ahead)
     inflight_wait: float = 10.0  # longest wait for the first bytes of a download in progress (see IngestSource)
 
 
@@ -64,12 +67,12 @@ class MirrorBackend:
         metrics: Metrics,
         options: MirrorOptions = MirrorOptions(),
         in_progress: InProgressSource | None = None,
-        miss_listener: MissListener | None = None,
+        claims: DownloadClaims | None = None,
     ) -> None:
         self.store, self.router, self.peers, self.metrics = store, router, peers, metrics
         self.options = options
         self.in_progress = in_progress
-        self.miss_listener = miss_listener
+        self.claims = claims
 
     def ready(self) -> bool:
         return self.router.ready()
@@ -115,34 +118,50 @@ class MirrorBackend:
             self._count(registry, "inflight")
             return _Counted(reader, self.metrics, "inflight")
         holders = await self._lookup(str(digest))
-        if not holders and self.miss_listener is not None and not request.head:
-            holders = await self._settle_miss(str(digest))
+        claims = self.claims if not request.head else None  # a HEAD never starts a download
+        since = None
+        if claims is not None and not any(h.state is KeyState.COMPLETE for h in holders):
+            since = await claims.claim(digest)
+            if since is not None:
+                holders = await self._claims_ahead(str(digest), since)
         attempts = [
             lambda h=h: self.peers.open_blob(h, registry, request.repository, digest, request.range, request.head)
             for h in holders
         ]
+        # Following a claim, the holder ahead waits for its own download's first bytes: no hedging to the
+        # claimants before it (they would win the race and undo the chain); they are asked if it fails.
+        hedge_delay = math.inf if since is not None else self.peers.latency.hedge_delay()
         try:
-            first = await first_success(attempts, self.peers.latency.hedge_delay(), _close_response)
+            first = await first_success(attempts, hedge_delay, _close_response)
         except PeerError as exc:
             self._count(registry, "miss")
-            if self.miss_listener is not None and not request.head:
-                await self.miss_listener.blob_missed(digest)
+            if claims is not None and since is None:
+                await claims.claim(digest)  # containerd fetches it upstream now: peers may follow
             raise NotFound(f"{digest}: {exc}") from None
         self._count(registry, "peer")
         blob = PeerBlob(self.peers, holders, registry, request.repository, digest, first, self.metrics)
         return _Counted(blob, self.metrics, "peer")
 
-    async def _settle_miss(self, key: str) -> list[Holder]:
-        """Before a miss sends containerd upstream (and this node announces the download), wait a random part
-        of `miss_settle` and look again: of several nodes that miss the same blob at once, the first to
-        announce is found by the later ones, which then follow its download instead of fetching it again."""
-        await trio.sleep(random.uniform(0, self.options.miss_settle))
-        return await self._lookup(key, timeout=0)
+    async def _claims_ahead(self, key: str, since: float) -> list[Holder]:
+        """This node claimed the download of `key` at `since`: wait `miss_settle` for the claims of nodes that
+        asked at the same moment, then return whom to follow: complete holders first, then the in-progress
+        ones that come before this node in claim order (claim time, then router name; unclaimed downloads
+        first), nearest first. Every node applies that one order, so the first claimant alone goes upstream
+        and every later one follows the claimant just before it: a chain in which each node sends the blob
+        on once, instead of all streaming from the first (whose uplink would carry it N-1 times); the farther
+        ones are fallbacks. A node never follows a later claimant, so no two nodes wait on each other."""
+        await trio.sleep(self.options.miss_settle)
+        found = await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN)
+        mine = (since, self.router.name)
+        ahead = [h for h in found if h.state is KeyState.COMPLETE or _claim_order(h) < mine]
+        ahead.sort(key=_claim_order, reverse=True)
+        ahead.sort(key=lambda h: h.state is not KeyState.COMPLETE)  # stable: complete first, then nearest
+        return ahead[: self.options.resolve_retries]
 
-    async def _lookup(self, key: str, timeout: float | None = None) -> list[Holder]:
+    async def _lookup(self, key: str, timeout: float | None = None, count: int | None = None) -> list[Holder]:
         started = time.perf_counter()
         timeout = self.options.resolve_timeout if timeout is None else timeout
-        found = await self.router.lookup(key, self.options.resolve_retries, timeout)
+        found = await self.router.lookup(key, count or self.options.resolve_retries, timeout)
         holders = [h for h in found if self.peers.usable(h)]
         outcome = "found" if holders else "not_found"
         self.metrics.resolve_duration.labels(outcome).observe(time.perf_counter() - started)
@@ -150,6 +169,10 @@ class MirrorBackend:
 
     def _count(self, registry: str, source: str) -> None:
         self.metrics.mirror_requests.labels(registry, source).inc()
+
+
+def _claim_order(holder: Holder) -> tuple[float, str]:
+    return (-math.inf if holder.since is None else holder.since, holder.peer)
 
 
 async def _discard_nothing(_: ManifestContent) -> None:

@@ -8,7 +8,7 @@ Lookups answer with holders as registry addresses (`host:port` of the peer's mir
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
@@ -20,20 +20,31 @@ class KeyState(Enum):
 
 @dataclass(frozen=True)
 class Holder:
-    """A peer that holds a key. `available` is the number of bytes it has so far when in progress and known."""
+    """A peer that holds a key. `available` is the number of bytes it has so far when in progress and known;
+    `since` is when it claimed the download of an in-progress key (wall-clock seconds), when it did; `peer` is
+    its name in the router (as `Router.name`), "" when not known. `since` and `peer` are not compared."""
 
     address: str  # the peer mirror's registry address, "host:port"
     state: KeyState = KeyState.COMPLETE
     available: int | None = None
+    since: float | None = field(default=None, compare=False)
+    peer: str = field(default="", compare=False)
 
 
 class Router(Protocol):
+    name: str  # this node's name among its peers: unique, the same for every peer (a holder's `peer`)
+
     async def advertise(
-        self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE, available: int | None = None
+        self,
+        keys: Iterable[str],
+        state: KeyState = KeyState.COMPLETE,
+        available: int | None = None,
+        since: float | None = None,
     ) -> None:
         """Announce that this node holds `keys` (complete or in progress). Re-advertising changes the state.
 
-        `available` is the number of bytes held so far of in-progress keys, when known (ignored when complete).
+        `available` is the number of bytes held so far of in-progress keys, when known; `since` is when this
+        node claimed their download (wall-clock seconds), when it did. Both are ignored for complete keys.
         """
         ...
 

@@ -18,11 +18,18 @@ class TagFilteringRouter:
     def __init__(self, router: Router, excluded: Callable[[str], bool]) -> None:
         self._router = router
         self._excluded = excluded
+        self.name = router.name
 
-    async def advertise(self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE) -> None:
+    async def advertise(
+        self,
+        keys: Iterable[str],
+        state: KeyState = KeyState.COMPLETE,
+        available: int | None = None,
+        since: float | None = None,
+    ) -> None:
         kept = [k for k in keys if not (is_tag_key(k) and self._excluded(k))]
         if kept:
-            await self._router.advertise(kept, state)
+            await self._router.advertise(kept, state, available, since)
 
     async def withdraw(self, keys: Iterable[str]) -> None:
         await self._router.withdraw(keys)

@@ -23,12 +23,14 @@ class Announcement:
     key: str
     state: KeyState = KeyState.COMPLETE
     available: int | None = None
+    since: float | None = None  # when the peer claimed the download of an in-progress key
 
 
 @dataclass(frozen=True)
 class _Entry:
     state: KeyState
     available: int | None
+    since: float | None
 
 
 class HolderIndex:
@@ -59,8 +61,11 @@ class HolderIndex:
         self.touch(peer, now)
         keys = self._by_peer.setdefault(peer, set())
         for item in announcements:
-            available = None if item.state is KeyState.COMPLETE else item.available
-            self._by_key.setdefault(item.key, {})[peer] = _Entry(item.state, available)
+            if item.state is KeyState.COMPLETE:
+                entry = _Entry(item.state, None, None)
+            else:
+                entry = _Entry(item.state, item.available, item.since)
+            self._by_key.setdefault(item.key, {})[peer] = entry
             keys.add(item.key)
 
     def replace(self, peer: str, announcements: Iterable[Announcement], now: float) -> None:
@@ -110,7 +115,7 @@ class HolderIndex:
                 peer not in preferred,
                 peer,
             )
-            ranked.append((rank, Holder(address, entry.state, entry.available)))
+            ranked.append((rank, Holder(address, entry.state, entry.available, entry.since, peer)))
         ranked.sort(key=lambda pair: pair[0])
         return [holder for _, holder in ranked[:count]]
 

@@ -36,12 +36,18 @@ class MemoryRouter:
     def __init__(self, network: MemoryNetwork, address: str) -> None:
         self._network = network
         self.address = address
+        self.name = address
 
     async def advertise(
-        self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE, available: int | None = None
+        self,
+        keys: Iterable[str],
+        state: KeyState = KeyState.COMPLETE,
+        available: int | None = None,
+        since: float | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint()
-        self._network.index.update(self.address, (Announcement(key, state, available) for key in keys), 0.0)
+        items = (Announcement(key, state, available, since) for key in keys)
+        self._network.index.update(self.address, items, 0.0)
 
     async def withdraw(self, keys: Iterable[str]) -> None:
         await trio.lowlevel.checkpoint()

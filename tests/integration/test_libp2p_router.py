@@ -58,6 +58,7 @@ async def test_advertise_withdraw_and_states(tmp_path: Path) -> None:
             assert await visible(b, "docker.io/library/x:1") == [Holder("127.0.0.1:5000")]
             await b.advertise(["sha256:2"], KeyState.IN_PROGRESS, available=4096)
             assert await visible(a, "sha256:2") == [Holder("127.0.0.1:5000", KeyState.IN_PROGRESS, 4096)]
+            assert [h.peer for h in await a.lookup("sha256:2", 3, 0.02)] == [b.name] and a.name != b.name
             assert await a.lookup("sha256:1", 3, 0.02) == []  # never itself
             await a.withdraw(["sha256:1"])
             with trio.fail_after(10):
@@ -101,7 +102,8 @@ async def test_dht_fallback_finds_a_holder_the_index_lost(tmp_path: Path) -> Non
             while not b.dht.provider_store.get_providers(key_multihash("sha256:dht")):
                 await trio.sleep(0.05)
         b.index.forget(str(a.peer_id))
-        assert await b.lookup("sha256:dht", 3, 0.5) == [Holder("127.0.0.1:5000")]
+        found = await b.lookup("sha256:dht", 3, 0.5)
+        assert found == [Holder("127.0.0.1:5000")] and found[0].peer == a.name == str(a.peer_id)
 
 
 async def test_identity_persists_in_the_data_dir(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ after a peer breaks, hedging past a silent peer, and misses answered within the 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import httpx
@@ -14,13 +14,15 @@ import trio
 
 from benchmark.images import ImageSpec, build
 from spegel.metrics import Metrics
-from spegel.mirror.backend import MirrorBackend, MirrorOptions
+from spegel.mirror.backend import DownloadClaims, InProgressSource, MirrorBackend, MirrorOptions
 from spegel.mirror.peers import PeerClient, Timeouts
 from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
 from spegel.registry.app import create_app
 from spegel.registry.server import serve_app
-from spegel.routing.base import Holder, KeyState
+from spegel.routing.base import Holder, KeyState, Router
+from spegel.routing.memory import MemoryNetwork
+from spegel.store.base import NotFound
 from spegel.store.layout import OCILayoutStore, write_layout
 
 REFERENCE = "example.com/team/app:v1"
@@ -33,6 +35,7 @@ class StaticRouter:
     def __init__(self, table: dict[str, list[Holder]]) -> None:
         self.table = table
         self.lookups: list[str] = []
+        self.name = "static"
 
     async def advertise(self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE) -> None:
         return None
@@ -58,11 +61,16 @@ def layer_of(image) -> Digest:
 
 
 async def start_mirror(
-    nursery: trio.Nursery, layout: Path, router: StaticRouter, options: MirrorOptions
+    nursery: trio.Nursery,
+    layout: Path,
+    router: Router,
+    options: MirrorOptions,
+    in_progress: InProgressSource | None = None,
+    claims: DownloadClaims | None = None,
 ) -> tuple[str, Metrics]:
     metrics = Metrics()
     peers = PeerClient(Timeouts(connect=0.5, first_byte=1.0, read=1.0, inflight_wait=0.0))
-    backend = MirrorBackend(OCILayoutStore(layout), router, peers, metrics, options)
+    backend = MirrorBackend(OCILayoutStore(layout), router, peers, metrics, options, in_progress, claims)
     bound = await nursery.start(serve_app, create_app(backend, "example.com"), "127.0.0.1:0")
     return bound[0].removeprefix("http://"), metrics
 
@@ -226,4 +234,87 @@ async def test_miss_is_404_and_tags_can_be_filtered(tmp_path: Path, image) -> No
             assert filtered.status_code == 404 and filtered.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
         assert REFERENCE not in router.lookups, "a filtered tag must not even be looked up"
         assert peer_count(c_metrics, "miss") == 2
+        nursery.cancel_scope.cancel()
+
+
+class DelayedClaims:
+    """The watcher's part (inflight mode) over a memory router: a claim is announced in progress with its
+    time, reaching the other routers `latency` seconds later, as an announcement crosses the network."""
+
+    def __init__(self, router: Router, nursery: trio.Nursery, latency: float) -> None:
+        self.router, self.nursery, self.latency = router, nursery, latency
+        self.claims: list[float] = []
+
+    async def claim(self, digest: Digest) -> float:
+        self.claims.append(time.time())
+        self.nursery.start_soon(self._announce, str(digest), self.claims[-1])
+        return self.claims[-1]
+
+    async def _announce(self, key: str, since: float) -> None:
+        await trio.sleep(self.latency)
+        await self.router.advertise([key], KeyState.IN_PROGRESS, since=since)
+
+
+class Download:
+    """What a claimant serves its followers: the blob as its own download would deliver it (one stream)."""
+
+    def __init__(self, digest: Digest, data: bytes) -> None:
+        self.digest, self.data = digest, data
+        self.opened = 0
+
+    async def open_in_progress(self, digest: Digest, wait: float) -> Download.Reader:
+        if digest != self.digest:
+            raise NotFound(str(digest))
+        self.opened += 1
+        return Download.Reader(self.data)
+
+    class Reader:
+        ranged = False
+
+        def __init__(self, data: bytes) -> None:
+            self.data, self.size = data, len(data)
+
+        async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+            yield self.data[start : end + 1]
+
+        async def aclose(self) -> None:
+            return None
+
+
+async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(tmp_path: Path, image) -> None:
+    """Two nodes ask for a blob nobody holds within the announcement latency: both claim it; after the settle
+    each sees the other's claim, and only the earlier claimant answers 404 (its containerd goes upstream);
+    the other follows its download. A third node asking later finds both claims, claims too, and follows
+    the claimant just before it, not the first: a chain."""
+    layer = layer_of(image)
+    data = image.read_blob(layer)
+    network = MemoryNetwork()
+    options = MirrorOptions(miss_settle=0.3)
+    async with trio.open_nursery() as nursery:
+        mirrors = {}
+        for name in ("a", "b", "c"):  # router names; their addresses are known once bound
+            router = network.join(name)
+            claims, download = DelayedClaims(router, nursery, latency=0.1), Download(layer, data)
+            address, _ = await start_mirror(nursery, empty_layout(tmp_path / name), router, options, download, claims)
+            network.index.set_address(name, address)
+            mirrors[name] = (address, claims, download)
+        answers: dict[str, httpx.Response] = {}
+
+        async def get(name: str) -> None:
+            async with httpx.AsyncClient(base_url=f"http://{mirrors[name][0]}") as client:
+                answers[name] = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
+
+        async with trio.open_nursery() as both:  # within the 100 ms latency of each other
+            both.start_soon(get, "b")
+            both.start_soon(get, "a")
+        first, second = sorted("ab", key=lambda n: mirrors[n][1].claims[0])
+        assert len(mirrors["a"][1].claims) == len(mirrors["b"][1].claims) == 1
+        assert answers[first].status_code == 404 and answers[first].json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+        assert answers[second].status_code == 200 and answers[second].content == data
+        assert (mirrors[first][2].opened, mirrors[second][2].opened) == (1, 0)  # the second followed the first
+
+        await get("c")
+        assert answers["c"].status_code == 200 and answers["c"].content == data
+        assert len(mirrors["c"][1].claims) == 1
+        assert (mirrors[first][2].opened, mirrors[second][2].opened) == (1, 1)  # c followed the second
         nursery.cancel_scope.cancel()

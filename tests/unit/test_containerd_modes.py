@@ -92,14 +92,16 @@ def test_flags_and_defaults() -> None:
     assert (args.advertise, args.containerd_sock) == ("image", "/x.sock")
 
 
-async def test_blob_missed_is_in_progress_until_its_grace_ends_without_a_download(tmp_path: Path) -> None:
+async def test_a_claim_is_in_progress_until_its_grace_ends_without_a_download(tmp_path: Path) -> None:
     router = RecordingRouter()
     store = SimpleNamespace(content_path=tmp_path, namespace="k8s.io")
     watcher = Watcher(store, router, Mode.INFLIGHT)  # type: ignore[arg-type]
     watcher.mode, watcher.miss_grace = Mode.INFLIGHT, 0.2
     abandoned, downloading = Digest.of(b"no download"), Digest.of(b"downloading")
-    await watcher.blob_missed(abandoned)
-    await watcher.blob_missed(downloading)
+    first = await watcher.claim(abandoned)
+    assert first is not None and await watcher.claim(downloading) is not None
+    assert await watcher.claim(abandoned) == first  # claimed once: the same claim
+    assert [c.since for c in router.calls] == [first, router.calls[1].since]  # claim times reach the router
     assert router.state == {str(abandoned): KeyState.IN_PROGRESS, str(downloading): KeyState.IN_PROGRESS}
     ingest = tmp_path / "ingest" / "x"
     ingest.mkdir(parents=True)
@@ -110,7 +112,9 @@ async def test_blob_missed_is_in_progress_until_its_grace_ends_without_a_downloa
             await router.wait_for(lambda state: str(abandoned) not in state)
             nursery.cancel_scope.cancel()
     assert router.state == {str(downloading): KeyState.IN_PROGRESS}
+    again = await watcher.claim(abandoned)  # a claim withdrawn is forgotten: a new one has its own time
+    assert again is not None and again > first
 
-    watcher.mode = Mode.LAYER  # nothing is announced on a miss outside inflight mode
-    await watcher.blob_missed(abandoned)
-    assert str(abandoned) not in router.state
+    watcher.mode = Mode.LAYER  # nothing is claimed outside inflight mode
+    assert await watcher.claim(Digest.of(b"other")) is None
+    assert str(Digest.of(b"other")) not in router.state

@@ -21,6 +21,9 @@ def test_update_and_lookup() -> None:
     index.update("a", [Announcement("k1"), Announcement("k2")], now=0)
     index.update("b", [Announcement("k1")], now=0)
     assert index.lookup("k1", 5, now=1) == [Holder("a:5000"), Holder("b:5000")]
+    assert [h.peer for h in index.lookup("k1", 5, now=1)] == ["a", "b"]  # each holder's router name
+    index.update("b", [Announcement("k9", KeyState.IN_PROGRESS, None, 12.5)], now=1)
+    assert [h.since for h in index.lookup("k9", 5, now=1)] == [12.5]  # claim times kept with the state
     assert index.lookup("k2", 5, now=1) == [Holder("a:5000")]
     assert index.lookup("k3", 5, now=1) == []
     assert index.lookup("k1", 1, now=1) == [Holder("a:5000")]

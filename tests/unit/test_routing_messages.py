@@ -18,12 +18,13 @@ from spegel.routing.libp2p.messages import (
 )
 
 announcements = st.builds(
-    lambda key, partial, available: (
-        Announcement(key, KeyState.IN_PROGRESS, available) if partial else Announcement(key)
+    lambda key, partial, available, since: (
+        Announcement(key, KeyState.IN_PROGRESS, available, since) if partial else Announcement(key)
     ),
     st.text(min_size=1, max_size=40),
     st.booleans(),
     st.none() | st.integers(min_value=0, max_value=2**50),
+    st.none() | st.floats(min_value=0, max_value=4e9),
 )
 peer_records = st.builds(PeerRecord, st.text(max_size=10), st.lists(st.text(max_size=20), max_size=2).map(tuple))
 states = st.builds(
@@ -71,6 +72,10 @@ def test_oversized_frame_is_refused() -> None:
         b'{"type": "delta", "add": [["k", "x"]], "del": []}',
         b'{"type": "delta", "add": [["k", "p", -1]], "del": []}',
         b'{"type": "delta", "add": [["k", "p", true]], "del": []}',
+        b'{"type": "delta", "add": [["k", "p", null, -1.5]], "del": []}',
+        b'{"type": "delta", "add": [["k", "p", null, "now"]], "del": []}',
+        b'{"type": "delta", "add": [["k", "p", null, Infinity]], "del": []}',
+        b'{"type": "delta", "add": [["k", "p", null, 1, 2]], "del": []}',
         b'{"type": "delta", "add": [["", "c"]], "del": []}',
         b'{"type": "delta", "add": "k", "del": []}',
         b'{"type": "delta", "add": [], "del": [1]}',

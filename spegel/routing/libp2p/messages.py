@@ -14,6 +14,7 @@ Any malformed frame raises `ProtocolError`; the reader then drops the stream, ne
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -174,21 +175,30 @@ class PendingChanges:
 
 
 def _encode_announcement(item: Announcement) -> list[object]:
-    if item.available is None:
-        return [item.key, _CODES[item.state]]
-    return [item.key, _CODES[item.state], item.available]
+    """`[key, state]`, then `available` (null when unknown) and `since`, when either is known."""
+    entry: list[object] = [item.key, _CODES[item.state]]
+    if item.available is not None or item.since is not None:
+        entry.append(item.available)
+    if item.since is not None:
+        entry.append(item.since)
+    return entry
 
 
 def _decode_announcement(raw: object) -> Announcement:
-    if not isinstance(raw, list) or len(raw) not in (2, 3):
+    if not isinstance(raw, list) or len(raw) not in (2, 3, 4):
         raise ProtocolError(f"bad key entry {raw!r}")
     state = _STATES.get(raw[1]) if isinstance(raw[1], str) else None
     if state is None:
         raise ProtocolError(f"bad key state {raw[1]!r}")
-    available = raw[2] if len(raw) == 3 else None
+    available = raw[2] if len(raw) >= 3 else None
     if available is not None and (not isinstance(available, int) or isinstance(available, bool) or available < 0):
         raise ProtocolError(f"bad available byte count {available!r}")
-    return Announcement(_key(raw[0]), state, available)
+    since = raw[3] if len(raw) == 4 else None
+    if since is not None and (
+        not isinstance(since, int | float) or isinstance(since, bool) or not 0 <= since < math.inf
+    ):
+        raise ProtocolError(f"bad claim time {since!r}")
+    return Announcement(_key(raw[0]), state, available, since)
 
 
 def _decode_peer(raw: object) -> PeerRecord:

@@ -134,6 +134,7 @@ class Libp2pRouter:
     ) -> None:
         self.host = host
         self.peer_id = host.get_id()
+        self.name = str(self.peer_id)
         self.dht = dht
         self._settings = settings
         self._registry_address = registry_address
@@ -155,9 +156,15 @@ class Libp2pRouter:
     # The Router contract.
 
     async def advertise(
-        self, keys: Iterable[str], state: KeyState = KeyState.COMPLETE, available: int | None = None
+        self,
+        keys: Iterable[str],
+        state: KeyState = KeyState.COMPLETE,
+        available: int | None = None,
+        since: float | None = None,
     ) -> None:
-        items = [Announcement(key, state, None if state is KeyState.COMPLETE else available) for key in keys]
+        if state is KeyState.COMPLETE:
+            available = since = None
+        items = [Announcement(key, state, available, since) for key in keys]
         for item in items:
             key_multihash(item.key)  # refuse bad keys before anything is announced
         for item in items:
@@ -196,7 +203,7 @@ class Libp2pRouter:
         for info in providers:
             address = self.index.address(str(info.peer_id))
             if info.peer_id != self.peer_id and address is not None:
-                holders.append(Holder(address))
+                holders.append(Holder(address, peer=str(info.peer_id)))
         return holders[:count]
 
     def ready(self) -> bool:

@@ -5,8 +5,9 @@ Modes:
   (containerd publishes it after the whole image is fetched and unpacked);
 - `layer`: also each digest on `/content/create`, the moment its blob is committed (containerd >= 2.1);
 - `inflight`: also each blob as in progress as soon as its download's first bytes are on disk (inotify, see
-  ingestwatch.py for why not earlier), withdrawn if the download is abandoned; and, through `blob_missed`,
-  a blob the mirror just sent upstream, before containerd has received anything.
+  ingestwatch.py for why not earlier), withdrawn if the download is abandoned; and, through `claim`, a
+  blob the mirror is about to let containerd download (upstream or from a peer's download), before
+  containerd has received anything, with the claim's time.
 
 A session subscribes first, then re-lists everything (so nothing published in between is lost), then applies
 events in containerd's order. Re-listing also runs every `relist_interval` seconds and `gc_delay` seconds after
@@ -24,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from enum import Enum
 
 import trio
 
 from spegel.advertise import Action, Advertise, Advertisements
 from spegel.oci.digest import Digest, InvalidDigest
-from spegel.routing.base import Router
+from spegel.routing.base import KeyState, Router
 from spegel.store.containerd.client import ContainerdError, Version
 from spegel.store.containerd.ingest import list_ingests
 from spegel.store.containerd.ingestwatch import IngestEnded, IngestEvent, IngestStarted, IngestWatcher
@@ -116,6 +118,7 @@ class Watcher:
         self._started = False
         self.miss_grace = DEFAULT_MISS_GRACE
         self._expected: dict[str, float] = {}  # key announced on a miss -> when to check for its download
+        self._claims: dict[str, float] = {}  # key claimed and still in progress -> the claim's time
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled, reconnecting when containerd goes away.
@@ -217,19 +220,22 @@ class Watcher:
                 state = self.advertisements
                 await self._apply(state.complete([key]) if topic == "/content/create" else state.withdraw([key]))
 
-    async def blob_missed(self, digest: Digest) -> None:
-        """containerd was told that no peer holds `digest` and is fetching it upstream now: in inflight mode,
-        advertise it in progress at once, so that peers asking in the next moments wait for this node's
-        download instead of all going upstream. Withdrawn after `miss_grace` seconds unless the download
-        (an ingest) or the content has appeared by then."""
+    async def claim(self, digest: Digest) -> float | None:
+        """containerd is about to download `digest`, which no peer holds complete. In inflight mode, advertise
+        it in progress at once, with the claim's time (`time.time()`), so that peers asking in the next
+        moments follow this node's download instead of all going upstream, and return that time; None in
+        other modes, or when the blob is already advertised unclaimed (its download is under way). A claim is
+        withdrawn after `miss_grace` seconds unless the download (an ingest) or the content appears by then."""
         if self.mode is not Mode.INFLIGHT:
-            return
+            return None
         key = str(digest)
         async with self._lock:
-            actions = self.advertisements.in_progress([key])
-            if actions:
+            if key not in self.advertisements.state:
+                since = time.time()
+                await self._apply(self.advertisements.in_progress([key], since))
+                self._claims[key] = since
                 self._expected[key] = trio.current_time() + self.miss_grace
-            await self._apply(actions)
+            return self._claims.get(key)
 
     async def _expire_misses(self) -> None:
         while True:
@@ -258,6 +264,9 @@ class Watcher:
     async def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Advertise):
-                await self.router.advertise(action.keys, action.state)
+                await self.router.advertise(action.keys, action.state, since=action.since)
             else:
                 await self.router.withdraw(action.keys)
+            if not (isinstance(action, Advertise) and action.state is KeyState.IN_PROGRESS):
+                for key in action.keys:
+                    self._claims.pop(key, None)
