@@ -46,7 +46,7 @@ from benchmark.cluster.base import ClusterError
 from benchmark.cluster.kind import KindCluster
 from benchmark.measure import counter_delta, parse_mirror_metrics
 from benchmark.progress import Progress
-from benchmark.runner import PhaseImage, Recorder, ScenarioRunner, _labels
+from benchmark.runner import PhaseImage, Recorder, ScenarioRunner, run_labels
 from benchmark.scenario import MIRROR_MODES, RunKey, Scenario
 
 POLL_INTERVAL = 1.0
@@ -180,7 +180,7 @@ class KindRunner(ScenarioRunner):
     async def _run_phase(self, key: RunKey, phase: str) -> None:
         shape = next(s for s in self.scenario.images if s.name == key.image)
         reference = self.images[key.image, phase].reference(self.kind.registry_host)
-        phase_labels = {**_labels(key), "phase": phase}
+        phase_labels = {**run_labels(key), "phase": phase}
         workers = self.kind.workers
         if phase == "create":
             batches = [workers]

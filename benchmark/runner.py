@@ -104,7 +104,8 @@ class Recorder:
             pd.DataFrame(rows).to_csv(data / f"{name}.csv", index=False)
 
 
-def _labels(key: RunKey) -> dict[str, Any]:
+def run_labels(key: RunKey) -> dict[str, Any]:
+    """The columns that tie a record to its run, in every table."""
     return {"run": key.label, "image": key.image, "mode": key.mode, "repetition": key.repetition}
 
 
@@ -175,13 +176,13 @@ class ScenarioRunner:
             try:
                 await self.run_one(key)
             except (ClusterError, DaemonError) as exc:  # one broken run must not lose the others
-                self.recorder.add("failures", _labels(key), {"error": str(exc)[:2000]})
+                self.recorder.add("failures", run_labels(key), {"error": str(exc)[:2000]})
                 self.progress.note(f"{key.label} failed: {str(exc).splitlines()[0]}")
             self.recorder.flush()
             self.progress.run_finished(f"{key.label} done")
 
     async def run_one(self, key: RunKey) -> None:
-        labels = _labels(key)
+        labels = run_labels(key)
         run_dir = self.workdir / "runs" / key.label.replace("/", "-")
         self.progress.step(f"{key.label}: starting nodes")
         nodes = await trio.to_thread.run_sync(self.cluster.start_nodes, key.mode, run_dir)
