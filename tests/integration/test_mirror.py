@@ -258,12 +258,13 @@ class DelayedClaims:
 class Download:
     """What a claimant serves its followers: the blob as its own download would deliver it (one stream)."""
 
-    def __init__(self, digest: Digest, data: bytes) -> None:
-        self.digest, self.data = digest, data
-        self.opened = 0
+    def __init__(self, digest: Digest, data: bytes | None) -> None:
+        self.digest, self.data = digest, data  # data None: the download was abandoned
+        self.asked = self.opened = 0
 
     async def open_in_progress(self, digest: Digest, wait: float) -> Download.Reader:
-        if digest != self.digest:
+        self.asked += 1
+        if digest != self.digest or self.data is None:
             raise NotFound(str(digest))
         self.opened += 1
         return Download.Reader(self.data)
@@ -317,4 +318,31 @@ async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(t
         assert answers["c"].status_code == 200 and answers["c"].content == data
         assert len(mirrors["c"][1].claims) == 1
         assert (mirrors[first][2].opened, mirrors[second][2].opened) == (1, 1)  # c followed the second
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_follower_falls_back_to_an_earlier_claimant_when_the_nearest_has_nothing(tmp_path: Path, image) -> None:
+    """a claimed first and is downloading; b claimed next but its download is gone; c, claiming last, asks
+    b (the nearest) first, gets nothing, and streams from a instead of going upstream."""
+    layer = layer_of(image)
+    data = image.read_blob(layer)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        mirrors = {}
+        routers = {}
+        for name, held in (("a", data), ("b", None), ("c", data)):
+            routers[name] = router = network.join(name)
+            claims, download = DelayedClaims(router, nursery, latency=0), Download(layer, held)
+            address, _ = await start_mirror(
+                nursery, empty_layout(tmp_path / name), router, MirrorOptions(), download, claims
+            )
+            network.index.set_address(name, address)
+            mirrors[name] = (address, claims, download)
+        await routers["a"].advertise([str(layer)], KeyState.IN_PROGRESS, since=time.time() - 2)
+        await routers["b"].advertise([str(layer)], KeyState.IN_PROGRESS, since=time.time() - 1)
+        async with httpx.AsyncClient(base_url=f"http://{mirrors['c'][0]}") as client:
+            answer = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
+        assert answer.status_code == 200 and answer.content == data
+        assert (mirrors["b"][2].asked, mirrors["a"][2].opened) == (1, 1)  # the nearest first, then the next
+        assert len(mirrors["c"][1].claims) == 1
         nursery.cancel_scope.cancel()
