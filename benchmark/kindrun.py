@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from benchmark.cluster import kind
+from benchmark.cluster import kindplan
 from benchmark.cluster.base import ClusterError
 from benchmark.cluster.kind import KindCluster
 from benchmark.measure import counter_delta, parse_mirror_metrics
@@ -90,7 +90,7 @@ def pulled_records(
     for event in events.get("items") or []:
         if event.get("reason") != "Pulled":
             continue
-        parsed = kind.parse_pulled_event(event.get("message", ""))
+        parsed = kindplan.parse_pulled_event(event.get("message", ""))
         if parsed is None or parsed[0] != reference:
             continue
         uid = (event.get("involvedObject") or {}).get("uid", "")
@@ -190,7 +190,9 @@ class KindRunner(ScenarioRunner):
         logged_before = await _blocking(self.kind.upstream_log_bytes)
         mirrors_before = await _blocking(self._mirror_counters, key.mode)
         phase_start = time.time()
-        await _blocking(self.kind.kubectl, "apply", "-f", str(self.kind.directory / kind.workload_file(shape, phase)))
+        await _blocking(
+            self.kind.kubectl, "apply", "-f", str(self.kind.directory / kindplan.workload_file(shape, phase))
+        )
         for batch, nodes in enumerate(batches):
             if len(batches) > 1:
                 self.progress.step(f"{key.label}: {phase} batch {batch + 1}/{len(batches)}")
@@ -218,13 +220,20 @@ class KindRunner(ScenarioRunner):
         start = time.time()
         stale = stale_pods(await _blocking(self._workload_pods), nodes, reference)
         if stale:
-            await _blocking(self.kind.kubectl, "-n", kind.WORKLOAD_NAMESPACE, "delete", "pod", "--wait=false", *stale)
-        await _blocking(self.kind.kubectl, "label", "nodes", *nodes, f"{kind.PULL_LABEL}=true", "--overwrite")
+            await _blocking(
+                self.kind.kubectl, "-n", kindplan.WORKLOAD_NAMESPACE, "delete", "pod", "--wait=false", *stale
+            )
+        await _blocking(self.kind.kubectl, "label", "nodes", *nodes, f"{kindplan.PULL_LABEL}=true", "--overwrite")
         deadline = time.monotonic() + self.scenario.pull_timeout
         while True:
             pods = await _blocking(self._workload_pods)
             events = await _blocking(
-                self.kind.kubectl_json, "-n", kind.WORKLOAD_NAMESPACE, "get", "events", "--field-selector=reason=Pulled"
+                self.kind.kubectl_json,
+                "-n",
+                kindplan.WORKLOAD_NAMESPACE,
+                "get",
+                "events",
+                "--field-selector=reason=Pulled",
             )
             found = pulled_records(events, pods, reference, nodes)
             if len(found) == len(nodes) or time.monotonic() >= deadline:
@@ -244,14 +253,14 @@ class KindRunner(ScenarioRunner):
         return records
 
     def _workload_pods(self) -> dict[str, Any]:
-        selector = f"--selector=app={kind.WORKLOAD_NAME}"
-        return self.kind.kubectl_json("-n", kind.WORKLOAD_NAMESPACE, "get", "pods", selector)
+        selector = f"--selector=app={kindplan.WORKLOAD_NAME}"
+        return self.kind.kubectl_json("-n", kindplan.WORKLOAD_NAMESPACE, "get", "pods", selector)
 
     def _mirror_counters(self, mode: str) -> dict[str, Any]:
         """The mirrors' counters summed over pods (empty without a mirror), through the API server's proxy."""
         if mode not in MIRROR_MODES:
             return {}
-        namespace = kind.MIRROR_NAMESPACE
+        namespace = kindplan.MIRROR_NAMESPACE
         pods = self.kind.kubectl_json("-n", namespace, "get", "pods", "--selector=app.kubernetes.io/component=mirror")
         totals: dict[str, Any] = {}
         for item in pods.get("items") or []:

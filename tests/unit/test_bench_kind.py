@@ -27,7 +27,7 @@ import trio
 import yaml
 
 from benchmark import report
-from benchmark.cluster import kind
+from benchmark.cluster import kind, kindplan
 from benchmark.cluster.base import ClusterError
 from benchmark.kindrun import KindRunner, pulled_records, stale_pods, waiting_reason
 from benchmark.progress import Progress
@@ -46,8 +46,8 @@ SCENARIO = from_dict(
 
 
 def test_kind_config_patches_containerd() -> None:
-    config = yaml.safe_load(kind.render_kind_config(SCENARIO))
-    assert config["kind"] == "Cluster" and config["name"] == kind.CLUSTER_NAME
+    config = yaml.safe_load(kindplan.render_kind_config(SCENARIO))
+    assert config["kind"] == "Cluster" and config["name"] == kindplan.CLUSTER_NAME
     roles = [n["role"] for n in config["nodes"]]
     assert roles == ["control-plane", "worker", "worker", "worker"]
     # no shared host directory: each node keeps its own certs.d (written per mode with docker exec)
@@ -59,10 +59,10 @@ def test_kind_config_patches_containerd() -> None:
 
 
 def test_hosts_per_mode() -> None:
-    upstream = tomllib.loads(kind.render_hosts("upstream")[kind.UPSTREAM_HOST])
-    assert upstream == {"server": f"http://{kind.UPSTREAM_HOST}"}
-    proxy = tomllib.loads(kind.render_hosts("proxy")[kind.UPSTREAM_HOST])
-    assert list(proxy["host"]) == [f"http://{kind.CACHE_HOST}"]
+    upstream = tomllib.loads(kindplan.render_hosts("upstream")[kindplan.UPSTREAM_HOST])
+    assert upstream == {"server": f"http://{kindplan.UPSTREAM_HOST}"}
+    proxy = tomllib.loads(kindplan.render_hosts("proxy")[kindplan.UPSTREAM_HOST])
+    assert list(proxy["host"]) == [f"http://{kindplan.CACHE_HOST}"]
 
 
 def test_written_configuration(tmp_path: Path) -> None:
@@ -82,9 +82,9 @@ def test_written_configuration(tmp_path: Path) -> None:
     workload = yaml.safe_load((tmp_path / "workload-big-image-update.yaml").read_text())
     assert workload["kind"] == "DaemonSet"
     assert workload["spec"]["updateStrategy"] == {"type": "OnDelete"}  # the runner rolls it batch by batch
-    assert workload["spec"]["template"]["spec"]["nodeSelector"] == {kind.PULL_LABEL: "true"}
+    assert workload["spec"]["template"]["spec"]["nodeSelector"] == {kindplan.PULL_LABEL: "true"}
     container = workload["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == f"{kind.UPSTREAM_HOST}/bench/big-image:update"
+    assert container["image"] == f"{kindplan.UPSTREAM_HOST}/bench/big-image:update"
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) not installed")
@@ -98,13 +98,13 @@ def test_mirror_kustomization_renders_the_projects_manifests_with_the_mode(tmp_p
     spec = daemonset["spec"]["template"]["spec"]
     args = spec["containers"][0]["args"]
     assert args[-1] == "--advertise=layer"  # the last --advertise wins
-    assert spec["containers"][0]["image"] == kind.MIRROR_IMAGE
-    assert f"--mirrored-registries=http://{kind.UPSTREAM_HOST}" in spec["initContainers"][0]["args"]
+    assert spec["containers"][0]["image"] == kindplan.MIRROR_IMAGE
+    assert f"--mirrored-registries=http://{kindplan.UPSTREAM_HOST}" in spec["initContainers"][0]["args"]
 
 
 def test_kustomization_refuses_modes_without_a_mirror(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="runs no mirror"):
-        kind.render_kustomization("proxy", tmp_path)
+        kindplan.render_kustomization("proxy", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -116,19 +116,19 @@ def test_kustomization_refuses_modes_without_a_mirror(tmp_path: Path) -> None:
     ],
 )
 def test_pulled_events(message: str, expected: float) -> None:
-    parsed = kind.parse_pulled_event(message)
+    parsed = kindplan.parse_pulled_event(message)
     assert parsed is not None and parsed[1] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("message", ['Pulling image "x"', 'Successfully pulled image "x" in soon', ""])
 def test_other_events_are_ignored(message: str) -> None:
-    assert kind.parse_pulled_event(message) is None
+    assert kindplan.parse_pulled_event(message) is None
 
 
 @pytest.mark.parametrize("text", ["", "5", "1x", "1s2"])
 def test_bad_go_durations(text: str) -> None:
     with pytest.raises(ValueError):
-        kind.parse_go_duration(text)
+        kindplan.parse_go_duration(text)
 
 
 @pytest.mark.skipif(shutil.which("kind") is not None, reason="kind is installed here")
@@ -151,12 +151,12 @@ def test_net_dev_parser_on_this_machines_own_table() -> None:
     before = {i: (_sys_counter(i, "rx_bytes"), _sys_counter(i, "tx_bytes")) for i in interfaces}
     text = Path("/proc/self/net/dev").read_text()
     after = {i: (_sys_counter(i, "rx_bytes"), _sys_counter(i, "tx_bytes")) for i in interfaces}
-    parsed = kind.parse_net_dev(text)
+    parsed = kindplan.parse_net_dev(text)
     assert sorted(parsed) == interfaces and "lo" in parsed
     for interface, (received, sent) in parsed.items():  # the right columns: between two reads of the kernel's
         assert before[interface][0] <= received <= after[interface][0]
         assert before[interface][1] <= sent <= after[interface][1]
-    assert kind.transmitted_bytes(text) == sum(sent for name, (_, sent) in parsed.items() if name != "lo")
+    assert kindplan.transmitted_bytes(text) == sum(sent for name, (_, sent) in parsed.items() if name != "lo")
 
 
 @pytest.mark.parametrize(
@@ -164,20 +164,20 @@ def test_net_dev_parser_on_this_machines_own_table() -> None:
 )
 def test_net_dev_parser_refuses_other_text(text: str) -> None:
     with pytest.raises(ValueError):
-        kind.parse_net_dev(text)
+        kindplan.parse_net_dev(text)
 
 
 def test_hosts_swap_per_mode() -> None:
     for mode in ("upstream", "proxy", "layer"):
-        (clear, clear_input), *writes = kind.hosts_commands("spegel-bench-worker2", mode)
+        (clear, clear_input), *writes = kindplan.hosts_commands("spegel-bench-worker2", mode)
         assert clear[:3] == ["docker", "exec", "spegel-bench-worker2"] and clear_input is None
         assert "find /etc/containerd/certs.d -mindepth 1 -delete" in clear[-1]  # an earlier mode's files go
         ((argv, text),) = writes
         assert argv[:4] == ["docker", "exec", "-i", "spegel-bench-worker2"]
-        assert argv[-1].endswith(f"cat > /etc/containerd/certs.d/{kind.UPSTREAM_HOST}/hosts.toml")
+        assert argv[-1].endswith(f"cat > /etc/containerd/certs.d/{kindplan.UPSTREAM_HOST}/hosts.toml")
         hosts = tomllib.loads(text or "")
-        assert hosts["server"] == f"http://{kind.UPSTREAM_HOST}"
-        assert list(hosts.get("host", {})) == ([f"http://{kind.CACHE_HOST}"] if mode == "proxy" else [])
+        assert hosts["server"] == f"http://{kindplan.UPSTREAM_HOST}"
+        assert list(hosts.get("host", {})) == ([f"http://{kindplan.CACHE_HOST}"] if mode == "proxy" else [])
 
 
 def test_worker_nodes_in_kinds_numbering() -> None:
@@ -185,25 +185,25 @@ def test_worker_nodes_in_kinds_numbering() -> None:
         "spegel-bench-worker10\nspegel-bench-control-plane\nspegel-bench-worker2\nother-worker\nspegel-bench-worker"
     )
     workers = [f"spegel-bench-worker{n}" for n in ["", *map(str, range(2, 11))]]
-    assert kind.worker_nodes("\n".join([*workers[2:9], listed])) == workers
+    assert kindplan.worker_nodes("\n".join([*workers[2:9], listed])) == workers
 
 
 def test_published_port_and_image_ids() -> None:
-    assert kind.parse_published_port("127.0.0.1:49153\n") == 49153
+    assert kindplan.parse_published_port("127.0.0.1:49153\n") == 49153
     with pytest.raises(ValueError, match=r"127\.0\.0\.1"):
-        kind.parse_published_port("0.0.0.0:49153\n")
+        kindplan.parse_published_port("0.0.0.0:49153\n")
     images = {
         "images": [
-            {"id": "sha256:a", "repoTags": [f"{kind.UPSTREAM_HOST}/bench/x:create"], "repoDigests": []},
-            {"id": "sha256:b", "repoTags": [], "repoDigests": [f"{kind.UPSTREAM_HOST}/bench/x@sha256:1"]},
+            {"id": "sha256:a", "repoTags": [f"{kindplan.UPSTREAM_HOST}/bench/x:create"], "repoDigests": []},
+            {"id": "sha256:b", "repoTags": [], "repoDigests": [f"{kindplan.UPSTREAM_HOST}/bench/x@sha256:1"]},
             {"id": "sha256:c", "repoTags": ["docker.io/library/spegel:bench"], "repoDigests": None},
         ]
     }
-    assert kind.bench_image_ids(json.dumps(images)) == ["sha256:a", "sha256:b"]
+    assert kindplan.bench_image_ids(json.dumps(images)) == ["sha256:a", "sha256:b"]
 
 
-REF = f"{kind.UPSTREAM_HOST}/bench/big-image:create"
-OTHER_REF = f"{kind.UPSTREAM_HOST}/bench/big-image:update"
+REF = f"{kindplan.UPSTREAM_HOST}/bench/big-image:create"
+OTHER_REF = f"{kindplan.UPSTREAM_HOST}/bench/big-image:update"
 
 
 def _pod(uid: str, node: str | None, image: str, waiting: dict[str, str] | None = None) -> dict[str, Any]:
@@ -406,11 +406,11 @@ def test_bringing_up_and_leaving_removes_what_it_made(fakes: Fakes, tmp_path: Pa
         assert cluster.workers == WORKERS
         assert cluster.upstream_url == f"http://127.0.0.1:{os.environ['FAKE_PORT']}"
         assert fakes.removals() == []
-    containerfile = kind.REPO_ROOT / "deploy" / "Containerfile"
+    containerfile = kindplan.REPO_ROOT / "deploy" / "Containerfile"
     config, kubeconfig = directory.resolve() / "kind-config.yaml", directory.resolve() / "kubeconfig"
     expected_in_order = [
         "kind get clusters",
-        f"docker build -f {containerfile} -t spegel:bench {kind.REPO_ROOT}",
+        f"docker build -f {containerfile} -t spegel:bench {kindplan.REPO_ROOT}",
         f"kind create cluster --config {config} --kubeconfig {kubeconfig} --wait 5m",
         "kind get nodes --name spegel-bench",
         f"docker run -d --cidfile {directory.resolve() / 'spegel-bench-upstream.cid'} --name spegel-bench-upstream "
@@ -470,7 +470,7 @@ def _workload_pods(phase_pods: dict[str, tuple[str, str]], waiting: dict[str, st
 
 
 def test_a_run_records_pulls_from_kubelet_events_and_leaves_the_cluster_clean(fakes: Fakes, tmp_path: Path) -> None:
-    create, update = (f"{kind.UPSTREAM_HOST}/bench/big-image:{phase}" for phase in ("create", "update"))
+    create, update = (f"{kindplan.UPSTREAM_HOST}/bench/big-image:{phase}" for phase in ("create", "update"))
     w1, w2 = WORKERS
     pods = {"u1-create": (w1, create), "u2-create": (w2, create), "u1-update": (w1, update), "u2-update": (w2, update)}
     fakes.can("pods-default.json", _workload_pods(pods, {"reason": "ErrImagePull", "message": "i/o timeout"}))
@@ -535,7 +535,7 @@ def test_a_run_records_pulls_from_kubelet_events_and_leaves_the_cluster_clean(fa
     )
     for node in WORKERS:  # cold for the next run: the pulled images and partial downloads are gone
         assert f"docker exec {node} crictl rmi sha256:c1" in run_lines
-        assert f"docker exec {node} sh -c rm -rf {kind.CONTENT_ROOT}/ingest/*" in run_lines
+        assert f"docker exec {node} sh -c rm -rf {kindplan.CONTENT_ROOT}/ingest/*" in run_lines
     assert not any("spegel:bench" in line for line in run_lines)  # the mirror image stays
 
     write_meta(out, LIVE, images, started=0.0, finished=1.0)
@@ -551,9 +551,9 @@ def test_a_proxy_run_gets_a_fresh_cache_removed_afterwards(fakes: Fakes, tmp_pat
         cluster.reset("proxy")
         assert fakes.removals() == ["docker rm -f cid-spegel-bench-cache"]
     run_cache = [line for line in fakes.lines() if line.startswith("docker run") and "spegel-bench-cache" in line]
-    assert len(run_cache) == 1 and f"REGISTRY_PROXY_REMOTEURL=http://{kind.UPSTREAM_HOST}" in run_cache[0]
+    assert len(run_cache) == 1 and f"REGISTRY_PROXY_REMOTEURL=http://{kindplan.UPSTREAM_HOST}" in run_cache[0]
     written = [stdin for stdin in fakes.stdins() if stdin]
-    assert len(written) == 2 and all(f'"http://{kind.CACHE_HOST}"' in text for text in written)
+    assert len(written) == 2 and all(f'"http://{kindplan.CACHE_HOST}"' in text for text in written)
     assert [line.split(" --kubeconfig")[0] for line in fakes.removals()] == [
         "docker rm -f cid-spegel-bench-cache",
         *THE_CLUSTER_AND_UPSTREAM,
