@@ -15,6 +15,7 @@ from benchmark.daemons import Registry
 from benchmark.images import ImageSpec, build, push
 from benchmark.throttle import ThrottledProxy
 from spegel.oci.digest import Digest
+from spegel.store.containerd.client import ContainerdError
 
 pytestmark = pytest.mark.slow
 
@@ -184,3 +185,51 @@ async def test_a_download_in_progress_is_shared(cluster, upstream: Registry, b_d
     follower = b if source is a else a
     assert source.metric("spegel_mirror_bytes_total", {"source": "inflight"}) >= layer.size / 2
     assert follower.metric("spegel_mirror_requests_total", {"registry": proxy_address, "source": "peer"}) >= 1
+
+
+async def test_a_chain_survives_its_middle_node_killed(cluster, upstream: Registry) -> None:
+    """A, B and C pull one layer moments apart through a throttled upstream: A claims it first and goes
+    upstream, B follows A, and C follows B (the claimant just before it). B's mirror is killed while C streams
+    from it: C's transfer resumes from A's download, and C's pull completes with the layer's bytes."""
+    image = await push_image(upstream, ImageSpec(layers=(48 << 20,), compression="none", seed=21), "e2e/chain")
+    layer = image.platforms[0].layers[0]
+    outcome: dict[str, str] = {}
+    async with trio.open_nursery() as nursery:
+        proxy = ThrottledProxy(upstream.address, rate=16e6)  # 48 MiB in about 3 s
+        proxy_address = await nursery.start(proxy.serve)
+        a, b, c = cluster(3, upstream_address=proxy_address)
+        reference = f"{proxy_address}/e2e/chain:v1"
+
+        async def pull(node, delay: float) -> None:
+            await trio.sleep(delay)
+            try:
+                await node.pull(reference)
+                outcome[node.name] = "ok"
+            except ContainerdError as exc:
+                outcome[node.name] = str(exc)
+
+        async def kill_b_once_it_serves_c() -> None:
+            served = {"source": "inflight"}
+            await wait_until(lambda: b.metric("spegel_mirror_bytes_total", served) > 4 << 20, timeout=60, interval=0.02)
+            b.mirror.process.kill()
+
+        async with trio.open_nursery() as pulls:
+            pulls.start_soon(kill_b_once_it_serves_c)
+            pulls.start_soon(pull, a, 0.0)
+            pulls.start_soon(pull, b, 0.3)
+            pulls.start_soon(pull, c, 0.6)
+        nursery.cancel_scope.cancel()
+    print(f"pulls: {outcome}; the throttled link carried {proxy.bytes_sent} bytes for a {layer.size} byte layer")
+    assert b.mirror.process.poll() is not None, "B was never killed: the test did not exercise a broken chain"
+    assert outcome[a.name] == outcome[c.name] == "ok"
+    assert Digest.of(held_blob(c, layer.digest)) == layer.digest
+    assert c.metric("spegel_mirror_requests_total", {"registry": proxy_address, "source": "peer"}) >= 1
+    resumed = [
+        r
+        for r in a.mirror.access_log()
+        if r.get("mirrored")
+        and str(layer.digest) in str(r.get("path"))
+        and (r.get("range") or "").startswith("bytes=")
+        and not r["range"].startswith("bytes=0-")
+    ]
+    assert resumed, "C's transfer was never resumed from A"
