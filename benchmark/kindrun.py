@@ -46,7 +46,7 @@ from benchmark.cluster.base import ClusterError
 from benchmark.cluster.kind import KindCluster
 from benchmark.measure import counter_delta, parse_mirror_metrics
 from benchmark.progress import Progress
-from benchmark.runner import PhaseImage, Recorder, ScenarioRunner, run_labels
+from benchmark.runner import PhaseImage, Recorder, ScenarioRunner, run_labels, traffic_record
 from benchmark.scenario import MIRROR_MODES, RunKey, Scenario
 
 POLL_INTERVAL = 1.0
@@ -202,17 +202,9 @@ class KindRunner(ScenarioRunner):
         upstream_after = await _blocking(self.kind.upstream_bytes)
         logged_after = await _blocking(self.kind.upstream_log_bytes)
         mirrors_after = await _blocking(self._mirror_counters, key.mode)
-        self.recorder.add(
-            "traffic",
-            phase_labels,
-            {
-                "phase_start": phase_start,
-                "phase_end": phase_end,
-                "upstream_bytes": upstream_after - upstream_before,
-                "upstream_log_bytes": logged_after - logged_before,
-                **counter_delta(mirrors_before, mirrors_after),
-            },
-        )
+        upstream, logged = upstream_after - upstream_before, logged_after - logged_before
+        counters = counter_delta(mirrors_before, mirrors_after)
+        self.recorder.add("traffic", phase_labels, traffic_record(phase_start, phase_end, upstream, logged, counters))
 
     async def _pull_batch(self, reference: str, nodes: list[str]) -> list[dict[str, Any]]:
         """Make `nodes` pull `reference` (replace their pods of another image, label them) and wait for their

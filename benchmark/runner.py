@@ -104,6 +104,20 @@ class Recorder:
             pd.DataFrame(rows).to_csv(data / f"{name}.csv", index=False)
 
 
+def traffic_record(
+    phase_start: float, phase_end: float, upstream_bytes: int, upstream_log_bytes: int, mirrors: dict[str, float]
+) -> dict[str, Any]:
+    """A `traffic` row: the phase's span, what the upstream sent during it (wire and access log), and the
+    mirrors' counter deltas summed over nodes."""
+    return {
+        "phase_start": phase_start,
+        "phase_end": phase_end,
+        "upstream_bytes": upstream_bytes,
+        "upstream_log_bytes": upstream_log_bytes,
+        **mirrors,
+    }
+
+
 def run_labels(key: RunKey) -> dict[str, Any]:
     """The columns that tie a record to its run, in every table."""
     return {"run": key.label, "image": key.image, "mode": key.mode, "repetition": key.repetition}
@@ -250,17 +264,8 @@ class ScenarioRunner:
         for before, after in zip(mirrors_before, mirrors_after, strict=True):
             for name, value in measure.counter_delta(before, after).items():
                 counters[name] = counters.get(name, 0) + value
-        self.recorder.add(
-            "traffic",
-            phase_labels,
-            {
-                "phase_start": phase_start,
-                "phase_end": phase_end,
-                "upstream_bytes": upstream_after - upstream_before,
-                "upstream_log_bytes": logged_after - logged_before,
-                **counters,
-            },
-        )
+        upstream, logged = upstream_after - upstream_before, logged_after - logged_before
+        self.recorder.add("traffic", phase_labels, traffic_record(phase_start, phase_end, upstream, logged, counters))
 
     async def _pull_together(
         self,
