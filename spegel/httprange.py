@@ -1,6 +1,7 @@
 """HTTP Range arithmetic (RFC 9110 §14): parse a `Range` header and decide the answer. No I/O.
 
-The decision for a representation of `size` bytes is one of:
+A request's `Range` header is parsed once, at the edge, by `requested_range` into the one `RangeSpec` it asks
+for (or None); everything after works on that value. The decision for a representation of `size` bytes is one of:
 
 - `Whole`: answer 200 with the whole body. Chosen when there is no Range header, when it is not a
   syntactically valid `bytes` range set (RFC 9110 §14.2: a server ignores an invalid Range), when it asks for
@@ -25,6 +26,12 @@ class RangeSpec:
 
     first: int | None
     last: int | None
+
+    def header(self) -> str:
+        """The `Range` header value that asks for this range."""
+        if self.first is None:
+            return f"bytes=-{self.last}"
+        return f"bytes={self.first}-{'' if self.last is None else self.last}"
 
     def resolve(self, size: int) -> Partial | None:
         """The bytes this spec selects in a body of `size` bytes, or None when it selects none."""
@@ -109,15 +116,28 @@ def parse_range(header: str) -> list[RangeSpec] | None:
     return specs or None
 
 
-def decide(range_header: str | None, size: int) -> Decision:
-    """What to answer to a request with this `Range` header (or none) for a body of `size` bytes."""
-    if range_header is None or size == 0:
+def requested_range(header: str | None) -> RangeSpec | None:
+    """The one range a request's `Range` header asks for. None when there is no header, when it is not a
+    valid `bytes` range set, or when it asks for several ranges: each of those is answered with the whole body."""
+    specs = parse_range(header) if header is not None else None
+    return specs[0] if specs is not None and len(specs) == 1 else None
+
+
+def decide(requested: RangeSpec | None, size: int, ranged: bool = True) -> Decision:
+    """What to answer to a request for `requested` (None: the whole body) of a body of `size` bytes.
+
+    `ranged` False marks content still arriving (see `BlobReader.ranged`): a range that starts at 0 is then
+    answered `Whole`, so that containerd streams it in one request instead of opening parallel chunks; a
+    resume (a range starting past 0) is still `Partial`.
+    """
+    if requested is None or size == 0:
         return Whole(size)
-    specs = parse_range(range_header)
-    if specs is None or len(specs) > 1:
+    selected = requested.resolve(size)
+    if selected is None:
+        return Unsatisfiable(size)
+    if not ranged and selected.start == 0:
         return Whole(size)
-    selected = specs[0].resolve(size)
-    return Unsatisfiable(size) if selected is None else selected
+    return selected
 
 
 @dataclass(frozen=True)

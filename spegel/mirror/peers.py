@@ -18,6 +18,7 @@ import httpx
 import trio
 
 from spegel import httprange
+from spegel.httprange import RangeSpec
 from spegel.mirror.policy import LatencyTracker, order_holders
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import detect_media_type
@@ -154,13 +155,10 @@ class PeerClient:
         return ManifestContent(media_type, expected, bytes(data))
 
     async def open_blob(
-        self, holder: Holder, registry: str, repository: str, digest: Digest, range_header: str | None, head: bool
+        self, holder: Holder, registry: str, repository: str, digest: Digest, requested: RangeSpec | None, head: bool
     ) -> PeerResponse:
-        """Open a blob on a peer, asking for `range_header` (forwarded only when it is one valid range)."""
-        headers = {}
-        specs = httprange.parse_range(range_header) if range_header else None
-        if specs is not None and len(specs) == 1:
-            headers["Range"] = range_header or ""
+        """Open a blob on a peer, asking for the range `requested` (None: the whole blob)."""
+        headers = {"Range": requested.header()} if requested is not None else {}
         path = f"/v2/{repository}/blobs/{digest}"
         request = self._request("HEAD" if head else "GET", holder, path, registry, headers)
         self.track(holder.address, +1)  # counted from the start, so concurrent requests spread at once
@@ -179,7 +177,7 @@ class PeerClient:
     async def open_blob_range(
         self, holder: Holder, registry: str, repository: str, digest: Digest, start: int, end: int
     ) -> PeerResponse:
-        return await self.open_blob(holder, registry, repository, digest, f"bytes={start}-{end}", head=False)
+        return await self.open_blob(holder, registry, repository, digest, RangeSpec(start, end), head=False)
 
     def track(self, address: str, delta: int) -> None:
         self.load[address] = self.load.get(address, 0) + delta

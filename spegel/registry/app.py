@@ -3,11 +3,10 @@
 Contract, per request:
 - GET and HEAD only; other methods on `/v2/...` get 405 UNSUPPORTED. HEAD answers GET's headers, no body.
 - The image's registry is `?ns=`; without it, the app's default registry.
-- Blobs: `Range` per RFC 9110 (see spegel.httprange): one range → 206, unsatisfiable → 416 with
-  `Content-Range: bytes */SIZE`, multi-range or invalid → 200 with the whole body. A backend blob that is
-  not `ranged` (content still arriving) answers a range starting at 0 with 200 and the whole body, so that
-  containerd streams it in one request instead of opening parallel chunks; a resume (`bytes=N-`, N > 0) is
-  still answered 206.
+- Blobs: `Range` per RFC 9110, parsed once here into the `RangeSpec` the backend and `httprange.decide` get:
+  one range → 206, unsatisfiable → 416 with `Content-Range: bytes */SIZE`, multi-range or invalid → 200 with
+  the whole body. A backend blob that is not `ranged` (content still arriving) answers a range starting at 0
+  with 200 and the whole body (see `httprange.decide`); a resume (`bytes=N-`, N > 0) is still answered 206.
 - Manifests ignore `Range` and are checked against their digest before they are sent.
 - Malformed names, tags and digests → 400 NAME_INVALID / TAG_INVALID / DIGEST_INVALID; unknown content →
   404 BLOB_UNKNOWN / MANIFEST_UNKNOWN. No `Content-Encoding` is ever sent.
@@ -128,23 +127,22 @@ async def serve_manifest(backend: Backend, registry: str, route: ManifestRoute, 
 
 async def serve_blob(backend: Backend, registry: str, route: BlobRoute, mirrored: bool) -> Response:
     head = request.method == "HEAD"
-    range_header = request.headers.get("Range")
-    blob_request = BlobRequest(registry, route.repository, route.digest, range_header, mirrored, head)
+    use_range = not head and _if_range_holds(request.headers.get("If-Range"), route)
+    requested = httprange.requested_range(request.headers.get("Range")) if use_range else None
+    blob_request = BlobRequest(registry, route.repository, route.digest, requested, mirrored, head)
     try:
         blob = await backend.blob(blob_request)
     except NotFound as exc:
         return oci_error(ErrorCode.BLOB_UNKNOWN, str(exc))
-    use_range = not head and _if_range_holds(request.headers.get("If-Range"), route)
-    decision = httprange.decide(range_header if use_range else None, blob.size)
-    if not blob.ranged and isinstance(decision, httprange.Partial) and decision.start == 0:
-        decision = httprange.Whole(blob.size)
+    decision = httprange.decide(requested, blob.size, blob.ranged)
     headers = {"Docker-Content-Digest": str(route.digest), "ETag": f'"{route.digest}"', **decision.headers()}
     if blob.ranged:
         headers["Accept-Ranges"] = "bytes"
     if isinstance(decision, httprange.Unsatisfiable) or head or decision.length == 0:
         await blob.aclose()
         if isinstance(decision, httprange.Unsatisfiable):
-            response = oci_error(ErrorCode.RANGE_INVALID, f"range {range_header!r} of {blob.size} bytes")
+            assert requested is not None
+            response = oci_error(ErrorCode.RANGE_INVALID, f"range {requested.header()!r} of {blob.size} bytes")
             response.headers.update(headers)
             return response
         response = Response(_empty(), status=decision.status, content_type=OCTET_STREAM, headers=headers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from spegel.httprange import RangeSpec
 from spegel.oci.digest import Digest
 from spegel.oci.manifest import detect_media_type
 from spegel.oci.reference import Reference
@@ -30,7 +31,7 @@ class BlobRequest:
     registry: str
     repository: str
     digest: Digest
-    range: str | None  # the request's Range header, a hint for backends that fetch remotely
+    range: RangeSpec | None  # the one range asked for (None: the whole blob), parsed once by the app
     mirrored: bool
     head: bool  # HEAD: the body will not be read
 

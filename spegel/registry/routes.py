@@ -25,7 +25,7 @@ class RouteError(Exception):
 
 @dataclass(frozen=True)
 class BaseRoute:
-    handler = "base"
+    """`/v2/`: the API base."""
 
 
 @dataclass(frozen=True)
@@ -33,29 +33,23 @@ class ManifestRoute:
     repository: str
     tag: str | None
     digest: Digest | None
-    handler = "manifest"
 
 
 @dataclass(frozen=True)
 class BlobRoute:
     repository: str
     digest: Digest
-    handler = "blob"
 
 
 Route = BaseRoute | ManifestRoute | BlobRoute
 
 
 def parse_route(path: str) -> Route:
-    """The route a `/v2/...` path names; raises `RouteError` for malformed names, tags, digests or paths."""
-    if path in ("/v2", "/v2/"):
+    """The route a `/v2/...` path names; raises `RouteError` for malformed names, tags, digests or paths.
+    Called once per request, by the app."""
+    repository, kind, reference = _split(path)
+    if kind == "base":
         return BaseRoute()
-    if not path.startswith("/v2/"):
-        raise RouteError(ErrorCode.UNSUPPORTED, "not a registry API path", 404)
-    segments = path[len("/v2/") :].split("/")
-    if len(segments) < 3 or segments[-2] not in ("manifests", "blobs"):
-        raise RouteError(ErrorCode.UNSUPPORTED, "this registry serves only manifests and blobs", 404)
-    repository, kind, reference = "/".join(segments[:-2]), segments[-2], segments[-1]
     try:
         validate_repository(repository)
     except InvalidName as exc:
@@ -72,11 +66,28 @@ def parse_route(path: str) -> Route:
         raise RouteError(ErrorCode.TAG_INVALID, str(exc)) from None
 
 
+def _split(path: str) -> tuple[str, str, str]:
+    """(repository, kind, reference) by the path's shape alone, kind `base`, `manifests` or `blobs`; nothing is
+    validated. Raises `RouteError` (404 UNSUPPORTED) for any other path."""
+    if path in ("/v2", "/v2/"):
+        return "", "base", ""
+    if not path.startswith("/v2/"):
+        raise RouteError(ErrorCode.UNSUPPORTED, "not a registry API path", 404)
+    segments = path[len("/v2/") :].split("/")
+    if len(segments) < 3 or segments[-2] not in ("manifests", "blobs"):
+        raise RouteError(ErrorCode.UNSUPPORTED, "this registry serves only manifests and blobs", 404)
+    return "/".join(segments[:-2]), segments[-2], segments[-1]
+
+
+_HANDLERS = {"base": "base", "manifests": "manifest", "blobs": "blob"}
+
+
 def handler_name(path: str) -> str:
-    """A low-cardinality label for metrics: base, manifest, blob, health, metrics or other."""
+    """A low-cardinality label for metrics, from the path's shape (the route itself is parsed once, by the
+    app): base, manifest, blob, health or other."""
     if path in ("/livez", "/readyz"):
         return "health"
     try:
-        return parse_route(path).handler
+        return _HANDLERS[_split(path)[1]]
     except RouteError:
         return "other"

@@ -20,6 +20,7 @@ from spegel.httprange import (
     decide,
     parse_content_range,
     parse_range,
+    requested_range,
 )
 
 positions = st.one_of(st.integers(0, 300), st.integers(0, 2**70))
@@ -120,29 +121,29 @@ def test_parse_valid(header: str, specs: list[RangeSpec]) -> None:
 )
 def test_parse_invalid_and_decide_whole(header: str) -> None:
     assert parse_range(header) is None
-    assert decide(header, 1000) == Whole(1000)
+    assert decide(requested_range(header), 1000) == Whole(1000)
 
 
 def test_rfc_examples_on_a_10000_byte_body() -> None:
     size = 10000
-    assert decide("bytes=0-499", size) == Partial(0, 499, size)
-    assert decide("bytes=500-999", size) == Partial(500, 999, size)
-    assert decide("bytes=-500", size) == Partial(9500, 9999, size)
-    assert decide("bytes=9500-", size) == Partial(9500, 9999, size)
-    assert decide("bytes=0-", size) == Partial(0, 9999, size)
-    assert decide("bytes=0-99999", size) == Partial(0, 9999, size)  # last clipped to the size
-    assert decide("bytes=-20000", size) == Partial(0, 9999, size)  # suffix longer than the body
-    assert decide("bytes=10000-", size) == Unsatisfiable(size)
-    assert decide("bytes=10000-10001", size) == Unsatisfiable(size)
-    assert decide("bytes=-0", size) == Unsatisfiable(size)
-    assert decide("bytes=9999-", size) == Partial(9999, 9999, size)
-    assert decide("bytes=0-0,-1", size) == Whole(size)  # multi-range → whole body
-    assert decide(None, size) == Whole(size)
+    assert decide(requested_range("bytes=0-499"), size) == Partial(0, 499, size)
+    assert decide(requested_range("bytes=500-999"), size) == Partial(500, 999, size)
+    assert decide(requested_range("bytes=-500"), size) == Partial(9500, 9999, size)
+    assert decide(requested_range("bytes=9500-"), size) == Partial(9500, 9999, size)
+    assert decide(requested_range("bytes=0-"), size) == Partial(0, 9999, size)
+    assert decide(requested_range("bytes=0-99999"), size) == Partial(0, 9999, size)  # last clipped to the size
+    assert decide(requested_range("bytes=-20000"), size) == Partial(0, 9999, size)  # suffix longer than the body
+    assert decide(requested_range("bytes=10000-"), size) == Unsatisfiable(size)
+    assert decide(requested_range("bytes=10000-10001"), size) == Unsatisfiable(size)
+    assert decide(requested_range("bytes=-0"), size) == Unsatisfiable(size)
+    assert decide(requested_range("bytes=9999-"), size) == Partial(9999, 9999, size)
+    assert decide(requested_range("bytes=0-0,-1"), size) == Whole(size)  # multi-range → whole body
+    assert decide(requested_range(None), size) == Whole(size)
 
 
 def test_empty_body_is_always_whole() -> None:
     for header in (None, "bytes=0-", "bytes=-1", "bytes=5-9", "junk"):
-        assert decide(header, 0) == Whole(0)
+        assert decide(requested_range(header), 0) == Whole(0)
 
 
 def test_header_values() -> None:
@@ -179,7 +180,7 @@ def test_parse_content_range(header: str, parsed: ContentRange | None) -> None:
 def test_single_range_follows_the_rfc(spec: tuple[str, RangeSpec], size: int) -> None:
     text, meaning = spec
     assert parse_range(f"bytes={text}") == [meaning]
-    decision = decide(f"bytes={text}", size)
+    decision = decide(requested_range(f"bytes={text}"), size)
     assert decision == expected(meaning, size)
     check_consistent(decision, size)
 
@@ -187,7 +188,7 @@ def test_single_range_follows_the_rfc(spec: tuple[str, RangeSpec], size: int) ->
 @given(range_specs(), sizes)
 def test_unsatisfiable_iff_first_not_below_size(spec: tuple[str, RangeSpec], size: int) -> None:
     text, meaning = spec
-    decision = decide(f"bytes={text}", size)
+    decision = decide(requested_range(f"bytes={text}"), size)
     if meaning.first is not None:
         assert isinstance(decision, Unsatisfiable) == (meaning.first >= size)
 
@@ -198,7 +199,7 @@ def test_suffix_selects_the_last_bytes(spec: tuple[str, RangeSpec], size: int) -
     if meaning.first is not None:
         return
     assert meaning.last is not None
-    decision = decide(f"bytes=-{meaning.last}", size)
+    decision = decide(requested_range(f"bytes=-{meaning.last}"), size)
     if meaning.last == 0:
         assert decision == Unsatisfiable(size)
     else:
@@ -211,13 +212,13 @@ def test_suffix_selects_the_last_bytes(spec: tuple[str, RangeSpec], size: int) -
 def test_multi_range_is_whole(specs: list[tuple[str, RangeSpec]], size: int, separator: str) -> None:
     header = "bytes=" + separator.join(text for text, _ in specs)
     assert parse_range(header) == [meaning for _, meaning in specs]
-    assert decide(header, size) == Whole(size)
+    assert decide(requested_range(header), size) == Whole(size)
 
 
 @given(st.text(max_size=60), sizes)
 @example("bytes=0-1", 10)
 def test_any_header_gives_a_consistent_decision(header: str, size: int) -> None:
-    decision = decide(header, size)
+    decision = decide(requested_range(header), size)
     check_consistent(decision, size)
     if parse_range(header) is None:
         assert decision == Whole(size)
@@ -226,7 +227,7 @@ def test_any_header_gives_a_consistent_decision(header: str, size: int) -> None:
 @given(st.from_regex(r"\A[bB][yY][tT][eE][sS]=[0-9, \t-]{0,20}\Z"), sizes)
 def test_near_valid_headers_give_a_consistent_decision(header: str, size: int) -> None:
     specs = parse_range(header)
-    decision = decide(header, size)
+    decision = decide(requested_range(header), size)
     check_consistent(decision, size)
     if specs is None or len(specs) != 1:
         assert decision == Whole(size)
@@ -238,3 +239,28 @@ def test_near_valid_headers_give_a_consistent_decision(header: str, size: int) -
 def test_content_range_round_trips(start: int, length: int, size: int) -> None:
     partial = Partial(start % size, min(start % size + length, size - 1), size)
     assert parse_content_range(partial.headers()["Content-Range"]) == ContentRange(partial.start, partial.end, size)
+
+
+@given(range_specs(), sizes)
+def test_content_still_arriving_is_whole_from_zero_and_partial_past_it(spec: tuple[str, RangeSpec], size: int) -> None:
+    """Not `ranged`: a range from byte 0 is answered 200 with the whole body; a resume past 0 stays 206."""
+    _, meaning = spec
+    ranged = decide(meaning, size)
+    arriving = decide(meaning, size, ranged=False)
+    if isinstance(ranged, Partial) and ranged.start == 0:
+        assert arriving == Whole(size)
+    else:
+        assert arriving == ranged
+
+
+@given(range_specs())
+def test_range_header_round_trips(spec: tuple[str, RangeSpec]) -> None:
+    _, meaning = spec
+    assert requested_range(meaning.header()) == meaning
+
+
+def test_requested_range_is_none_for_no_invalid_or_several_ranges() -> None:
+    assert requested_range(None) is None
+    assert requested_range("bytes=x") is None
+    assert requested_range("bytes=0-1,5-6") is None
+    assert requested_range("bytes=5-") == RangeSpec(5, None)

@@ -78,7 +78,8 @@ def test_bad_paths_carry_their_oci_error(path: str, code: ErrorCode, status: int
         (f"/v2/a/blobs/{DIGEST}", "blob"),
         ("/livez", "health"),
         ("/readyz", "health"),
-        ("/v2/A/manifests/latest", "other"),
+        ("/v2/A/manifests/latest", "manifest"),  # by shape: the 400 is in the code label
+        ("/v2/a/tags/list", "other"),
         ("/anything/else", "other"),
     ],
 )
