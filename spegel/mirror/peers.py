@@ -27,6 +27,7 @@ from spegel.registry.backend import MAX_MANIFEST_SIZE, MIRRORED_HEADER, Manifest
 from spegel.routing.base import Holder, KeyState
 
 READ_PIECE = 1 << 20
+DISCARD_TIMEOUT = 5.0  # longest a cancelled `first_success` spends closing what its attempts opened
 T = TypeVar("T")
 
 
@@ -218,12 +219,16 @@ async def first_success(
     discard: Callable[[T], Awaitable[None]],
 ) -> T:
     """Run `attempts` staggered: the next starts when the previous fails or `hedge_delay` passes without an
-    answer. Returns the first success and cancels the rest (a success that loses the race is `discard`ed).
-    Raises PeerError (the last error) when all fail."""
+    answer. Returns the first success and cancels the rest. Raises PeerError (the last error) when all fail.
+
+    Every success that is not returned is `discard`ed, on every path: a late success that lost the race, and,
+    when the caller is cancelled, the winner and any answer already waiting in the channel. The discards run
+    shielded (bounded by `DISCARD_TIMEOUT`), so a cancelled caller still closes what its attempts opened.
+    """
     if not attempts:
         raise PeerError("no holders to ask")
     send, receive = trio.open_memory_channel[tuple[T | None, PeerError | None]](len(attempts))
-    winner: T | None = None
+    successes: list[T] = []
     errors: list[PeerError] = []
 
     async def run(attempt: Callable[[], Awaitable[T]]) -> None:
@@ -232,31 +237,48 @@ async def first_success(
         except PeerError as exc:
             send.send_nowait((None, exc))
 
-    async with trio.open_nursery() as nursery:
-        started = running = 0
-        while winner is None:
-            if started < len(attempts):
-                nursery.start_soon(run, attempts[started])
-                started += 1
-                running += 1
-            elif running == 0:
-                break
-            wait = hedge_delay if started < len(attempts) else math.inf
-            with trio.move_on_after(wait):
-                result, error = await receive.receive()
-                running -= 1
-                if error is None:
-                    winner = result
-                else:
-                    errors.append(error)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            started = running = 0
+            while not successes:
+                if started < len(attempts):
+                    nursery.start_soon(run, attempts[started])
+                    started += 1
+                    running += 1
+                elif running == 0:
+                    break
+                wait = hedge_delay if started < len(attempts) else math.inf
+                with trio.move_on_after(wait):
+                    result, error = await receive.receive()
+                    running -= 1
+                    if error is None:
+                        successes.append(result)  # type: ignore[arg-type]
+                    else:
+                        errors.append(error)
+            nursery.cancel_scope.cancel()
+    except BaseException:
+        await _discard_all(successes + _late_successes(receive), discard)
+        raise
+    # The nursery is done: every attempt has sent whatever it got.
+    await _discard_all(successes[1:] + _late_successes(receive), discard)
+    if not successes:
+        raise errors[-1]
+    return successes[0]
+
+
+def _late_successes(receive: trio.MemoryReceiveChannel[tuple[T | None, PeerError | None]]) -> list[T]:
+    late: list[T] = []
     while True:
         try:
-            late, _ = receive.receive_nowait()
+            result, _ = receive.receive_nowait()
         except trio.WouldBlock:
-            break
-        if late is not None:
-            await discard(late)
-    if winner is None:
-        raise errors[-1]
-    return winner
+            return late
+        if result is not None:
+            late.append(result)
+
+
+async def _discard_all(unused: list[T], discard: Callable[[T], Awaitable[None]]) -> None:
+    """Discard `unused`, shielded from the caller's cancellation (bounded by DISCARD_TIMEOUT)."""
+    with trio.move_on_after(DISCARD_TIMEOUT, shield=True):
+        for item in unused:
+            await discard(item)

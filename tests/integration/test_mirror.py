@@ -67,9 +67,10 @@ async def start_mirror(
     options: MirrorOptions,
     in_progress: InProgressSource | None = None,
     claims: DownloadClaims | None = None,
+    peers: PeerClient | None = None,
 ) -> tuple[str, Metrics]:
     metrics = Metrics()
-    peers = PeerClient(Timeouts(connect=0.5, first_byte=1.0, read=1.0, inflight_wait=0.0))
+    peers = peers or PeerClient(Timeouts(connect=0.5, first_byte=1.0, read=1.0, inflight_wait=0.0))
     backend = MirrorBackend(OCILayoutStore(layout), router, peers, metrics, options, in_progress, claims)
     bound = await nursery.start(serve_app, create_app(backend, "example.com"), "127.0.0.1:0")
     return bound[0].removeprefix("http://"), metrics
@@ -194,6 +195,47 @@ async def test_transfer_resumes_from_another_holder_when_a_peer_breaks(tmp_path:
         resumed_bytes = b_metrics.registry.get_sample_value("spegel_mirror_bytes_total", {"source": "local"})
         assert resumed_bytes <= len(data) - (1 << 20), "the second holder must resume, not start over"
         nursery.cancel_scope.cancel()
+
+
+async def test_requests_closed_at_any_point_leave_no_peer_load(tmp_path: Path, image) -> None:
+    """Clients that go away at every stage of a peer transfer (while the hedged first requests race past a
+    silent holder, after the headers, mid-body), as containerd closes its chunk requests: once they are
+    gone, every peer request the mirror opened is closed (`PeerClient.load` is zero for every holder)."""
+    image.to_layout(tmp_path / "a", REFERENCE)
+    image.to_layout(tmp_path / "b", REFERENCE)
+    layer = layer_of(image)
+    silent = trio.socket.socket()
+    await silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    silent_addr = f"127.0.0.1:{silent.getsockname()[1]}"
+    peers = PeerClient(Timeouts(connect=0.5, first_byte=1.0, read=1.0, inflight_wait=0.0), penalty=0.0)
+    async with trio.open_nursery() as nursery:
+        a_addr, _ = await start_mirror(nursery, tmp_path / "a", StaticRouter({}), MirrorOptions())
+        b_addr, _ = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
+        table = {str(layer): [Holder(silent_addr), Holder(a_addr), Holder(b_addr)]}
+        options = MirrorOptions(resolve_retries=3)
+        c_addr, _ = await start_mirror(nursery, empty_layout(tmp_path / "c"), StaticRouter(table), options, peers=peers)
+
+        async def closed_after(client: httpx.AsyncClient, seconds: float, start: int) -> None:
+            with trio.move_on_after(seconds):
+                headers = {"Range": f"bytes={start}-"}
+                async with client.stream(
+                    "GET", f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"}, headers=headers
+                ) as response:
+                    async for _ in response.aiter_raw(64 << 10):
+                        await trio.sleep(0.001)
+
+        async with httpx.AsyncClient(base_url=f"http://{c_addr}", timeout=10) as client:
+            for i in range(40):  # each a batch of 4 concurrent chunk requests, closed at growing times
+                async with trio.open_nursery() as requests:
+                    for j in range(4):
+                        requests.start_soon(closed_after, client, (i * 4 + j) * 0.0007, j * CHUNK)
+        with trio.fail_after(5):
+            while any(peers.load.values()):
+                await trio.sleep(0.01)
+        assert set(peers.load) >= {silent_addr, a_addr}, "the requests must have reached the peers"
+        nursery.cancel_scope.cancel()
+    silent.close()
 
 
 async def test_silent_peer_costs_only_the_hedge_delay(tmp_path: Path, image) -> None:
