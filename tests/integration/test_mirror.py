@@ -4,6 +4,7 @@ after a peer breaks, hedging past a silent peer, and misses answered within the 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -197,6 +198,15 @@ async def test_transfer_resumes_from_another_holder_when_a_peer_breaks(tmp_path:
         nursery.cancel_scope.cancel()
 
 
+@contextlib.asynccontextmanager
+async def silent_peer() -> AsyncIterator[str]:
+    """The address of a peer that accepts connections and never answers."""
+    with trio.socket.socket() as silent:
+        await silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        yield f"127.0.0.1:{silent.getsockname()[1]}"
+
+
 async def test_requests_closed_at_any_point_leave_no_peer_load(tmp_path: Path, image) -> None:
     """Clients that go away at every stage of a peer transfer (while the hedged first requests race past a
     silent holder, after the headers, mid-body), as containerd closes its chunk requests: once they are
@@ -204,12 +214,8 @@ async def test_requests_closed_at_any_point_leave_no_peer_load(tmp_path: Path, i
     image.to_layout(tmp_path / "a", REFERENCE)
     image.to_layout(tmp_path / "b", REFERENCE)
     layer = layer_of(image)
-    silent = trio.socket.socket()
-    await silent.bind(("127.0.0.1", 0))
-    silent.listen(64)
-    silent_addr = f"127.0.0.1:{silent.getsockname()[1]}"
     peers = PeerClient(Timeouts(connect=0.5, first_byte=1.0, read=1.0, inflight_wait=0.0), penalty=0.0)
-    async with trio.open_nursery() as nursery:
+    async with silent_peer() as silent_addr, trio.open_nursery() as nursery:
         a_addr, _ = await start_mirror(nursery, tmp_path / "a", StaticRouter({}), MirrorOptions())
         b_addr, _ = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
         table = {str(layer): [Holder(silent_addr), Holder(a_addr), Holder(b_addr)]}
@@ -235,7 +241,6 @@ async def test_requests_closed_at_any_point_leave_no_peer_load(tmp_path: Path, i
                 await trio.sleep(0.01)
         assert set(peers.load) >= {silent_addr, a_addr}, "the requests must have reached the peers"
         nursery.cancel_scope.cancel()
-    silent.close()
 
 
 async def test_silent_peer_costs_only_the_hedge_delay(tmp_path: Path, image) -> None:
@@ -243,11 +248,7 @@ async def test_silent_peer_costs_only_the_hedge_delay(tmp_path: Path, image) -> 
     next holder answers."""
     image.to_layout(tmp_path / "b", REFERENCE)
     layer = layer_of(image)
-    silent = trio.socket.socket()
-    await silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    silent_addr = f"127.0.0.1:{silent.getsockname()[1]}"
-    async with trio.open_nursery() as nursery:
+    async with silent_peer() as silent_addr, trio.open_nursery() as nursery:
         b_addr, _ = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
         table = {str(layer): [Holder(silent_addr), Holder(b_addr)]}
         c_addr, _ = await start_mirror(nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions())
@@ -258,7 +259,6 @@ async def test_silent_peer_costs_only_the_hedge_delay(tmp_path: Path, image) -> 
         assert response.status_code == 200
         assert elapsed < 1.0, f"a silent first holder held the request for {elapsed:.3f} s"
         nursery.cancel_scope.cancel()
-    silent.close()
 
 
 async def test_miss_is_404_and_tags_can_be_filtered(tmp_path: Path, image) -> None:
