@@ -1,12 +1,13 @@
-"""Sessions: `tests` (everything CI runs), `lint`, `proto` (regenerate containerd stubs),
-`benchmark` (the main job: the default scenario on the netns cluster) and `report` (rebuild a report)."""
+"""Sessions: `tests` (everything CI runs), `lint`, `typecheck` (mypy, strict, on spegel/), `proto` (regenerate the
+containerd stubs), `benchmark` (the main job: the default scenario on the netns cluster) and `report` (rebuild a
+report)."""
 
 from pathlib import Path
 
 import nox
 
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests"]
 
 
 @nox.session
@@ -21,6 +22,15 @@ def lint(session: nox.Session) -> None:
     session.install("-q", "ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy, strict, on the `spegel` package (settings in pyproject.toml's [tool.mypy])."""
+    session.install("-q", "-e", ".", "mypy==2.4.1", "types-protobuf==6.32.1.20260221")
+    # trio-typing (a dependency of libp2p) ships old `trio-stubs` that would shadow trio's own, newer inline types.
+    session.run("pip", "uninstall", "-q", "-y", "trio-typing")
+    session.run("mypy", *session.posargs)
 
 
 @nox.session
@@ -39,14 +49,17 @@ def report(session: nox.Session) -> None:
 
 @nox.session
 def proto(session: nox.Session) -> None:
-    """Regenerate the containerd gRPC stubs (spegel/store/containerd/proto/*_pb2.py, *_grpc.py) from our .proto files.
+    """Regenerate the containerd gRPC stubs (spegel/store/containerd/proto/*_pb2.py, *_pb2.pyi, *_grpc.py) from our
+    .proto files.
 
     The generator versions are pinned so that the committed code is reproducible; grpcio-tools 1.81.1 bundles
-    protoc 33.5, whose code needs the protobuf runtime >= 6.33.5 (libp2p keeps it < 7).
+    protoc 33.5, whose code needs the protobuf runtime >= 6.33.5 (libp2p keeps it < 7). mypy-protobuf writes the
+    type stubs (`.pyi`) that `typecheck` reads.
     """
-    session.install("-q", "grpcio-tools==1.81.1", "grpclib==0.4.9")
+    session.install("-q", "grpcio-tools==1.81.1", "grpclib==0.4.9", "mypy-protobuf==5.1.0")
     protos = sorted(str(p) for p in Path("spegel/store/containerd/proto").glob("*.proto"))
-    session.run("python", "-m", "grpc_tools.protoc", "-I", ".", "--python_out=.", "--grpclib_python_out=.", *protos)
+    outputs = ["--python_out=.", "--grpclib_python_out=.", "--mypy_out=."]
+    session.run("python", "-m", "grpc_tools.protoc", "-I", ".", *outputs, *protos)
 
 
 @nox.session(python=False)

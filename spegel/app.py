@@ -85,7 +85,8 @@ def find_exception(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E
 async def listen(nursery: trio.Nursery, app: object, address: str) -> list[str]:
     """Start serving `app` on `address` in `nursery`; a failure to bind raises `ConfigurationError`."""
     try:
-        return await nursery.start(serve_app, app, address)
+        addresses: list[str] = await nursery.start(serve_app, app, address)
+        return addresses
     except (OSError, BaseExceptionGroup) as exc:
         error = find_exception(exc, OSError)
         if error is None:

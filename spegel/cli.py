@@ -10,7 +10,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from spegel import hostsconfig, logs, preflight
 from spegel.routing.config import add_router_arguments
@@ -23,7 +23,7 @@ log = logging.getLogger("spegel")
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line and exits 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"spegel: error: {message}\n")
         sys.exit(2)
 

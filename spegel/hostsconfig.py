@@ -215,7 +215,7 @@ def render_configuration(
     `existing` maps a directory name to its previous parsed `hosts.toml` (given only with `prepend_existing`).
     """
     existing = existing or {}
-    targets = [(r.name, r.server) for r in registries] or [(DEFAULT_HOST, None)]
+    targets: list[tuple[str, str | None]] = [(r.name, r.server) for r in registries] or [(DEFAULT_HOST, None)]
     return {
         name: render_hosts(
             server, mirror_targets, resolve_tags=resolve_tags, dial_timeout=dial_timeout, existing=existing.get(name)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from quart import Response, request
@@ -37,6 +37,12 @@ OCTET_STREAM = "application/octet-stream"
 _ALLOWED = ("GET", "HEAD")
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _OPEN_BLOBS = "spegel.open_blobs"  # ASGI scope key: the blobs a request opened whose body has not finished
+
+
+def _open_blobs(scope: object) -> list[BlobReader]:
+    """The blobs the request of this ASGI `scope` opened and has not closed yet (an extension key of the scope)."""
+    blobs: list[BlobReader] = cast(dict[str, Any], scope).setdefault(_OPEN_BLOBS, [])
+    return blobs
 
 
 def oci_error(code: ErrorCode, detail: str | None = None, status: int | None = None) -> Response:
@@ -148,7 +154,7 @@ async def serve_blob(backend: Backend, registry: str, route: BlobRoute, mirrored
         response = Response(_empty(), status=decision.status, content_type=OCTET_STREAM, headers=headers)
         return with_api_version(response)
     start = decision.start
-    open_blobs: list[BlobReader] = request.scope.setdefault(_OPEN_BLOBS, [])  # type: ignore[typeddict-item]
+    open_blobs = _open_blobs(request.scope)
     open_blobs.append(blob)
     body = _stream(blob, start, start + decision.length - 1, route, open_blobs)
     response = Response(body, status=decision.status, content_type=OCTET_STREAM, headers=headers)
@@ -196,7 +202,7 @@ class _HTTPConnection(TrioASGIHTTPConnection):
         try:
             await super().__call__(receive, send)
         finally:
-            leftovers = self.scope.get(_OPEN_BLOBS, [])  # type: ignore[misc]
+            leftovers = _open_blobs(self.scope)
             with trio.CancelScope(shield=True):
                 while leftovers:
                     await leftovers.pop().aclose()

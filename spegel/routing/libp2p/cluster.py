@@ -95,7 +95,8 @@ class NodeProcess:
             self.addrs = message["addrs"]
             self._started.set()
             return
-        waiter = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
+        ident = message.get("id")
+        waiter = self._waiting.get(ident) if isinstance(ident, int) else None
         if waiter is not None:
             waiter[1].append(message)
             waiter[0].set()
@@ -106,7 +107,7 @@ class NodeProcess:
         if self._closed or self.process.stdin is None:
             raise NodeError(f"{self.name} is not running")
         ident = next(self._ids)
-        event, answers = trio.Event(), []
+        event, answers = trio.Event(), list[dict[str, Any]]()
         self._waiting[ident] = (event, answers)
         try:
             await self.process.stdin.send_all(json.dumps({"id": ident, "op": op, **fields}).encode() + b"\n")

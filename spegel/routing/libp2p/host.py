@@ -20,6 +20,8 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -108,7 +110,7 @@ def build_host(key_pair: KeyPair, psk: str | None = None) -> IHost:
     return new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL: noise},
-        muxer_opt={YAMUX_PROTOCOL: Yamux},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL): Yamux},
         psk=psk,
         connection_config=dial_connection_config(),
     )
@@ -130,6 +132,8 @@ async def learn_peer_id(host: IHost, addr: multiaddr.Multiaddr, timeout: float) 
     Raises OSError-like `ConnectionError` when nobody answers or the handshake fails within `timeout` seconds.
     """
     swarm = host.get_network()
+    if not isinstance(swarm, Swarm):
+        raise TypeError(f"{host} is not a host of build_host (its network is a {type(swarm).__name__})")
     transport = swarm.transport_manager.transport_for_dialing(addr)
     if transport is None:
         raise ConnectionError(f"cannot dial {addr}")
@@ -139,7 +143,8 @@ async def learn_peer_id(host: IHost, addr: multiaddr.Multiaddr, timeout: float) 
             raw = await transport.dial(addr)
             if swarm.psk is not None:
                 raw = new_protected_conn(raw, swarm.psk)
-            secured = await swarm.upgrader.security_multistream.secure_outbound(raw, None)
+            # The peer id is what we want to learn: Noise accepts None (not checked), the annotation says ID.
+            secured = await swarm.upgrader.security_multistream.secure_outbound(raw, None)  # type: ignore[arg-type]
             return secured.get_remote_peer()
     except trio.TooSlowError:
         raise ConnectionError(f"no handshake with {addr} within {timeout}s") from None

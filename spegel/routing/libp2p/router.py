@@ -27,7 +27,7 @@ from functools import partial
 
 import multiaddr
 import trio
-from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.abc import IHost, INetConn, INetStream, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -96,7 +96,7 @@ class _Link:
         self.cancel_scope = trio.CancelScope()
 
 
-class _ConnectionEvents:
+class _ConnectionEvents(INotifee):
     """A swarm notifee that forwards (dis)connections to the router's task."""
 
     def __init__(self, send: trio.MemorySendChannel[tuple[bool, ID]]) -> None:
@@ -242,9 +242,9 @@ class Libp2pRouter:
                 if self.dht is not None:
                     self._nursery.start_soon(partial(self.dht.add_peer, peer, skip_server_mode_check=True))
             elif not connected and not self.host.get_network().get_connections(peer):
-                link = self._links.pop(peer, None)
-                if link is not None:
-                    link.cancel_scope.cancel()
+                gone = self._links.pop(peer, None)
+                if gone is not None:
+                    gone.cancel_scope.cancel()
 
     async def _send(self, peer: ID, link: _Link) -> None:
         """Keep an announcement stream to `peer` and write our changes to it, until the peer disconnects."""

@@ -22,6 +22,7 @@ that shows the defect and fails when a new library version changes it (the versi
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -40,10 +41,11 @@ LIBRARY_PROVIDER_RECORD_TTL = provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL
 
 
 def set_provider_record_ttl(seconds: float) -> None:
-    """Make DHT provider records (stored by this process) expire `seconds` after they were last provided."""
+    """Make DHT provider records (stored by this process) expire `seconds` (rounded up to whole seconds, the
+    library's unit) after they were last provided."""
     if seconds <= 0:
         raise ValueError(f"provider record ttl must be positive, got {seconds}")
-    provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL = seconds
+    provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL = math.ceil(seconds)
 
 
 def relax_dht_server_limits(dht: KadDHT, add_provider_per_10s: int = 10_000, inbound_streams: int = 256) -> None:

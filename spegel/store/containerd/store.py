@@ -30,7 +30,7 @@ from spegel.store.containerd.ingest import (
     blob_path,
     find_ingest,
 )
-from spegel.store.containerd.proto import images_pb2
+from spegel.store.containerd.proto import images_pb2, types_pb2
 from spegel.store.files import FileBlobReader
 
 log = logging.getLogger("spegel.containerd")
@@ -41,7 +41,7 @@ DEFAULT_CONTENT_PATH = "/var/lib/containerd/io.containerd.content.v1.content"
 MAX_DOCUMENT_SIZE = 4 << 20  # larger than any manifest or index CNCF distribution accepts
 
 
-def add_containerd_arguments(parser: argparse.ArgumentParser) -> None:
+def add_containerd_arguments(parser: argparse._ActionsContainer) -> None:
     """Add `--containerd-sock`, `--containerd-namespace` and `--containerd-content-path` to `parser`."""
     parser.add_argument("--containerd-sock", default=DEFAULT_SOCKET, help=f"default: {DEFAULT_SOCKET}")
     parser.add_argument("--containerd-namespace", default=DEFAULT_NAMESPACE, help=f"default: {DEFAULT_NAMESPACE}")
@@ -61,13 +61,13 @@ def image_reference(name: str) -> Reference | None:
     return reference if reference.tag is not None and reference.digest is None else None
 
 
-def to_descriptor(target: object) -> Descriptor:
+def to_descriptor(target: types_pb2.Descriptor) -> Descriptor:
     """A `Descriptor` from containerd's protobuf descriptor; raises `InvalidManifest` when it is not valid."""
     try:
-        digest = Digest.parse(target.digest)  # type: ignore[attr-defined]
+        digest = Digest.parse(target.digest)
     except InvalidDigest as exc:
         raise InvalidManifest(f"invalid image target: {exc}") from None
-    return Descriptor(target.media_type, digest, target.size, dict(target.annotations))  # type: ignore[attr-defined]
+    return Descriptor(target.media_type, digest, target.size, dict(target.annotations))
 
 
 class ContainerdStore:

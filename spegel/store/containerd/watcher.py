@@ -56,7 +56,7 @@ class Mode(Enum):
 CONTENT_EVENTS_SINCE = (2, 1)
 
 
-def add_watcher_arguments(parser: argparse.ArgumentParser) -> None:
+def add_watcher_arguments(parser: argparse._ActionsContainer) -> None:
     """Add `--advertise` and `--containerd-relist-interval` to `parser`."""
     parser.add_argument(
         "--advertise",
