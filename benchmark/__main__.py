@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from benchmark import report
+from benchmark import report, spegelgo
 from benchmark.cluster.base import ClusterError
 from benchmark.daemons import DaemonError
 from benchmark.images import PushError
@@ -30,7 +30,7 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def run(scenario: Scenario, out: Path, workdir: Path) -> None:
+def run(scenario: Scenario, out: Path, workdir: Path, spegel_go_binary: Path | None = None) -> None:
     """Build the images, bring up the cluster, run every run, write the data and the report."""
     from benchmark.cluster.kind import KindCluster
     from benchmark.cluster.netns import NetnsCluster
@@ -44,7 +44,11 @@ def run(scenario: Scenario, out: Path, workdir: Path) -> None:
     write_meta(out, scenario, phase_images, started=started)
     recorder = Recorder(out)
     backend = scenario.cluster.backend
-    cluster = NetnsCluster(scenario.cluster, workdir) if backend == "netns" else KindCluster(scenario, out / "kind")
+    cluster = (
+        NetnsCluster(scenario.cluster, workdir, spegel_go_binary=spegel_go_binary)
+        if backend == "netns"
+        else KindCluster(scenario, out / "kind")
+    )
     with cluster:
         if isinstance(cluster, KindCluster):
             runner: ScenarioRunner = KindRunner(scenario, cluster, phase_images, recorder, progress)
@@ -88,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument(
         "--workdir", type=Path, help="node state and logs (default: /var/tmp/spegel-bench/<scenario>-<time>)"
     )
+    run_parser.add_argument(
+        "--spegel-go-binary",
+        help=f"the Spegel (Go) binary for mode {spegelgo.MODE} (default: ${spegelgo.ENVIRONMENT}; without it the "
+        "mode is skipped)",
+    )
     report_parser = commands.add_parser("report", help="rebuild the report of a kept run")
     report_parser.add_argument("directory", type=Path)
     cleanup_parser = commands.add_parser("cleanup", help="remove what a killed run left (its namespaces, daemons)")
@@ -119,11 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.repetitions < 1:
             return _fail("--repetitions must be at least 1", 2)
         scenario = dataclasses.replace(scenario, repetitions=args.repetitions)
+    try:
+        binary = spegelgo.find_binary(args.spegel_go_binary)
+        scenario, note = spegelgo.select_modes(scenario, binary)
+    except spegelgo.SpegelGoError as exc:
+        return _fail(str(exc), 2)
+    if note:
+        sys.stderr.write(f"benchmark: {note}\n")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / f"{scenario.name}-{stamp}"
     workdir = args.workdir or Path("/var/tmp/spegel-bench") / f"{scenario.name}-{stamp}"
     try:
-        run(scenario, out, workdir)
+        run(scenario, out, workdir, binary)
     except BaseException as exc:  # sorted below; trio may wrap what it raises in a group
         if _find(exc, KeyboardInterrupt) is not None:
             sys.stderr.write(f"\nbenchmark: interrupted; the cluster is torn down, data so far in {out}/data\n")

@@ -397,10 +397,10 @@ def spegel_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "spegel"]
 
 
-def configure_mirror(hosts_dir: Path, registry_url: str, mirror_url: str) -> None:
-    """Point containerd's hosts.toml for `registry_url` at `mirror_url`, as a user does: `spegel configuration`."""
-    argv = [
-        *spegel_command(),
+def configuration_args(hosts_dir: Path, registry_url: str, mirror_url: str) -> list[str]:
+    """`spegel configuration` arguments (the same flags in ours and in Spegel's Go binary): containerd's
+    hosts.toml for `registry_url` pointing at `mirror_url`."""
+    return [
         "configuration",
         "--containerd-registry-config-path",
         str(hosts_dir),
@@ -409,6 +409,11 @@ def configure_mirror(hosts_dir: Path, registry_url: str, mirror_url: str) -> Non
         "--mirror-targets",
         mirror_url,
     ]
+
+
+def configure_mirror(hosts_dir: Path, registry_url: str, mirror_url: str) -> None:
+    """Point containerd's hosts.toml for `registry_url` at `mirror_url`, as a user does: `spegel configuration`."""
+    argv = [*spegel_command(), *configuration_args(hosts_dir, registry_url, mirror_url)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
         raise DaemonError(f"spegel configuration failed: {result.stderr.strip()}")
@@ -418,7 +423,8 @@ class Spegel(Daemon):
     """A `spegel` CLI process (`spegel ARGS...`, exactly the command line a user runs) with its log.
 
     `ready_url` is probed until it answers 200 (for `spegel registry`: `http://REGISTRY_ADDR/readyz`); without
-    it the daemon is ready as soon as it runs.
+    it the daemon is ready as soon as it runs. `program` runs another Spegel (the Go one: `benchmark/spegelgo.py`)
+    instead of ours.
     """
 
     name = "spegel"
@@ -426,11 +432,20 @@ class Spegel(Daemon):
     metrics_addr = ""
 
     def __init__(
-        self, args: Sequence[str], log_path: Path, *, ready_url: str | None = None, netns: str | None = None
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        ready_url: str | None = None,
+        netns: str | None = None,
+        program: Path | None = None,
     ) -> None:
         super().__init__(log_path, netns)
         self.args = list(args)
         self.ready_url = ready_url
+        self.program = program
+        if program is not None:
+            self.name = program.name
 
     @classmethod
     def registry(
@@ -459,7 +474,7 @@ class Spegel(Daemon):
         return f"http://{self.registry_addr}"
 
     def command(self) -> list[str]:
-        return [*spegel_command(), *self.args]
+        return [*([str(self.program)] if self.program else spegel_command()), *self.args]
 
     def ready(self) -> bool:
         return self.ready_url is None or http_answers(self.ready_url)

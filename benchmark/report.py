@@ -25,7 +25,14 @@ from benchmark import tables
 from benchmark.runner import TABLES
 from benchmark.units import format_rate, format_size
 
-COLORS = {"upstream": "#7f7f7f", "proxy": "#8c564b", "image": "#1f77b4", "layer": "#2ca02c", "inflight": "#d62728"}
+COLORS = {
+    "upstream": "#7f7f7f",
+    "proxy": "#8c564b",
+    "spegel-go": "#9467bd",
+    "image": "#1f77b4",
+    "layer": "#2ca02c",
+    "inflight": "#d62728",
+}
 DPI = 80
 
 

@@ -41,7 +41,7 @@ from benchmark import images, measure
 from benchmark.cluster.base import Cluster, ClusterError, Node
 from benchmark.daemons import DaemonError
 from benchmark.progress import Progress
-from benchmark.scenario import MIRROR_MODES, PHASES, RunKey, Scenario, plan, repository_name
+from benchmark.scenario import PEER_MODES, PHASES, RunKey, Scenario, plan, repository_name
 
 TABLES = ("pulls", "events", "visibility", "traffic", "usage", "failures")
 SETTLE_AFTER_PULL = 10.0  # seconds observers keep probing after the pull ended (image events come late)
@@ -213,7 +213,7 @@ class ScenarioRunner:
                     await watchers.start(measure.watch_commits, node, on_event)
                     watchers.start_soon(measure.watch_ingests, node, on_event, INGEST_POLL)
                 for phase in self.scenario.phases:
-                    if phase == "advertise" and key.mode not in MIRROR_MODES:
+                    if phase == "advertise" and key.mode not in PEER_MODES:
                         continue  # nothing is advertised without a mirror
                     image = self.images[key.image, phase]
                     for digest in [str(d.digest) for d in image.image.blobs()]:

@@ -22,7 +22,8 @@ of repetitions. Example (every key but `name`, `cluster.nodes` and `images` has 
     batch = 0.2         # rolling update: this fraction of the nodes pulls at a time
 
 Modes: `upstream` (nodes pull from the upstream registry), `proxy` (a central distribution pull-through
-cache), `image` / `layer` / `inflight` (the mirror with `--advertise` set to that). Phases: `create` (all
+cache), `spegel-go` (the real Spegel, Go, on every node: `benchmark/spegelgo.py`), `image` / `layer` /
+`inflight` (our mirror with `--advertise` set to that). Phases: `create` (all
 nodes pull image v1 at once), `update` (nodes pull image v2, a batch at a time), `advertise` (one node pulls,
 the others watch when each layer becomes visible to them). Any error names the key: `ScenarioError`.
 """
@@ -39,8 +40,9 @@ from typing import Any
 from benchmark.images import COMPRESSIONS
 from benchmark.units import parse_duration, parse_rate, parse_size
 
-MODES = ("upstream", "proxy", "image", "layer", "inflight")
-MIRROR_MODES = ("image", "layer", "inflight")
+MODES = ("upstream", "proxy", "spegel-go", "image", "layer", "inflight")
+MIRROR_MODES = ("image", "layer", "inflight")  # our `spegel registry --advertise MODE` on every node
+PEER_MODES = ("spegel-go", *MIRROR_MODES)  # every node runs a mirror of its peers (ours or Spegel's)
 PHASES = ("create", "update", "advertise")
 BACKENDS = ("netns", "kind")
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from benchmark.bound import lower_bound, no_sharing_bound, payload_rate
 
-MODE_ORDER = ("upstream", "proxy", "image", "layer", "inflight")
+MODE_ORDER = ("upstream", "proxy", "spegel-go", "image", "layer", "inflight")
 PHASE_ORDER = ("create", "update", "advertise")
 STAT_COLUMNS = ["n", "median", "min", "max", "cv"]
 

@@ -6,7 +6,9 @@ containerd per node (multipart fetch on, hosts.toml written by `spegel configura
 - `upstream`: nothing else; containerd pulls from the upstream registry;
 - `proxy`: a distribution pull-through cache in the `cache` namespace is every node's mirror;
 - `image` / `layer` / `inflight`: `spegel registry --store containerd --advertise MODE` on every node, its
-  own containerd's mirror, peers bootstrapped statically (log level: `$SPEGEL_BENCH_LOG_LEVEL`, default info).
+  own containerd's mirror, peers bootstrapped statically (log level: `$SPEGEL_BENCH_LOG_LEVEL`, default info);
+- `spegel-go`: the same with the real Spegel (Go) binary given as `spegel_go_binary`: its own `configuration`
+  writes hosts.toml, its `registry` runs on every node (`benchmark.spegelgo`).
 
 Everything created is recorded as it is created (namespaces, the bridge, daemons by PID) and removed on leave
 (success, error, Ctrl-C: a SIGTERM or SIGHUP is turned into KeyboardInterrupt while the cluster is up).
@@ -27,6 +29,7 @@ import subprocess
 from pathlib import Path
 from types import TracebackType
 
+from benchmark import spegelgo
 from benchmark.cluster import base, netplan
 from benchmark.cluster.base import (
     COMMAND_TIMEOUT,
@@ -37,7 +40,7 @@ from benchmark.cluster.base import (
     restore_signals,
     trap_signals,
 )
-from benchmark.daemons import Containerd, Daemon, DaemonError, Registry, Spegel, spegel_command
+from benchmark.daemons import Containerd, Daemon, DaemonError, Registry, Spegel, configuration_args, spegel_command
 from benchmark.scenario import MIRROR_MODES, ClusterSpec
 from spegel import hostsconfig
 
@@ -95,8 +98,11 @@ def _used_subnets() -> set[ipaddress.IPv4Network]:
 class NetnsCluster:
     """The netns backend of `Cluster`. Use as `with NetnsCluster(spec, workdir) as cluster:`."""
 
-    def __init__(self, spec: ClusterSpec, workdir: Path, prefix: str | None = None) -> None:
+    def __init__(
+        self, spec: ClusterSpec, workdir: Path, prefix: str | None = None, spegel_go_binary: Path | None = None
+    ) -> None:
         self.spec = spec
+        self.spegel_go_binary = spegel_go_binary
         self.workdir = Path(workdir)
         self.prefix = prefix or "sb" + secrets.token_hex(2)
         self.plan: netplan.NetPlan | None = None
@@ -240,8 +246,12 @@ class NetnsCluster:
             self._save_state()
             for daemon in started:
                 daemon.wait_ready()
+            mirrors: list[Spegel] = []
             if mode in MIRROR_MODES:
                 mirrors = [self._mirror(node, mode, run_dir) for node in self.nodes]
+            elif mode == spegelgo.MODE:
+                mirrors = self._spegel_go_mirrors(run_dir)
+            if mirrors:
                 for mirror in mirrors:
                     mirror.start()
                 self._save_state()
@@ -277,26 +287,58 @@ class NetnsCluster:
         self._node_daemons.append((ep.name, "spegel", mirror))
         return mirror
 
+    def _spegel_go_mirrors(self, run_dir: Path) -> list[Spegel]:
+        """The real Spegel's `registry` on every node, each bootstrapped statically from all the others."""
+        binary = self._spegel_go()
+        addresses = [
+            spegelgo.NodeAddresses(
+                f"{ep.address}:{MIRROR_PORT}",
+                f"{ep.address}:{METRICS_PORT}",
+                f"{ep.address}:{ROUTER_PORT}",
+                spegelgo.write_identity(run_dir / ep.name / "spegel-data"),
+            )
+            for ep in self.net.nodes
+        ]
+        mirrors = []
+        for node, own in zip(self.nodes, addresses, strict=True):
+            ep = self.net.nodes[node.index]
+            args = spegelgo.registry_args(
+                own,
+                [other for other in addresses if other is not own],
+                containerd_sock=node.containerd.socket,
+                content_path=node.containerd.content_root,
+                data_dir=run_dir / ep.name / "spegel-data",
+                registry_url=self.upstream_url,
+            )
+            mirror = Spegel(
+                args,
+                run_dir / ep.name / "spegel-go.log",
+                ready_url=f"http://{own.registry_addr}/readyz",
+                netns=ep.netns,
+                program=binary,
+            )
+            mirror.registry_addr, mirror.metrics_addr = own.registry_addr, own.metrics_addr
+            node.mirror = mirror
+            self._node_daemons.append((ep.name, spegelgo.MODE, mirror))
+            mirrors.append(mirror)
+        return mirrors
+
+    def _spegel_go(self) -> Path:
+        if self.spegel_go_binary is None:
+            raise ClusterError(f"mode {spegelgo.MODE} needs the Spegel binary (--spegel-go-binary)")
+        return self.spegel_go_binary
+
     def _write_hosts(self, mode: str, hosts_dir: Path, node_address: str) -> None:
-        """containerd's hosts.toml for `mode`: as a user would, with `spegel configuration` (upstream only:
-        just the registry's plain-HTTP server)."""
+        """containerd's hosts.toml for `mode`: as a user would, with `spegel configuration` (Spegel's own in
+        `spegel-go`; upstream only: just the registry's plain-HTTP server)."""
         if mode == "upstream":
             directory = hosts_dir / self.registry_host
             directory.mkdir(parents=True, exist_ok=True)
             (directory / hostsconfig.HOSTS_FILE).write_text(hostsconfig.render_toml({"server": self.upstream_url}))
             return
         target = self.cache_url if mode == "proxy" else f"http://{node_address}:{MIRROR_PORT}"
-        argv = [
-            *spegel_command(),
-            "configuration",
-            "--containerd-registry-config-path",
-            str(hosts_dir),
-            "--mirrored-registries",
-            self.upstream_url,
-            "--mirror-targets",
-            target,
-        ]
-        run(argv)
+        program = [str(self._spegel_go())] if mode == spegelgo.MODE else spegel_command()
+        run([*program, *configuration_args(hosts_dir, self.upstream_url, target)])
 
     def stop_nodes(self) -> list[ProcessUsage]:
         """Stop this run's processes (mirrors first, then containerd, then the cache), delete their content
