@@ -10,7 +10,6 @@ falls back to the upstream registry.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,17 +18,18 @@ from typing import Protocol
 import trio
 
 from spegel.metrics import Metrics
+from spegel.mirror import decide
 from spegel.mirror.blob import PeerBlob
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse, first_success
 from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
 from spegel.registry.backend import BlobRequest, ManifestContent, ManifestRequest, read_manifest
-from spegel.routing.base import Holder, KeyState, Router
+from spegel.routing.base import Holder, Router
 from spegel.store.base import BlobReader, ContentStore, NotFound
 
 log = logging.getLogger("spegel.mirror")
 
-CLAIMANTS_SEEN = 256  # holders a claimant looks at to find the one just before it (see _claims_ahead)
+CLAIMANTS_SEEN = 256  # holders a claimant looks at to find whom to follow (see _claim)
 
 
 class InProgressSource(Protocol):
@@ -54,7 +54,7 @@ class MirrorOptions:
     resolve_retries: int = 3
     resolve_tags: bool = True
     filters: RegistryFilters = field(default_factory=RegistryFilters)
-    miss_settle: float = 0.02  # how long a claim waits for other nodes' claims (see _claims_ahead)
+    miss_settle: float = 0.02  # how long a claim waits for other nodes' claims (see _claim)
     inflight_wait: float = 10.0  # longest wait for the first bytes of a download in progress (see IngestSource)
 
 
@@ -118,45 +118,46 @@ class MirrorBackend:
             self._count(registry, "inflight")
             return _Counted(reader, self.metrics, "inflight")
         holders = await self._lookup(str(digest))
-        claims = self.claims if not request.head else None  # a HEAD never starts a download
-        since = None
-        if claims is not None and not any(h.state is KeyState.COMPLETE for h in holders):
-            since = await claims.claim(digest)
-            if since is not None:
-                holders = await self._claims_ahead(str(digest), since)
+        claims = self.claims
+        hedge = self.peers.latency.hedge_delay()
+        decision = decide.after_lookup(holders, head=request.head, claims=claims is not None, hedge_delay=hedge)
+        if isinstance(decision, decide.Claim):
+            decision = await self._claim(digest, holders, hedge)
+        reason = "no holder"
+        if isinstance(decision, decide.Follow):
+            try:
+                blob = await self._open(request, decision)
+            except PeerError as exc:
+                reason, decision = str(exc), decide.Miss(claim=decision.claim_on_failure)
+            else:
+                self._count(registry, "peer")
+                return _Counted(blob, self.metrics, "peer")
+        self._count(registry, "miss")
+        if decision.claim and claims is not None:
+            await claims.claim(digest)  # containerd fetches it upstream now: peers may follow
+        raise NotFound(f"{digest}: {reason}")
+
+    async def _open(self, request: BlobRequest, follow: decide.Follow) -> PeerBlob:
+        """A reader over `follow.holders`, opened on the first to answer (staggered by its hedge delay). Raises
+        PeerError when every one fails."""
+        registry, digest, holders = request.registry, request.digest, list(follow.holders)
         attempts = [
             lambda h=h: self.peers.open_blob(h, registry, request.repository, digest, request.range, request.head)
             for h in holders
         ]
-        # Following a claim, the holder ahead waits for its own download's first bytes: no hedging to the
-        # claimants before it (they would win the race and undo the chain); they are asked if it fails.
-        hedge_delay = math.inf if since is not None else self.peers.latency.hedge_delay()
-        try:
-            first = await first_success(attempts, hedge_delay, _close_response)
-        except PeerError as exc:
-            self._count(registry, "miss")
-            if claims is not None and since is None:
-                await claims.claim(digest)  # containerd fetches it upstream now: peers may follow
-            raise NotFound(f"{digest}: {exc}") from None
-        self._count(registry, "peer")
-        blob = PeerBlob(self.peers, holders, registry, request.repository, digest, first, self.metrics)
-        return _Counted(blob, self.metrics, "peer")
+        first = await first_success(attempts, follow.hedge_delay, _close_response)
+        return PeerBlob(self.peers, holders, registry, request.repository, digest, first, self.metrics)
 
-    async def _claims_ahead(self, key: str, since: float) -> list[Holder]:
-        """This node claimed the download of `key` at `since`: wait `miss_settle` for the claims of nodes that
-        asked at the same moment, then return whom to follow: complete holders first, then the in-progress
-        ones that come before this node in claim order (claim time, then router name; unclaimed downloads
-        first), nearest first. Every node applies that one order, so the first claimant alone goes upstream
-        and every later one follows the claimant just before it: a chain in which each node sends the blob
-        on once, instead of all streaming from the first (whose uplink would carry it N-1 times); the farther
-        ones are fallbacks. A node never follows a later claimant, so no two nodes wait on each other."""
+    async def _claim(self, digest: Digest, holders: list[Holder], hedge: float) -> decide.Follow | decide.Miss:
+        """Claim the download of `digest`, wait `miss_settle` for the claims of nodes that asked at the same
+        moment, look again, and let `decide.after_claim` say whom to follow (or 404: this node is the first
+        claimant). When no claim is made (the download is already advertised), follow `holders` as found."""
+        since = await self.claims.claim(digest) if self.claims is not None else None
+        if since is None:
+            return decide.unclaimed(holders, hedge)
         await trio.sleep(self.options.miss_settle)
-        found = await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN)
-        mine = (since, self.router.name)
-        ahead = [h for h in found if h.state is KeyState.COMPLETE or _claim_order(h) < mine]
-        ahead.sort(key=_claim_order, reverse=True)
-        ahead.sort(key=lambda h: h.state is not KeyState.COMPLETE)  # stable: complete first, then nearest
-        return ahead[: self.options.resolve_retries]
+        found = await self._lookup(str(digest), timeout=0, count=CLAIMANTS_SEEN)
+        return decide.after_claim(found, (since, self.router.name), retries=self.options.resolve_retries)
 
     async def _lookup(self, key: str, timeout: float | None = None, count: int | None = None) -> list[Holder]:
         started = time.perf_counter()
@@ -169,10 +170,6 @@ class MirrorBackend:
 
     def _count(self, registry: str, source: str) -> None:
         self.metrics.mirror_requests.labels(registry, source).inc()
-
-
-def _claim_order(holder: Holder) -> tuple[float, str]:
-    return (-math.inf if holder.since is None else holder.since, holder.peer)
 
 
 async def _discard_nothing(_: ManifestContent) -> None:

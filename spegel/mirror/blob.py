@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from spegel.metrics import Metrics
+from spegel.mirror.decide import resume_candidates
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse
 from spegel.oci.digest import Digest
 from spegel.routing.base import Holder
@@ -78,7 +79,7 @@ class PeerBlob:
 
     async def _reopen(self, offset: int, end: int, failed: set[str]) -> PeerResponse:
         await self._close_current()
-        for holder in self._peers.order([h for h in self._holders if h.address not in failed]):
+        for holder in self._peers.order(resume_candidates(self._holders, failed)):
             try:
                 response = await self._peers.open_blob_range(
                     holder, self._registry, self._repository, self._digest, offset, end

@@ -19,7 +19,7 @@ import trio
 
 from spegel import httprange
 from spegel.httprange import RangeSpec
-from spegel.mirror.policy import LatencyTracker, order_holders
+from spegel.mirror.decide import LatencyTracker, order_holders
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import detect_media_type
 from spegel.oci.reference import Reference

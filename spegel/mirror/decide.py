@@ -1,0 +1,144 @@
+"""The mirror's decisions as pure functions: no I/O, no clock, no randomness (sans-I/O).
+
+Inputs are plain values: what a request is (HEAD or GET), the holders the router found (state COMPLETE or
+IN_PROGRESS, claim time, router name), this node's own claim (time, name), the open requests per peer (load),
+and time samples. Outputs say what to do. `MirrorBackend` (the real mirror) and the cluster simulator
+(`benchmark/sim/`) call these same functions, so a change here is a change of both.
+
+A blob request from this node's containerd that no local content answers goes through:
+1. `after_lookup(holders, ...)`: CLAIM when claims are on, it is a GET and no holder has the blob complete;
+   else `Follow` the holders (best first, hedged) or `Miss` (404: containerd goes upstream).
+2. after a claim and the settle: `after_claim(found, mine, ...)`: `Follow` the claimants ahead of this node in
+   claim order (no hedging), or `Miss` when none is ahead (this node is the first claimant: it goes upstream).
+3. `resume_candidates(holders, failed)`: after a transfer broke, which holders may resume it.
+`order_holders` picks which holder serves each request (chunks go to the least loaded); `hedge_delay` says
+when a second holder is asked.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+from spegel.routing.base import Holder, KeyState
+
+ClaimKey = tuple[float, str]  # (claim time, router name): the order every node agrees on
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Announce this node's download of the blob (a claim), wait the settle, look again, then `after_claim`."""
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Ask `holders` in this order; the next one when the previous fails, or when `hedge_delay` seconds pass
+    without an answer (math.inf: only on failure). When all fail, answer as `Miss(claim=claim_on_failure)`."""
+
+    holders: tuple[Holder, ...]
+    hedge_delay: float
+    claim_on_failure: bool = False
+
+
+@dataclass(frozen=True)
+class Miss:
+    """Answer 404 (containerd falls back to upstream at once); first claim the download when `claim` (so that
+    peers asking next follow this node instead of going upstream too)."""
+
+    claim: bool = False
+
+
+CLAIM = Claim()
+
+
+def claim_order(holder: Holder) -> ClaimKey:
+    """A holder's place in claim order: by claim time, then router name; a download announced without a claim
+    (already under way) comes before every claim."""
+    return (-math.inf if holder.since is None else holder.since, holder.peer)
+
+
+def after_lookup(holders: Sequence[Holder], *, head: bool, claims: bool, hedge_delay: float) -> Claim | Follow | Miss:
+    """What to do with a blob request that this node cannot serve from its own store, given the `holders` the
+    router found (best first). `claims`: in-progress downloads are shared (inflight mode). A HEAD never starts
+    a download, so it never claims."""
+    claiming = claims and not head
+    if claiming and not any(h.state is KeyState.COMPLETE for h in holders):
+        return CLAIM
+    if not holders:
+        return Miss(claim=claiming)
+    return Follow(tuple(holders), hedge_delay, claim_on_failure=claiming)
+
+
+def unclaimed(holders: Sequence[Holder], hedge_delay: float) -> Follow | Miss:
+    """The claim was not made (the download is already advertised without one): follow `holders` as they are,
+    hedged; when all fail, answer 404 and claim then."""
+    if not holders:
+        return Miss(claim=True)
+    return Follow(tuple(holders), hedge_delay, claim_on_failure=True)
+
+
+def claims_ahead(found: Iterable[Holder], mine: ClaimKey) -> list[Holder]:
+    """The holders a claimant may follow: complete ones first, then the in-progress ones before `mine` in claim
+    order, nearest first. Never a later claimant, so no two nodes wait on each other."""
+    ahead = [h for h in found if h.state is KeyState.COMPLETE or claim_order(h) < mine]
+    ahead.sort(key=claim_order, reverse=True)
+    ahead.sort(key=lambda h: h.state is not KeyState.COMPLETE)  # stable: complete first, then nearest
+    return ahead
+
+
+def after_claim(found: Iterable[Holder], mine: ClaimKey, *, retries: int) -> Follow | Miss:
+    """This node claimed the blob at `mine` and, after the settle, the router lists `found`. Every node applies
+    one order, so the first claimant alone gets `Miss` (it goes upstream) and every later one follows the
+    claimant just before it (the earlier ones, up to `retries` holders in all, are asked only if it fails: no
+    hedging, which would undo the chain)."""
+    ahead = claims_ahead(found, mine)[:retries]
+    if not ahead:
+        return Miss(claim=False)
+    return Follow(tuple(ahead), math.inf)
+
+
+def order_holders(holders: Iterable[Holder], load: dict[str, int], rotation: int = 0) -> list[Holder]:
+    """Which holder serves a request: complete holders before in-progress ones; within each, least loaded
+    first (`load`: requests open per address), then the most bytes available; remaining ties take the
+    router's order rotated by `rotation`, so that successive requests (each with the next rotation) spread
+    over equal holders."""
+    listed = list(holders)
+    count = len(listed) or 1
+    keyed = [
+        ((h.state is not KeyState.COMPLETE, load.get(h.address, 0), -(h.available or 0), (i - rotation) % count), h)
+        for i, h in enumerate(listed)
+    ]
+    keyed.sort(key=lambda item: item[0])
+    return [holder for _, holder in keyed]
+
+
+def resume_candidates(holders: Iterable[Holder], failed: Collection[str]) -> list[Holder]:
+    """Who may resume a broken transfer: the holders whose address has not failed it yet (to be ordered by
+    `order_holders`)."""
+    return [h for h in holders if h.address not in failed]
+
+
+def hedge_delay(samples: Sequence[float], initial: float, minimum: float, maximum: float) -> float:
+    """When to ask a second holder: the p80 of recent time-to-first-byte `samples`, clamped to
+    [minimum, maximum]; `initial` until there are 10 samples."""
+    if len(samples) < 10:
+        return initial
+    ordered = sorted(samples)
+    p80 = ordered[int(0.8 * (len(ordered) - 1))]
+    return min(maximum, max(minimum, p80))
+
+
+class LatencyTracker:
+    """Recent time-to-first-byte samples of peer requests (a window); `hedge_delay()` per `hedge_delay`."""
+
+    def __init__(self, initial: float = 0.02, minimum: float = 0.002, maximum: float = 0.5, window: int = 200) -> None:
+        self._samples: deque[float] = deque(maxlen=window)
+        self._initial, self._minimum, self._maximum = initial, minimum, maximum
+
+    def observe(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def hedge_delay(self) -> float:
+        return hedge_delay(self._samples, self._initial, self._minimum, self._maximum)

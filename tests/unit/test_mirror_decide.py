@@ -1,0 +1,156 @@
+"""The mirror's decisions (spegel/mirror/decide.py): claim order, whom to follow, holder order, hedging, resume."""
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spegel.mirror import decide
+from spegel.routing.base import Holder, KeyState
+
+
+def claimant(name: str, since: float | None) -> Holder:
+    return Holder(f"{name}:5000", KeyState.IN_PROGRESS, since=since, peer=name)
+
+
+# Claims as nodes make them: several at the same time (ties broken by name), a few downloads without a claim.
+claim_sets = st.dictionaries(
+    st.text("abcdefgh", min_size=1, max_size=3),
+    st.one_of(st.none(), st.sampled_from([0.0, 0.001, 0.002, 0.5])),
+    min_size=1,
+    max_size=12,
+)
+
+
+def views(claims: dict[str, float | None]) -> dict[str, list[Holder]]:
+    """What each node's router lists after the settle when every claim is visible: everyone but itself."""
+    return {name: [claimant(o, s) for o, s in claims.items() if o != name] for name in claims}
+
+
+@given(claim_sets)
+def test_claim_order_is_total_and_the_same_on_every_node(claims: dict[str, float | None]) -> None:
+    holders = [claimant(name, since) for name, since in claims.items()]
+    keys = [decide.claim_order(h) for h in holders]
+    assert len(set(keys)) == len(keys)  # total: no two claimants tie
+    assert sorted(holders, key=decide.claim_order) == sorted(reversed(holders), key=decide.claim_order)
+
+
+@given(claim_sets)
+def test_exactly_one_claimant_goes_upstream_and_none_follows_a_later_one(claims: dict[str, float | None]) -> None:
+    claimed = {name: since for name, since in claims.items() if since is not None}
+    if not claimed:
+        return
+    upstream = []
+    for name, found in views(claims).items():
+        if claims[name] is None:
+            continue  # a download under way without a claim does not ask
+        mine = (claims[name], name)
+        decision = decide.after_claim(found, mine, retries=3)
+        if isinstance(decision, decide.Miss):
+            upstream.append(name)
+        else:
+            assert decision.hedge_delay == math.inf  # following a claim never hedges past the one ahead
+            assert all(decide.claim_order(h) < mine for h in decision.holders)
+    unclaimed_downloads = any(since is None for since in claims.values())
+    assert len(upstream) == (0 if unclaimed_downloads else 1)
+    if upstream:
+        assert upstream[0] == min(claimed, key=lambda n: (claimed[n], n))
+
+
+@given(claim_sets)
+def test_each_claimant_follows_the_one_just_before_it(claims: dict[str, float | None]) -> None:
+    ordered = sorted((decide.claim_order(claimant(n, s)), n) for n, s in claims.items())
+    for (key, name), (_, before) in zip(ordered[1:], ordered, strict=False):
+        if claims[name] is None:
+            continue
+        decision = decide.after_claim(views(claims)[name], key, retries=3)
+        assert isinstance(decision, decide.Follow)
+        assert decision.holders[0].peer == before
+
+
+@given(claim_sets, st.data())
+def test_a_partial_view_never_makes_a_node_wait_on_a_later_one(
+    claims: dict[str, float | None], data: st.DataObject
+) -> None:
+    """Announcements may be late: each node sees any subset of the others. The follow graph stays acyclic."""
+    follows: dict[str, list[str]] = {}
+    for name, found in views(claims).items():
+        if claims[name] is None:
+            continue
+        seen = data.draw(st.lists(st.sampled_from(found), unique=True) if found else st.just([]))
+        decision = decide.after_claim(seen, (claims[name], name), retries=3)
+        follows[name] = [h.peer for h in decision.holders] if isinstance(decision, decide.Follow) else []
+    position = {n: decide.claim_order(claimant(n, s)) for n, s in claims.items()}
+    for name, targets in follows.items():
+        assert all(position[t] < position[name] for t in targets)
+
+
+def test_complete_holders_come_before_claimants_and_retries_bound_the_list() -> None:
+    found = [claimant("a", 1.0), Holder("c:5000"), claimant("b", 2.0), claimant("z", 9.0)]
+    decision = decide.after_claim(found, (5.0, "m"), retries=3)
+    assert isinstance(decision, decide.Follow)
+    assert [h.address for h in decision.holders] == ["c:5000", "b:5000", "a:5000"]
+    assert decide.after_claim(found, (5.0, "m"), retries=1) == decide.Follow((Holder("c:5000"),), math.inf)
+
+
+def test_after_lookup_claims_only_a_get_in_claim_mode_without_a_complete_holder() -> None:
+    in_progress, complete = [claimant("a", 1.0)], [Holder("c:5000")]
+    assert decide.after_lookup([], head=False, claims=True, hedge_delay=0.02) == decide.CLAIM
+    assert decide.after_lookup(in_progress, head=False, claims=True, hedge_delay=0.02) == decide.CLAIM
+    assert decide.after_lookup(complete, head=False, claims=True, hedge_delay=0.02) == decide.Follow(
+        tuple(complete), 0.02, claim_on_failure=True
+    )
+    assert decide.after_lookup([], head=True, claims=True, hedge_delay=0.02) == decide.Miss(claim=False)
+    assert decide.after_lookup([], head=False, claims=False, hedge_delay=0.02) == decide.Miss(claim=False)
+    assert decide.after_lookup(in_progress, head=True, claims=True, hedge_delay=0.02) == decide.Follow(
+        tuple(in_progress), 0.02, claim_on_failure=False
+    )
+    assert decide.unclaimed([], 0.02) == decide.Miss(claim=True)
+    assert decide.unclaimed(in_progress, 0.02) == decide.Follow(tuple(in_progress), 0.02, claim_on_failure=True)
+
+
+def test_complete_holders_come_first_then_least_loaded_then_most_available() -> None:
+    holders = [
+        Holder("a:1", KeyState.IN_PROGRESS, available=10),
+        Holder("b:1", KeyState.IN_PROGRESS, available=500),
+        Holder("c:1"),
+        Holder("d:1"),
+    ]
+    ordered = decide.order_holders(holders, {"c:1": 2, "d:1": 0})
+    assert [h.address for h in ordered] == ["d:1", "c:1", "b:1", "a:1"]
+
+
+def test_equal_holders_are_spread_by_the_rotation() -> None:
+    holders = [Holder("a:1"), Holder("b:1"), Holder("c:1")]
+    firsts = [decide.order_holders(holders, {}, rotation)[0].address for rotation in range(6)]
+    assert firsts == ["a:1", "b:1", "c:1", "a:1", "b:1", "c:1"]
+    assert decide.order_holders(holders, {"b:1": 1}, 1)[0].address == "c:1"
+
+
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=8), st.integers(0, 20))
+def test_holder_order_is_a_permutation_with_the_least_loaded_complete_holder_first(
+    loads: list[int], rotation: int
+) -> None:
+    holders = [Holder(f"h{i}:1") for i in range(len(loads))]
+    load = {h.address: n for h, n in zip(holders, loads, strict=True)}
+    ordered = decide.order_holders(holders, load, rotation)
+    assert sorted(h.address for h in ordered) == sorted(load)
+    assert [load[h.address] for h in ordered] == sorted(loads)
+
+
+def test_resume_skips_the_holders_that_failed() -> None:
+    holders = [Holder("a:1"), Holder("b:1"), Holder("c:1")]
+    assert decide.resume_candidates(holders, {"a:1", "c:1"}) == [Holder("b:1")]
+    assert decide.resume_candidates(holders, {"a:1", "b:1", "c:1"}) == []
+
+
+def test_hedge_delay_is_the_clamped_p80_once_there_are_enough_samples() -> None:
+    tracker = decide.LatencyTracker(initial=0.02, minimum=0.002, maximum=0.5)
+    assert tracker.hedge_delay() == 0.02
+    for ms in range(1, 11):  # 1..10 ms
+        tracker.observe(ms / 1000)
+    assert tracker.hedge_delay() == 0.008
+    for _ in range(200):
+        tracker.observe(3.0)
+    assert tracker.hedge_delay() == 0.5
+    assert decide.hedge_delay([0.0001] * 20, 0.02, 0.002, 0.5) == 0.002
