@@ -1,36 +1,36 @@
-"""The composition root: builds stores, backends and servers from parsed flags, and runs them."""
+"""The composition root: builds stores, backends and servers from the registry settings, and runs them."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
 
+from spegel import hostsconfig, preflight
 from spegel.advertise import Advertisements
 from spegel.metrics import Metrics, instrument
 from spegel.mirror.backend import MirrorBackend, MirrorOptions
 from spegel.mirror.inflight import IngestSource
 from spegel.mirror.peers import PeerClient, Timeouts
-from spegel.mirror.policy import RegistryFilters
 from spegel.preflight import Severity, run_preflight
 from spegel.registry.app import create_app
 from spegel.registry.backend import Backend, LocalBackend
 from spegel.registry.routes import handler_name
 from spegel.registry.server import create_metrics_app, serve_app
 from spegel.routing.base import KeyState, Router
-from spegel.routing.config import RouterConfigError, open_router
+from spegel.routing.config import RouterConfigError, RouterOptions, open_router
 from spegel.routing.filtered import TagFilteringRouter, is_tag_key
 from spegel.store.base import ContentStore
 from spegel.store.containerd.client import ContainerdError
-from spegel.store.containerd.store import ContainerdStore
-from spegel.store.containerd.watcher import Mode, Watcher
+from spegel.store.containerd.store import DEFAULT_CONTENT_PATH, DEFAULT_NAMESPACE, DEFAULT_SOCKET, ContainerdStore
+from spegel.store.containerd.watcher import DEFAULT_RELIST_INTERVAL, Mode, Watcher
 from spegel.store.layout import InvalidLayout, OCILayoutStore
 
 log = logging.getLogger("spegel")
@@ -41,24 +41,54 @@ class ConfigurationError(Exception):
     """A flag value that names something unusable (reported in one line, exit 2)."""
 
 
-def open_store(args: argparse.Namespace) -> ContentStore:
-    kind, _, location = args.store.partition(":")
-    if args.store == "containerd":
-        return ContainerdStore.from_args(args)
+@dataclass(frozen=True)
+class ContainerdOptions:
+    """Where containerd is, what to advertise from it, and which configuration to check at start."""
+
+    sock: str = DEFAULT_SOCKET
+    namespace: str = DEFAULT_NAMESPACE
+    content_path: str = DEFAULT_CONTENT_PATH
+    advertise: Mode = Mode.INFLIGHT
+    relist_interval: float = DEFAULT_RELIST_INTERVAL
+    config_path: str = preflight.DEFAULT_CONFIG_FILE
+    registry_config_path: str = hostsconfig.DEFAULT_CONFIG_PATH
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Everything `spegel registry` runs with (`spegel.cli` builds it from flags and environment)."""
+
+    store: str = "containerd"  # containerd | oci-layout:DIR
+    registry_addr: str = "0.0.0.0:5000"
+    metrics_addr: str = "0.0.0.0:9090"
+    default_registry: str = "docker.io"
+    mirrored_registries: tuple[str, ...] = ()  # empty: every registry
+    router: RouterOptions | None = field(default_factory=RouterOptions)  # None: serve local content only
+    mirror: MirrorOptions = field(default_factory=MirrorOptions)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    containerd: ContainerdOptions = field(default_factory=ContainerdOptions)
+    debug_web: bool = True  # the debug page at /debug/web/ on the metrics address
+
+
+def open_store(settings: RegistrySettings) -> ContentStore:
+    kind, _, location = settings.store.partition(":")
+    if settings.store == "containerd":
+        c = settings.containerd
+        return ContainerdStore.connect(c.sock, c.namespace, c.content_path)
     if kind == "oci-layout":
         try:
             return OCILayoutStore(location)
         except InvalidLayout as exc:
             raise ConfigurationError(str(exc)) from None
-    raise ConfigurationError(f"unknown store {args.store!r}: want containerd or oci-layout:DIR")
+    raise ConfigurationError(f"unknown store {settings.store!r}: want containerd or oci-layout:DIR")
 
 
-def run_registry(args: argparse.Namespace) -> int:
+def run_registry(settings: RegistrySettings) -> int:
     try:
-        store = open_store(args)
+        store = open_store(settings)
         try:
             with contextlib.suppress(KeyboardInterrupt):
-                trio.run(serve_registry, args, store)
+                trio.run(serve_registry, settings, store)
         finally:
             if isinstance(store, ContainerdStore):
                 store.close()
@@ -94,7 +124,7 @@ async def listen(nursery: trio.Nursery, app: object, address: str) -> list[str]:
         raise ConfigurationError(f"cannot listen on {address}: {error.strerror or error}") from None
 
 
-async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
+async def serve_registry(settings: RegistrySettings, store: ContentStore) -> None:
     """Serve until SIGINT or SIGTERM. Contexts are entered outside the serving nursery, so that on a signal
     the servers stop first, then the mirror, then the router, each inside the one that started before it."""
     metrics = Metrics()
@@ -102,31 +132,32 @@ async def serve_registry(args: argparse.Namespace, store: ContentStore) -> None:
         signals.start_soon(_stop_on_signals, signals.cancel_scope)
         async with contextlib.AsyncExitStack() as stack:
             watcher, peer_name = None, None
-            if args.router == "none":
+            if settings.router is None:
                 backend: Backend = LocalBackend(store)
             else:
-                router = await stack.enter_async_context(open_router(args, args.registry_addr))
+                router = await stack.enter_async_context(open_router(settings.router, settings.registry_addr))
                 peer_name = router.name
                 if isinstance(store, ContainerdStore):
-                    advertised = TagFilteringRouter(router, RegistryFilters(args.registry_filters).excludes)
-                    watcher = Watcher(store, advertised, Mode(args.advertise), args.containerd_relist_interval)
+                    advertised = TagFilteringRouter(router, settings.mirror.filters.excludes)
+                    c = settings.containerd
+                    watcher = Watcher(store, advertised, c.advertise, c.relist_interval)
                     export_advertised_keys(metrics, watcher.advertisements)
-                backend = await stack.enter_async_context(open_mirror(args, store, router, metrics, watcher))
-            registry_app = instrument(create_app(backend, args.default_registry), metrics, handler_name)
+                backend = await stack.enter_async_context(open_mirror(settings, store, router, metrics, watcher))
+            registry_app = instrument(create_app(backend, settings.default_registry), metrics, handler_name)
             async with trio.open_nursery() as nursery:
                 if isinstance(store, ContainerdStore):
-                    nursery.start_soon(check_containerd, store, args)
+                    nursery.start_soon(check_containerd, store, settings.containerd)
                 if watcher is not None:
                     nursery.start_soon(watcher.run)
-                bound = await listen(nursery, registry_app, args.registry_addr)
-                metrics_bound = await listen(nursery, create_metrics_app(metrics), args.metrics_addr)
+                bound = await listen(nursery, registry_app, settings.registry_addr)
+                metrics_bound = await listen(nursery, create_metrics_app(metrics), settings.metrics_addr)
                 log.info(
                     "serving",
-                    extra={"registry": bound, "metrics": metrics_bound, "store": args.store, "peer": peer_name},
+                    extra={"registry": bound, "metrics": metrics_bound, "store": settings.store, "peer": peer_name},
                 )
 
 
-async def check_containerd(store: ContainerdStore, args: argparse.Namespace) -> None:
+async def check_containerd(store: ContainerdStore, options: ContainerdOptions) -> None:
     """Preflight at start: log, in one line each, what in containerd's version or configuration keeps the
     mirror from working (the mirror keeps serving: the watcher falls back to what containerd offers)."""
     try:
@@ -135,7 +166,7 @@ async def check_containerd(store: ContainerdStore, args: argparse.Namespace) -> 
         log.warning("preflight: containerd is not reachable yet", extra={"error": str(exc)})
         return
     findings = await trio.to_thread.run_sync(
-        run_preflight, version.text, args.containerd_config_path, args.containerd_registry_config_path
+        run_preflight, version.text, options.config_path, options.registry_config_path
     )
     for finding in findings:
         level = logging.ERROR if finding.severity is Severity.ERROR else logging.WARNING
@@ -162,28 +193,14 @@ def advertised_kind(key: str, state: KeyState) -> str:
 
 @contextlib.asynccontextmanager
 async def open_mirror(
-    args: argparse.Namespace, store: ContentStore, router: Router, metrics: Metrics, watcher: Watcher | None
+    settings: RegistrySettings, store: ContentStore, router: Router, metrics: Metrics, watcher: Watcher | None
 ) -> AsyncIterator[MirrorBackend]:
-    """The mirror backend the flags describe; in-progress downloads are shared when the store has them, and
+    """The mirror backend the settings describe; in-progress downloads are shared when the store has them, and
     the watcher (if any) announces the downloads containerd is about to make (claims)."""
-    timeouts = Timeouts(
-        connect=args.mirror_peer_connect_timeout,
-        first_byte=args.mirror_peer_first_byte_timeout,
-        read=args.mirror_peer_read_timeout,
-        inflight_wait=args.mirror_inflight_wait,
-    )
-    options = MirrorOptions(
-        resolve_timeout=args.mirror_resolve_timeout,
-        resolve_retries=args.mirror_resolve_retries,
-        resolve_tags=args.resolve_tags,
-        filters=RegistryFilters(args.registry_filters),
-        inflight_wait=args.mirror_inflight_wait,
-        miss_settle=args.mirror_miss_settle,
-    )
     in_progress = IngestSource(store) if isinstance(store, ContainerdStore) else None
-    peers = PeerClient(timeouts)
+    peers = PeerClient(settings.timeouts)
     try:
-        yield MirrorBackend(store, router, peers, metrics, options, in_progress, watcher)
+        yield MirrorBackend(store, router, peers, metrics, settings.mirror, in_progress, watcher)
     finally:
         await peers.aclose()
 

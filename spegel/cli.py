@@ -1,129 +1,114 @@
-"""The `spegel` command line: `registry`, plus containerd configuration commands.
+"""The `spegel` command line: `registry`, `configuration`, `cleanup` and `version`.
 
-Bad flags print one line (`spegel: error: ...`) and exit with status 2.
+Flags are parsed here, once, into typed settings (`RegistrySettings`, `RouterOptions`, ...) that the rest of the
+package takes. Every flag also reads the environment variable Spegel uses for it (`--mirror-targets` from
+`MIRROR_TARGETS`, `--log-level` from `LOG_LEVEL`; see `spegel.flags` for the value grammars). Bad flags print one
+line (`spegel: error: ...`) and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from spegel import hostsconfig, logs, preflight
-from spegel.routing.config import add_router_arguments
-from spegel.store.containerd.store import add_containerd_arguments
-from spegel.store.containerd.watcher import add_watcher_arguments
+from spegel import __version__, hostsconfig, logs, preflight
+from spegel.flags import FlagParser, address, duration, log_level, positive_int, regex
+from spegel.mirror.backend import MirrorOptions
+from spegel.mirror.peers import Timeouts
+from spegel.mirror.policy import RegistryFilters
+from spegel.routing.config import RouterOptions
+from spegel.store.containerd.store import DEFAULT_CONTENT_PATH, DEFAULT_NAMESPACE, DEFAULT_SOCKET
+from spegel.store.containerd.watcher import DEFAULT_RELIST_INTERVAL, Mode
+
+if TYPE_CHECKING:
+    from spegel.app import RegistrySettings
 
 log = logging.getLogger("spegel")
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"spegel: error: {message}\n")
-        sys.exit(2)
-
-
-def address(text: str) -> str:
-    """`HOST:PORT`, `:PORT` (all interfaces) or `[V6]:PORT`, normalised to what the server binds."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid address {text!r}: want HOST:PORT")
-    return f"{host or '0.0.0.0'}:{port}"
-
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def duration(text: str) -> float:
-    """A Go-style duration (`20ms`, `1.5s`, `2m`) or plain seconds, as seconds (>= 0)."""
-    number, unit = text, "s"
-    for suffix in ("ms", "s", "m", "h"):
-        if text.endswith(suffix):
-            number, unit = text[: -len(suffix)], suffix
-            break
-    try:
-        seconds = float(number) * _DURATION_UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: want e.g. 20ms, 1s, 2m") from None
-    if not seconds >= 0 or seconds == float("inf"):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be finite and >= 0")
-    return seconds
-
-
-def regex(text: str) -> str:
-    try:
-        re.compile(text)
-    except re.error as exc:
-        raise argparse.ArgumentTypeError(f"invalid regular expression {text!r}: {exc}") from None
-    return text
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: want an integer >= 1")
-    return int(text)
-
-
-def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
+def add_mirror_flags(parser: FlagParser) -> None:
     group = parser.add_argument_group("mirror")
-    group.add_argument(
+    parser.flag(
         "--router",
+        group=group,
         choices=("libp2p", "none"),
         default="libp2p",
         help="libp2p (default): find and serve peers' content; none: serve local content only",
     )
-    group.add_argument(
+    parser.flag(
         "--mirror-resolve-timeout",
+        group=group,
         type=duration,
         default=0.02,
         help="how long to look for peers before answering 404 (default: 20ms)",
     )
-    group.add_argument(
-        "--mirror-resolve-retries", type=positive_int, default=3, help="how many holders to try (default: 3)"
+    parser.flag(
+        "--mirror-resolve-retries",
+        group=group,
+        type=positive_int,
+        default=3,
+        help="how many holders to try (default: 3)",
     )
-    group.add_argument(
+    parser.flag(
         "--resolve-tags",
-        action=argparse.BooleanOptionalAction,
+        group=group,
+        boolean_flag=True,
         default=True,
-        help="resolve tags through peers (default: on)",
+        help="resolve tags through peers (default: true)",
     )
-    group.add_argument(
+    parser.flag(
         "--registry-filters",
+        group=group,
         type=regex,
-        nargs="*",
+        many=True,
+        commas=False,
         default=[],
         metavar="REGEX",
-        help="tags (registry/repository:tag) matching any of these are neither advertised nor "
-        "resolved through peers, e.g. ':latest$'",
+        help="tags (registry/repository:tag) matching any of these are neither advertised nor resolved through "
+        "peers, e.g. ':latest$' (space-separated or repeated)",
     )
-    group.add_argument("--mirror-peer-connect-timeout", type=duration, default=0.5, help="default: 500ms")
-    group.add_argument(
+    parser.flag(
+        "--mirrored-registries",
+        group=group,
+        type=_checked(hostsconfig.MirroredRegistry.parse),
+        many=True,
+        default=[],
+        metavar="REGISTRY",
+        help="with any given, only these registries' tags are advertised and resolved through peers, and "
+        "metrics name only these registries (others count as `other`); default: every registry",
+    )
+    parser.flag("--mirror-peer-connect-timeout", group=group, type=duration, default=0.5, help="default: 500ms")
+    parser.flag(
         "--mirror-peer-first-byte-timeout",
+        group=group,
         type=duration,
         default=2.0,
         help="time a peer has to answer with headers (default: 2s)",
     )
-    group.add_argument(
+    parser.flag(
         "--mirror-peer-read-timeout",
+        group=group,
         type=duration,
         default=5.0,
         help="longest pause in a peer's body before the transfer moves to another holder (default: 5s)",
     )
-    group.add_argument(
+    parser.flag(
         "--mirror-miss-settle",
+        group=group,
         type=duration,
         default=0.02,
         help="with --advertise inflight, a blob no peer holds complete is claimed (announced as this node's "
         "download), then looked up again after this long: the first claimant goes upstream, each later one "
         "follows the claimant before it (default: 20ms)",
     )
-    group.add_argument(
+    parser.flag(
         "--mirror-inflight-wait",
+        group=group,
         type=duration,
         default=10.0,
         help="longest wait for the first bytes, or the next bytes, of a download in progress on a peer (a "
@@ -131,38 +116,178 @@ def add_mirror_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="spegel", description="A stateless, cluster-local OCI registry mirror.")
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info", help="default: info")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
-
-    registry = commands.add_parser("registry", help="run the registry mirror")
-    registry.add_argument("--store", default="containerd", help="containerd (default) or oci-layout:DIR")
-    registry.add_argument("--registry-addr", type=address, default=":5000", help="default: :5000")
-    registry.add_argument("--metrics-addr", type=address, default=":9090", help="default: :9090")
-    registry.add_argument(
-        "--default-registry",
-        default="docker.io",
-        help="the image registry of requests that carry no ?ns= (default: docker.io)",
+def add_containerd_flags(parser: FlagParser) -> None:
+    group = parser.add_argument_group("containerd store")
+    parser.flag("--containerd-sock", group=group, default=DEFAULT_SOCKET, help=f"default: {DEFAULT_SOCKET}")
+    parser.flag("--containerd-namespace", group=group, default=DEFAULT_NAMESPACE, help=f"default: {DEFAULT_NAMESPACE}")
+    parser.flag(
+        "--containerd-content-path",
+        group=group,
+        default=DEFAULT_CONTENT_PATH,
+        help=f"containerd's content root, read directly when mounted (default: {DEFAULT_CONTENT_PATH})",
     )
-    registry.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS)
-    add_mirror_arguments(registry)
-    containerd = registry.add_argument_group("containerd store")
-    add_containerd_arguments(containerd)
-    add_watcher_arguments(containerd)
-    containerd.add_argument(
+    parser.flag(
+        "--advertise",
+        group=group,
+        type=Mode,
+        choices=list(Mode),
+        default=Mode.INFLIGHT,
+        metavar="{" + ",".join(m.value for m in Mode) + "}",
+        help="what to advertise: whole images once pulled, each blob once committed, or also blobs still "
+        "downloading (default: inflight; layer and inflight need containerd >= 2.1)",
+    )
+    parser.flag(
+        "--containerd-relist-interval",
+        group=group,
+        type=duration,
+        default=DEFAULT_RELIST_INTERVAL,
+        help="time between full re-lists of containerd's content (default: 1m)",
+    )
+    parser.flag(
         "--containerd-config-path",
+        group=group,
         default=preflight.DEFAULT_CONFIG_FILE,
         help=f"containerd's config.toml, checked at start (default: {preflight.DEFAULT_CONFIG_FILE})",
     )
-    containerd.add_argument(
+    parser.flag(
         "--containerd-registry-config-path",
+        group=group,
         default=hostsconfig.DEFAULT_CONFIG_PATH,
         help="the hosts.toml directory containerd must read, checked at start "
         f"(default: {hostsconfig.DEFAULT_CONFIG_PATH})",
     )
-    add_router_arguments(registry)
-    add_configuration_commands(commands)
+
+
+def add_router_flags(parser: FlagParser) -> None:
+    """The libp2p router's flags (the `registry` command's, and the test node driver's)."""
+    group = parser.add_argument_group("router (libp2p)")
+    parser.flag(
+        "--router-addr",
+        group=group,
+        default=":5001",
+        help="HOST:PORT the libp2p router listens on (default: :5001, all IPv4)",
+    )
+    parser.flag(
+        "--data-dir",
+        group=group,
+        default="/var/lib/spegel",
+        help="directory for the node's persistent Ed25519 identity (default: /var/lib/spegel)",
+    )
+    parser.flag(
+        "--bootstrap-kind",
+        group=group,
+        choices=["static", "dns", "http"],
+        default="static",
+        help="how to find the cluster: static multiaddrs, a DNS name's A/AAAA records, or a node's /id over HTTP",
+    )
+    parser.flag(
+        "--static-bootstrap-peers",
+        group=group,
+        many=True,
+        default=[],
+        metavar="MULTIADDR",
+        help="bootstrap multiaddrs (space- or comma-separated, or repeated); /p2p/<id> optional, learned on connect",
+    )
+    parser.flag(
+        "--dns-bootstrap-domain",
+        group=group,
+        help="name whose A/AAAA records are the nodes (e.g. a headless Service)",
+    )
+    parser.flag("--http-bootstrap-addr", group=group, help="HOST:PORT to serve this node's multiaddrs on at GET /id")
+    parser.flag("--http-bootstrap-url", group=group, help="URL of another node's /id to bootstrap from")
+    parser.flag(
+        "--router-psk-file",
+        group=group,
+        help="private network key file (libp2p /key/swarm/psk/1.0.0/ format or 64 hex digits): "
+        "only nodes with the same key can connect",
+    )
+    parser.flag(
+        "--router-record-ttl",
+        group=group,
+        type=duration,
+        default=600.0,
+        help="how long a node's advertisements count after it was last heard from, and DHT records live (default: 10m)",
+    )
+    parser.flag(
+        "--router-refresh",
+        group=group,
+        type=duration,
+        help="time between full-state announcements to every peer (default: a third of the TTL); "
+        "DHT records are republished at half the TTL",
+    )
+    parser.flag(
+        "--router-rejoin",
+        group=group,
+        type=duration,
+        default=60.0,
+        help="time between bootstrap rounds once connected (default: 1m)",
+    )
+    parser.flag(
+        "--router-dht-provide-rate",
+        group=group,
+        type=_positive_number,
+        default=1.0,
+        metavar="KEYS_PER_SECOND",
+        help="at most this many DHT provides a second (each walks the DHT and costs every peer it reaches CPU; "
+        "default: 1)",
+    )
+    parser.flag(
+        "--router-dht",
+        group=group,
+        boolean_flag=True,
+        default=True,
+        help="provide keys in the Kademlia DHT and fall back to it on index misses (default: true)",
+    )
+
+
+def router_options(args: argparse.Namespace) -> RouterOptions:
+    for name in ("router_record_ttl", "router_refresh", "router_rejoin"):
+        if getattr(args, name) == 0:
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} must be longer than 0")
+    return _options(RouterOptions, args, "router_", static_bootstrap_peers=tuple(args.static_bootstrap_peers))
+
+
+T = TypeVar("T")
+
+
+def _options(cls: type[T], args: argparse.Namespace, prefix: str, **given: Any) -> T:
+    """The dataclass `cls` from the flags named `<prefix><field>`, else `<field>`; `given` values win."""
+    values = {}
+    for name in (f.name for f in dataclasses.fields(cls)):  # type: ignore[arg-type]
+        flag = prefix + name if hasattr(args, prefix + name) else name
+        values[name] = given[name] if name in given else getattr(args, flag)
+    return cls(**values)
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
+    """The `spegel` parser; flags not on the command line are read from `environ` (default: `os.environ`)."""
+    parser = FlagParser(prog="spegel", description="A stateless, cluster-local OCI registry mirror.", environ=environ)
+    parser.add_argument("--version", action="version", version=f"spegel {__version__}")
+    parser.flag("--log-level", type=log_level, default="info", help="DEBUG, INFO (default), WARN or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=FlagParser)
+
+    registry = parser.command(commands, "registry", help="run the registry mirror")
+    registry.flag("--store", default="containerd", help="containerd (default) or oci-layout:DIR")
+    registry.flag("--registry-addr", type=address, default="0.0.0.0:5000", help="default: :5000")
+    registry.flag("--metrics-addr", type=address, default="0.0.0.0:9090", help="default: :9090")
+    registry.flag(
+        "--default-registry",
+        default="docker.io",
+        help="the image registry of requests that carry no ?ns= (default: docker.io)",
+    )
+    registry.flag(
+        "--debug-web-enabled",
+        boolean_flag=True,
+        default=True,
+        help="serve the debug page /debug/web/ on the metrics address (default: true)",
+    )
+    add_mirror_flags(registry)
+    add_containerd_flags(registry)
+    add_router_flags(registry)
+    add_configuration_commands(parser, commands)
+    parser.command(commands, "version", help="print the version")
+    for command in commands.choices.values():
+        command.add_argument("--log-level", type=log_level, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
@@ -178,48 +303,90 @@ def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _comma_list(parse: Callable[[str], Any]) -> Callable[[str], list[Any]]:
-    return _checked(lambda text: [parse(item.strip()) for item in text.split(",") if item.strip()])
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be positive")
+    return value
 
 
-def add_configuration_commands(commands: Any) -> None:
+def add_configuration_commands(parser: FlagParser, commands: Any) -> None:
     """`spegel configuration` (write containerd's hosts.toml files) and `spegel cleanup` (restore the backup)."""
     config_path_help = f"containerd's registry config_path (default: {hostsconfig.DEFAULT_CONFIG_PATH})"
-    configuration = commands.add_parser("configuration", help="send containerd's pulls to the mirror first")
-    cleanup = commands.add_parser("cleanup", help="restore containerd's registry configuration from the backup")
+    configuration = parser.command(commands, "configuration", help="send containerd's pulls to the mirror first")
+    cleanup = parser.command(commands, "cleanup", help="restore containerd's registry configuration from the backup")
     for sub in (configuration, cleanup):
-        sub.add_argument(
-            "--containerd-registry-config-path", default=hostsconfig.DEFAULT_CONFIG_PATH, help=config_path_help
-        )
-        sub.add_argument("--log-level", choices=logs.LEVELS, default=argparse.SUPPRESS)
-    configuration.add_argument(
+        sub.flag("--containerd-registry-config-path", default=hostsconfig.DEFAULT_CONFIG_PATH, help=config_path_help)
+    configuration.flag(
         "--mirrored-registries",
-        type=_comma_list(hostsconfig.MirroredRegistry.parse),
-        action="extend",
+        type=_checked(hostsconfig.MirroredRegistry.parse),
+        many=True,
         default=[],
-        help="registries to mirror, HOST[:PORT] or URL, comma-separated or repeated (default: all, via _default)",
+        help="registries to mirror, HOST[:PORT] or URL, space- or comma-separated or repeated "
+        "(default: all, via _default)",
     )
-    configuration.add_argument(
+    configuration.flag(
         "--mirror-targets",
-        type=_comma_list(hostsconfig.parse_mirror_target),
-        action="extend",
+        type=_checked(hostsconfig.parse_mirror_target),
+        many=True,
         required=True,
-        help="mirror URLs http(s)://HOST:PORT, tried in order before the registry, comma-separated or repeated",
+        help="mirror URLs http(s)://HOST:PORT, tried in order before the registry, space- or comma-separated "
+        "or repeated",
     )
-    configuration.add_argument(
+    configuration.flag(
         "--dial-timeout",
         type=_checked(hostsconfig.validate_duration),
         default=hostsconfig.DEFAULT_DIAL_TIMEOUT,
         help=f"containerd's connect timeout per mirror, a Go duration (default: {hostsconfig.DEFAULT_DIAL_TIMEOUT})",
     )
-    configuration.add_argument(
+    configuration.flag(
         "--resolve-tags",
-        action=argparse.BooleanOptionalAction,
+        boolean_flag=True,
         default=True,
-        help="let the mirror resolve tags to digests (default: yes)",
+        help="let the mirror resolve tags to digests (default: true)",
     )
-    configuration.add_argument(
-        "--prepend-existing", action="store_true", help="keep the registry's existing hosts after the mirrors"
+    configuration.flag(
+        "--prepend-existing",
+        boolean_flag=True,
+        default=False,
+        help="keep the registry's existing hosts after the mirrors (default: false)",
+    )
+
+
+def registry_settings(args: argparse.Namespace) -> RegistrySettings:
+    """The settings of `spegel registry` from its parsed flags."""
+    from spegel.app import ContainerdOptions, RegistrySettings
+
+    mirrored = tuple(dict.fromkeys(registry.name for registry in args.mirrored_registries))
+    filters = list(args.registry_filters)
+    if mirrored:  # tags of other registries are neither advertised nor resolved, as with Spegel
+        filters.append("^(?!(?:" + "|".join(re.escape(name) for name in mirrored) + ")/)")
+    return RegistrySettings(
+        store=args.store,
+        registry_addr=args.registry_addr,
+        metrics_addr=args.metrics_addr,
+        debug_web=args.debug_web_enabled,
+        default_registry=args.default_registry,
+        mirrored_registries=mirrored,
+        router=None if args.router == "none" else router_options(args),
+        mirror=MirrorOptions(
+            resolve_timeout=args.mirror_resolve_timeout,
+            resolve_retries=args.mirror_resolve_retries,
+            resolve_tags=args.resolve_tags,
+            filters=RegistryFilters(filters),
+            inflight_wait=args.mirror_inflight_wait,
+            miss_settle=args.mirror_miss_settle,
+        ),
+        timeouts=Timeouts(
+            connect=args.mirror_peer_connect_timeout,
+            first_byte=args.mirror_peer_first_byte_timeout,
+            read=args.mirror_peer_read_timeout,
+            inflight_wait=args.mirror_inflight_wait,
+        ),
+        containerd=_options(ContainerdOptions, args, "containerd_"),
     )
 
 
@@ -251,13 +418,21 @@ def run_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        sys.stdout.write(f"spegel {__version__}\n")
+        return 0
     logs.configure(args.log_level)
     if args.command == "registry":
         from spegel.app import run_registry
 
-        return run_registry(args)
+        try:
+            settings = registry_settings(args)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+        return run_registry(settings)
     if args.command == "configuration":
         return run_configuration(args)
     if args.command == "cleanup":

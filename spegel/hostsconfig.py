@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+from spegel import duration
 from spegel.oci.reference import InvalidReference, validate_registry
 
 DEFAULT_CONFIG_PATH = "/etc/containerd/certs.d"
@@ -40,8 +41,6 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 HEADER = "# Written by `spegel configuration`; `spegel cleanup` restores the previous configuration.\n"
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -92,14 +91,11 @@ def _parse_url(text: str, what: str) -> SplitResult:
 
 def parse_duration(text: str) -> float:
     """Seconds of a positive Go duration (`1s`, `500ms`, `1m30s`); `HostsConfigError` otherwise."""
-    position, seconds = 0, 0.0
-    while position < len(text):
-        match = _DURATION_PART.match(text, position)
-        if match is None:
-            break
-        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        position = match.end()
-    if not text or position != len(text) or seconds <= 0:
+    try:
+        seconds = duration.parse_duration(text)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
         raise HostsConfigError(f"invalid duration {text!r}: want a positive Go duration such as 1s or 500ms")
     return seconds
 

@@ -12,11 +12,11 @@ from spegel.routing.libp2p.cluster import NodeError, NodeProcess, running_cluste
 pytestmark = pytest.mark.slow
 
 NODES = 10
-TTL = "3"  # seconds: records of a vanished node age out quickly
+TTL = "3s"  # records of a vanished node age out quickly
 PSK_HEX = "5e" * 32
 
 
-def psk_args(tmp_path: Path, hex_key: str = PSK_HEX, name: str = "cluster.key", ttl: str = "30") -> list[str]:
+def psk_args(tmp_path: Path, hex_key: str = PSK_HEX, name: str = "cluster.key", ttl: str = "30s") -> list[str]:
     path = tmp_path / name
     path.write_text(f"/key/swarm/psk/1.0.0/\n/base16/\n{hex_key}\n")
     return ["--router-psk-file", str(path), "--router-record-ttl", ttl]
@@ -72,7 +72,7 @@ async def test_content_is_found_from_every_node_and_misses_are_answered_in_budge
 
 
 async def test_killed_node_ages_out_and_restarted_node_rejoins_with_its_identity(tmp_path: Path) -> None:
-    args = [*psk_args(tmp_path, ttl=TTL), "--router-refresh", "1"]
+    args = [*psk_args(tmp_path, ttl=TTL), "--router-refresh", "1s"]
     async with running_cluster(tmp_path, NODES, args) as nodes:
         victim = nodes[4]
         await victim.request("advertise", keys=["sha256:victim"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,8 +10,10 @@ import httpx
 import pytest
 import trio
 
+from spegel.cli import add_router_flags, router_options
+from spegel.flags import FlagParser
 from spegel.routing.base import Holder, KeyState
-from spegel.routing.config import RouterConfigError, add_router_arguments, open_router
+from spegel.routing.config import RouterConfigError, RouterOptions, open_router
 from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p.bootstrap import BootstrapError, HttpBootstrapper, serve_id
 from spegel.routing.libp2p.host import IDENTITY_FILE
@@ -21,15 +22,15 @@ from spegel.routing.libp2p.router import Libp2pRouter
 PSK = "/key/swarm/psk/1.0.0/\n/base16/\n" + "ab" * 32 + "\n"
 
 
-def parse(*flags: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_router_arguments(parser)
-    return parser.parse_args(list(flags))
+def parse(*flags: str) -> RouterOptions:
+    parser = FlagParser(environ={})
+    add_router_flags(parser)
+    return router_options(parser.parse_args(list(flags)))
 
 
 @contextlib.asynccontextmanager
 async def router(tmp: Path, name: str, *flags: str, registry: str = "127.0.0.1:5000") -> AsyncIterator[Libp2pRouter]:
-    args = parse("--router-addr", "127.0.0.1:0", "--data-dir", str(tmp / name), "--router-record-ttl", "30", *flags)
+    args = parse("--router-addr", "127.0.0.1:0", "--data-dir", str(tmp / name), "--router-record-ttl", "30s", *flags)
     async with open_router(args, registry) as opened:
         yield opened
 

@@ -3,7 +3,6 @@ blobs announced on a miss."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,8 +14,7 @@ from benchmark.watcher_bench import RecordingRouter
 from spegel.oci.digest import Digest
 from spegel.routing.base import KeyState
 from spegel.store.containerd.client import Version
-from spegel.store.containerd.store import add_containerd_arguments
-from spegel.store.containerd.watcher import Mode, Watcher, add_watcher_arguments, effective_mode, event_filters
+from spegel.store.containerd.watcher import Mode, Watcher, effective_mode, event_filters
 
 
 @pytest.mark.parametrize(
@@ -78,18 +76,6 @@ def test_inflight_without_a_content_root_falls_back_to_layer(caplog: pytest.LogC
     with caplog.at_level(logging.ERROR, logger="spegel.containerd"):
         assert watcher._choose_mode(Version.parse("2.1.9")) is Mode.LAYER
     assert "is not mounted" in caplog.records[0].message
-
-
-def test_flags_and_defaults() -> None:
-    parser = argparse.ArgumentParser()
-    add_containerd_arguments(parser)
-    add_watcher_arguments(parser)
-    args = parser.parse_args([])
-    assert args.containerd_namespace == "k8s.io"
-    assert args.containerd_content_path == "/var/lib/containerd/io.containerd.content.v1.content"
-    assert args.advertise == "inflight"
-    args = parser.parse_args(["--advertise", "image", "--containerd-sock", "/x.sock"])
-    assert (args.advertise, args.containerd_sock) == ("image", "/x.sock")
 
 
 async def test_a_claim_is_in_progress_until_its_grace_ends_without_a_download(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ def test_every_flag_is_in_its_commands_table(command: str) -> None:
     flags = [
         option
         for action in _commands()[command]._actions
+        if action.help != argparse.SUPPRESS
         for option in action.option_strings
         if option.startswith("--") and option not in ("--help", "--log-level")
     ]

@@ -1,6 +1,6 @@
 """A router node driven over stdin/stdout, for multi-process tests and the benchmark.
 
-    python -m spegel.routing.libp2p.node --registry-address HOST:PORT [router flags, see spegel.routing.config]
+    python -m spegel.routing.libp2p.node --registry-address HOST:PORT [router flags, see `spegel registry --help`]
 
 On start it prints one JSON line `{"event": "started", "peer_id": ..., "addrs": [...]}`. Then each stdin line is
 a JSON command `{"id": N, "op": ..., ...}`, answered by one stdout line `{"id": N, ...}` (`"error"` on failure);
@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from spegel.routing.base import Holder, KeyState
-from spegel.routing.config import RouterConfigError, add_router_arguments, open_router
+from spegel.routing.config import RouterConfigError, RouterOptions, open_router
 from spegel.routing.libp2p.router import Libp2pRouter
 
 MAX_LINE = 64 * 1024 * 1024
@@ -99,7 +99,7 @@ async def execute(router: Libp2pRouter, command: dict[str, Any]) -> dict[str, An
     raise CommandError(f"unknown op {op!r}")
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(options: RouterOptions, registry_address: str) -> None:
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     write_lock = trio.Lock()
@@ -121,7 +121,7 @@ async def serve(args: argparse.Namespace) -> None:
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         await emit({"id": ident, **answer})
 
-    async with open_router(args, args.registry_address) as router:
+    async with open_router(options, registry_address) as router:
         await emit({"event": "started", "peer_id": str(router.peer_id), "addrs": router.listen_addrs()})
         async with trio.open_nursery() as nursery:
             buffer = b""
@@ -137,15 +137,22 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spegel.routing.libp2p.node")
+    from spegel.cli import add_router_flags, router_options
+    from spegel.flags import FlagParser, log_level
+
+    parser = FlagParser(prog="python -m spegel.routing.libp2p.node", environ={})
     parser.add_argument("--registry-address", required=True, help="HOST:PORT announced as this node's registry")
-    parser.add_argument("--log-level", default="warning", help="level of spegel's own log (libp2p's: warning)")
-    add_router_arguments(parser)
+    parser.add_argument("--log-level", type=log_level, default="warning", help="spegel's own log (libp2p's: warning)")
+    add_router_flags(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("spegel").setLevel(args.log_level.upper())
     try:
-        trio.run(serve, args)
+        options = router_options(args)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    try:
+        trio.run(serve, options, args.registry_address)
     except RouterConfigError as exc:
         sys.stderr.write(f"node: error: {exc}\n")
         return 2

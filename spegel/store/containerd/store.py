@@ -9,7 +9,6 @@ Content.Read API. Blobs still downloading are opened from their ingest (`open_in
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -39,17 +38,6 @@ DEFAULT_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "k8s.io"
 DEFAULT_CONTENT_PATH = "/var/lib/containerd/io.containerd.content.v1.content"
 MAX_DOCUMENT_SIZE = 4 << 20  # larger than any manifest or index CNCF distribution accepts
-
-
-def add_containerd_arguments(parser: argparse._ActionsContainer) -> None:
-    """Add `--containerd-sock`, `--containerd-namespace` and `--containerd-content-path` to `parser`."""
-    parser.add_argument("--containerd-sock", default=DEFAULT_SOCKET, help=f"default: {DEFAULT_SOCKET}")
-    parser.add_argument("--containerd-namespace", default=DEFAULT_NAMESPACE, help=f"default: {DEFAULT_NAMESPACE}")
-    parser.add_argument(
-        "--containerd-content-path",
-        default=DEFAULT_CONTENT_PATH,
-        help=f"containerd's content root, read directly when mounted (default: {DEFAULT_CONTENT_PATH})",
-    )
 
 
 def image_reference(name: str) -> Reference | None:
@@ -88,10 +76,11 @@ class ContainerdStore:
         self.stall_timeout = stall_timeout
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ContainerdStore:
-        """The store the flags of `add_containerd_arguments` describe (connects lazily, on the first call)."""
-        client = ContainerdClient(args.containerd_sock, args.containerd_namespace)
-        return cls(client, args.containerd_content_path)
+    def connect(
+        cls, socket: str = DEFAULT_SOCKET, namespace: str = DEFAULT_NAMESPACE, content_path: str = DEFAULT_CONTENT_PATH
+    ) -> ContainerdStore:
+        """The store of containerd at `socket`, in `namespace` (connects lazily, on the first call)."""
+        return cls(ContainerdClient(socket, namespace), content_path)
 
     @property
     def namespace(self) -> str:

@@ -23,7 +23,6 @@ the resulting actions are applied to the `Router` in order.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from enum import Enum
@@ -54,23 +53,6 @@ class Mode(Enum):
 
 
 CONTENT_EVENTS_SINCE = (2, 1)
-
-
-def add_watcher_arguments(parser: argparse._ActionsContainer) -> None:
-    """Add `--advertise` and `--containerd-relist-interval` to `parser`."""
-    parser.add_argument(
-        "--advertise",
-        choices=[m.value for m in Mode],
-        default=Mode.INFLIGHT.value,
-        help="what to advertise: whole images once pulled, each blob once committed, or also blobs still "
-        "downloading (default: inflight; layer and inflight need containerd >= 2.1)",
-    )
-    parser.add_argument(
-        "--containerd-relist-interval",
-        type=float,
-        default=DEFAULT_RELIST_INTERVAL,
-        help=f"seconds between full re-lists of containerd's content (default: {DEFAULT_RELIST_INTERVAL:g})",
-    )
 
 
 def topics(mode: Mode) -> list[str]:
