@@ -212,7 +212,7 @@ class FlagParser(argparse.ArgumentParser):
         choices = kwargs.get("choices")
         self._flags.append(_Flag(option, dest, env_name(option), type, default, many, commas, required, choices))
 
-    def command(self, commands: argparse._SubParsersAction, name: str, **kwargs: Any) -> FlagParser:
+    def command(self, commands: argparse._SubParsersAction[FlagParser], name: str, **kwargs: Any) -> FlagParser:
         """A subcommand whose flags are resolved (environment, defaults) when it is the one chosen."""
         parser: FlagParser = commands.add_parser(name, environ=self.environ, **kwargs)
         self._commands[name] = parser
