@@ -38,6 +38,12 @@ def run(scenario: Scenario, out: Path, workdir: Path, spegel_go_binary: Path | N
     from benchmark.runner import Recorder, ScenarioRunner, build_images, write_meta
 
     progress = Progress(len(plan(scenario)))
+    if scenario.cluster.backend == "sim":
+        from benchmark.sim.run import run as simulate
+
+        simulate(scenario, out, progress)
+        progress.note(f"report: {report.build(out)}")
+        return
     progress.note(f"building images for {scenario.name} (cached under the image cache)")
     phase_images = build_images(scenario)
     started = time.time()

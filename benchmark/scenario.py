@@ -21,11 +21,13 @@ of repetitions. Example (every key but `name`, `cluster.nodes` and `images` has 
     [update]
     batch = 0.2         # rolling update: this fraction of the nodes pulls at a time
 
-Modes: `upstream` (nodes pull from the upstream registry), `proxy` (a central distribution pull-through
-cache), `spegel-go` (the real Spegel, Go, on every node: `benchmark/spegelgo.py`), `image` / `layer` /
-`inflight` (our mirror with `--advertise` set to that). Phases: `create` (all
-nodes pull image v1 at once), `update` (nodes pull image v2, a batch at a time), `advertise` (one node pulls,
-the others watch when each layer becomes visible to them). Any error names the key: `ScenarioError`.
+Backends: `netns` (real nodes in network namespaces on this machine, up to 64), `kind`, `sim` (the cluster
+simulator, `benchmark/sim/`, up to 100,000 nodes). Modes: `upstream` (nodes pull from the upstream
+registry), `proxy` (a central distribution pull-through cache), `spegel-go` (the real Spegel, Go, on every
+node: `benchmark/spegelgo.py`), `image` / `layer` / `inflight` (our mirror with `--advertise` set to that).
+Phases: `create` (all nodes pull image v1 at once), `update` (nodes pull image v2, a batch at a time),
+`advertise` (one node pulls, the others watch when each layer becomes visible to them). Any error names the
+key: `ScenarioError`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ MODES = ("upstream", "proxy", "spegel-go", "image", "layer", "inflight")
 MIRROR_MODES = ("image", "layer", "inflight")  # our `spegel registry --advertise MODE` on every node
 PEER_MODES = ("spegel-go", *MIRROR_MODES)  # every node runs a mirror of its peers (ours or Spegel's)
 PHASES = ("create", "update", "advertise")
-BACKENDS = ("netns", "kind")
+BACKENDS = ("netns", "kind", "sim")
+MAX_NODES = {"netns": 64, "kind": 64, "sim": 100_000}
 
 
 class ScenarioError(ValueError):
@@ -139,11 +142,12 @@ def from_dict(data: dict[str, Any]) -> Scenario:
     """Validate a parsed scenario document (see the module docstring for the keys)."""
     top = _Table(data, "")
     cluster_table = top.table("cluster")
+    backend = cluster_table.choice("backend", BACKENDS, "netns")
     cluster = ClusterSpec(
-        nodes=cluster_table.integer("nodes", minimum=1, maximum=64),
+        nodes=cluster_table.integer("nodes", minimum=1, maximum=MAX_NODES[backend]),
         upstream_bandwidth=cluster_table.quantity("upstream_bandwidth", parse_rate, "50Mbit"),
         node_bandwidth=cluster_table.quantity("node_bandwidth", parse_rate, "400Mbit"),
-        backend=cluster_table.choice("backend", BACKENDS, "netns"),
+        backend=backend,
         latency=cluster_table.quantity("latency", parse_duration, 0),
         chunk_size=cluster_table.quantity("chunk_size", parse_size, "4MiB"),
         max_concurrent_downloads=cluster_table.integer("max_concurrent_downloads", 3, minimum=1, maximum=64),

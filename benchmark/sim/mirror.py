@@ -1,0 +1,202 @@
+"""One node's mirror in the simulator: the decisions are `spegel.mirror.decide`'s, the I/O is simulated.
+
+`MirrorNode.open(digest, offset, answer)` is containerd asking its own mirror for a blob from `offset` on. As
+in `MirrorBackend.blob`: look the blob up (`Router.lookup`, ordered by `decide.order_holders` with this
+node's open requests per peer), `decide.after_lookup`; on CLAIM announce the claim, wait the settle, look
+again and `decide.after_claim`; on `Follow` ask the holders staggered by the hedge delay, the next when one
+fails; on `Miss` answer None (404) after claiming when told to. A complete holder answers after a round
+trip; an in-progress holder once its download has bytes on disk, and fails after `inflight_wait` without.
+`transfer(...)` then moves the bytes from the holder that answered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from benchmark.sim.network import PeerTransfer
+from benchmark.sim.world import World
+from spegel.mirror import decide
+from spegel.mirror.backend import CLAIMANTS_SEEN, MirrorOptions
+from spegel.routing.base import Holder
+
+DEFAULTS = MirrorOptions()
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    claims: bool  # --advertise inflight: downloads are claimed and shared while in progress
+    resolve_retries: int = DEFAULTS.resolve_retries
+    settle: float = DEFAULTS.miss_settle
+    inflight_wait: float = DEFAULTS.inflight_wait
+    claimants_seen: int = CLAIMANTS_SEEN
+
+
+@dataclass(frozen=True)
+class PeerAnswer:
+    """A holder answered: `ranged` (206, complete) or a 200 stream of a download in progress."""
+
+    holder: int
+    ranged: bool
+
+
+class MirrorNode:
+    def __init__(self, world: World, node: int, name: str, config: MirrorConfig, address_of: dict[str, int]) -> None:
+        self.world, self.node, self.name, self.config = world, node, name, config
+        self.address_of = address_of
+        self.load: dict[str, int] = {}
+        self.latency = decide.LatencyTracker()
+        self.claimed: dict[str, float] = {}
+        self._rotation = itertools.count()
+
+    # --- a request ---
+
+    def open(self, digest: str, answer: Callable[[PeerAnswer | None], None]) -> None:
+        self.world.sim.after(self.world.timing.lookup, lambda: self._looked(digest, answer))
+
+    def _looked(self, digest: str, answer: Callable[[PeerAnswer | None], None]) -> None:
+        holders = self._lookup(digest, self.config.resolve_retries)
+        hedge = self.latency.hedge_delay()
+        decision = decide.after_lookup(holders, head=False, claims=self.config.claims, hedge_delay=hedge)
+        if isinstance(decision, decide.Claim):
+            since = self._claim(digest)
+            settle = self.config.settle
+
+            def settled() -> None:
+                found = self._lookup(digest, self.config.claimants_seen)
+                mine = (since, self.name)
+                self._act(decide.after_claim(found, mine, retries=self.config.resolve_retries), digest, answer)
+
+            self.world.sim.after(settle, settled)
+            return
+        self._act(decision, digest, answer)
+
+    def _lookup(self, digest: str, count: int) -> list[Holder]:
+        found = self.world.router.lookup(self.world.sim.now, self.node, digest, count)
+        return decide.order_holders(found, self.load, next(self._rotation))
+
+    def _claim(self, digest: str) -> float:
+        """Announce this node's download of `digest` in progress (once); the claim's time."""
+        if digest not in self.claimed:
+            self.claimed[digest] = self.world.sim.now
+            self.world.router.announce(self.world.sim.now, self.node, digest, complete=False, since=self.world.sim.now)
+        return self.claimed[digest]
+
+    def _act(
+        self, decision: decide.Follow | decide.Miss, digest: str, answer: Callable[[PeerAnswer | None], None]
+    ) -> None:
+        if isinstance(decision, decide.Follow):
+            _Attempts(self, decision, digest, answer).next()
+            return
+        self.world.counters.requests_miss += 1
+        if decision.claim and self.config.claims:
+            self._claim(digest)
+        self.world.sim.after(self.world.timing.rtt, lambda: answer(None))
+
+    # --- the bytes ---
+
+    def transfer(
+        self, answer: PeerAnswer, digest: str, start: int, end: int, on_done: Callable[[], None]
+    ) -> PeerTransfer:
+        """Bytes `start..end-1` of `digest` from the holder that answered, into this node."""
+        world, holder = self.world, answer.holder
+        address = world.router.addresses[holder]
+        source = world.downloads[holder, digest]
+        self.load[address] = self.load.get(address, 0) + 1
+        in_progress = not source.complete
+
+        def done() -> None:
+            self.load[address] -= 1
+            world.counters.bytes_peer += end - start
+            world.counters.requests_peer += 1
+            if in_progress:
+                world.counters.bytes_inflight += end - start
+            on_done()
+
+        return PeerTransfer(
+            world.sim,
+            world.uplinks[holder],
+            world.downlinks[self.node],
+            source,
+            start,
+            end - start,
+            done,
+            world.timing.poll,
+        )
+
+
+class _Attempts:
+    """`first_success` over simulated holders: the next starts when the previous fails or the hedge delay
+    passes; the first answer wins."""
+
+    def __init__(
+        self, mirror: MirrorNode, follow: decide.Follow, digest: str, answer: Callable[[PeerAnswer | None], None]
+    ) -> None:
+        self.mirror, self.follow, self.digest, self.answer = mirror, follow, digest, answer
+        self.started = 0
+        self.running = 0
+        self.finished = False
+        self.opened_at = mirror.world.sim.now
+
+    def next(self) -> None:
+        follow, sim = self.follow, self.mirror.world.sim
+        if self.finished:
+            return
+        if self.started >= len(follow.holders):
+            if self.running == 0:
+                self._fail()
+            return
+        holder = follow.holders[self.started]
+        self.started += 1
+        self.running += 1
+        self._ask(holder)
+        if self.started < len(follow.holders) and math.isfinite(follow.hedge_delay):
+            count = self.started
+            sim.after(follow.hedge_delay, lambda: self.next() if self.started == count else None)
+
+    def _ask(self, holder: Holder) -> None:
+        world = self.mirror.world
+        node = self.mirror.address_of[holder.address]
+        source = world.downloads.get((node, self.digest))
+        rtt = world.timing.rtt
+        if source is not None and source.complete:
+            world.sim.after(rtt, lambda: self._answered(node, True))
+            return
+        wait = self.mirror.config.inflight_wait if source is not None else 1.0  # IngestSource.appear_wait
+        state = {"open": True}
+
+        def bytes_there() -> None:
+            if state["open"]:
+                state["open"] = False
+                world.sim.after(rtt, lambda: self._answered(node, source is not None and source.complete))
+
+        def gave_up() -> None:
+            if state["open"]:
+                state["open"] = False
+                self._failed()
+
+        if source is not None:
+            source.when_bytes(bytes_there)
+        if state["open"]:
+            world.sim.after(wait + rtt, gave_up)
+
+    def _answered(self, node: int, ranged: bool) -> None:
+        self.running -= 1
+        if self.finished:
+            return
+        self.finished = True
+        self.mirror.latency.observe(self.mirror.world.sim.now - self.opened_at)
+        self.answer(PeerAnswer(node, ranged))
+
+    def _failed(self) -> None:
+        self.running -= 1
+        if self.finished:
+            return
+        self.next()
+
+    def _fail(self) -> None:
+        self.finished = True
+        miss = decide.Miss(claim=self.follow.claim_on_failure)
+        self.mirror._act(miss, self.digest, self.answer)

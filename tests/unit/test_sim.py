@@ -1,0 +1,205 @@
+"""The cluster simulator's pure parts (benchmark/sim): event order, fluid sharing, router visibility, and
+whole simulated pulls against the arithmetic they must reproduce."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from benchmark.__main__ import main
+from benchmark.bound import payload_rate
+from benchmark.sim.cluster import ClusterModel, SimCluster
+from benchmark.sim.containerd import Blob
+from benchmark.sim.events import Simulation
+from benchmark.sim.network import NodeLink, PeerTransfer, SharedLink
+from benchmark.sim.routing import DelayModel, Router
+from benchmark.sim.world import Timing
+from spegel.routing.base import KeyState
+
+
+def test_events_run_in_time_order_ties_in_schedule_order_and_cancelled_ones_never() -> None:
+    sim, seen = Simulation(), []
+    sim.at(2.0, lambda: seen.append("late"))
+    sim.at(1.0, lambda: seen.append("first"))
+    sim.at(1.0, lambda: seen.append("second"))
+    sim.at(1.5, lambda: seen.append("cancelled")).cancel()
+    sim.run()
+    assert seen == ["first", "second", "late"]
+    assert sim.now == 2.0
+    with pytest.raises(ValueError):
+        sim.at(1.0, lambda: None)
+
+
+def test_stop_returns_after_the_current_event_and_run_goes_on_later() -> None:
+    sim, seen = Simulation(), []
+    sim.at(1.0, lambda: (seen.append(1), sim.stop()))
+    sim.at(2.0, lambda: seen.append(2))
+    sim.run()
+    assert seen == [1]
+    sim.run()
+    assert seen == [1, 2]
+
+
+def test_upstream_connections_share_the_link_and_all_bytes_arrive() -> None:
+    sim, done = Simulation(), {}
+    link = SharedLink(sim, capacity=100.0)
+    down = NodeLink(1000.0)
+    link.start(100.0, down, lambda: done.setdefault("a", sim.now))
+    link.start(300.0, down, lambda: done.setdefault("b", sim.now))
+    sim.run()
+    # a and b share 100 B/s: a has its 100 bytes at 2 s; b then runs alone: 200 more bytes take 2 s.
+    assert done == {"a": pytest.approx(2.0), "b": pytest.approx(4.0)}
+    assert link.sent == pytest.approx(400.0)
+    assert down.upstream == 0
+
+
+def test_unequal_upstream_shares_still_fill_the_link() -> None:
+    sim, ends = Simulation(), []
+    link = SharedLink(sim, capacity=10.0, spread=0.5, seed=3)
+    down = NodeLink(1000.0)
+    for _ in range(5):
+        link.start(20.0, down, lambda: ends.append(sim.now))
+    sim.run()
+    assert max(ends) == pytest.approx(10.0)  # 100 bytes at 10 B/s whatever the split
+    assert min(ends) < 9.9  # and the connections did not finish in lockstep
+
+
+def test_a_stopped_upstream_transfer_counts_what_it_delivered() -> None:
+    sim = Simulation()
+    link = SharedLink(sim, capacity=10.0)
+    transfer = link.start(100.0, NodeLink(1000.0), lambda: None)
+    sim.run(until=3.0)
+    assert link.stop(transfer) == pytest.approx(30.0)
+    assert link.sent == pytest.approx(30.0)
+
+
+class Growing:
+    """A source that grows at `rate` bytes/s up to `size` (then tells its reader), or is complete."""
+
+    def __init__(self, sim: Simulation, size: float, rate: float = math.inf) -> None:
+        self.sim, self.size, self.speed = sim, size, rate
+        self.readers: set[PeerTransfer] = set()
+        if math.isfinite(rate):
+            sim.at(size / rate, lambda: [r.source_changed() for r in list(self.readers)])
+
+    def prefix(self) -> float:
+        return min(self.size, self.speed * self.sim.now)
+
+    def rate(self) -> float:
+        return self.speed if self.prefix() < self.size else 0.0
+
+    def watch(self, transfer: PeerTransfer) -> None:
+        self.readers.add(transfer)
+
+    def unwatch(self, transfer: PeerTransfer) -> None:
+        self.readers.discard(transfer)
+
+
+def test_peer_transfers_split_the_sender_uplink_equally() -> None:
+    sim, ends = Simulation(), {}
+    up = NodeLink(100.0)
+    for name in "ab":
+        PeerTransfer(
+            sim, up, NodeLink(100.0), Growing(sim, 100.0), 0, 100.0, lambda n=name: ends.setdefault(n, sim.now), 0.01
+        )
+    sim.run()
+    assert ends == {"a": pytest.approx(2.0), "b": pytest.approx(2.0)}
+
+
+def test_a_follower_never_passes_its_source_and_ends_one_poll_after_it() -> None:
+    """The source grows 10 bytes/s; the link could carry 1000 bytes/s. A reader of bytes 20.. of it follows."""
+    sim = Simulation()
+    ended, seen = [], []
+    source = Growing(sim, 100.0, rate=10.0)
+    transfer = PeerTransfer(
+        sim, NodeLink(1000.0), NodeLink(1000.0), source, 20, 80.0, lambda: ended.append(sim.now), 0.01
+    )
+    for t in range(1, 100):
+        sim.at(t / 10, lambda: seen.append(transfer.delivered() - max(0.0, source.prefix() - 20)))
+    sim.run()
+    assert max(seen) <= 1e-6
+    assert ended[0] == pytest.approx(10.01, abs=1e-3)
+
+
+def test_delay_model_interpolates_between_measured_sizes_and_keeps_the_largest_beyond() -> None:
+    measured = {10: (0.01, 0.02), 100: (0.1, 0.2)}
+    assert DelayModel.for_nodes(5, measured) == DelayModel(0.01, 0.02)
+    assert DelayModel.for_nodes(1000, measured) == DelayModel(0.1, 0.2)
+    middle = DelayModel.for_nodes(31, measured)  # about half way in log(nodes)
+    assert 0.03 < middle.median < 0.035
+    table = DelayModel(0.01, 0.03).table()
+    assert table[len(table) // 2] == pytest.approx(0.01, rel=0.01)
+    assert table[int(0.95 * len(table))] == pytest.approx(0.03, rel=0.05)
+    assert list(table) == sorted(table)
+
+
+def test_an_announcement_becomes_visible_to_each_node_after_its_own_delay_and_to_all_after_the_cut() -> None:
+    names = [f"{i:02d}" for i in range(50)]
+    router = Router(names, [f"n{i}:1" for i in range(50)], DelayModel(0.01, 0.03), seed=1)
+    router.announce(0.0, 7, "k", complete=False, since=0.0)
+    seen_early = [bool(router.lookup(0.01, o, "k", 3)) for o in range(50) if o != 7]
+    assert 0 < sum(seen_early) < 49  # some nodes see it before the median delay, some do not
+    others = [o for o in range(50) if o != 7]
+    assert all(router.lookup(0.0, o, "k", 3) == [] for o in others)  # (lookups come in time order, as in a run)
+    assert all([h.peer for h in router.lookup(router.cut + 0.001, o, "k", 3)] == ["07"] for o in others)
+    assert router.lookup(1.0, 7, "k", 3) == []  # never itself
+
+
+def test_lookup_ranks_complete_holders_first_then_by_name() -> None:
+    names = ["d", "c", "b", "a"]
+    router = Router(names, [f"n{i}:1" for i in range(4)], DelayModel(0.0, 0.0))
+    router.announce(0.0, 0, "k", complete=False, since=0.0)
+    router.announce(0.0, 1, "k", complete=False, since=0.0)
+    router.announce(0.0, 2, "k", complete=False, since=0.0)
+    router.announce(1.0, 1, "k", complete=True)
+    holders = router.lookup(2.0, 3, "k", 3)
+    assert [(h.peer, h.state) for h in holders] == [
+        ("c", KeyState.COMPLETE),
+        ("b", KeyState.IN_PROGRESS),
+        ("d", KeyState.IN_PROGRESS),
+    ]
+
+
+def simulate(mode: str, nodes: int, layer: int = 40_000_000, jitter: float = 0.0) -> tuple[list[float], float]:
+    """(per-node pull times, upstream payload bytes) of one create phase."""
+    model = ClusterModel(nodes, 50e6, 400e6, 4 << 20, 3, timing=Timing(unpack_rate=math.inf, start_spread=0.0))
+    cluster = SimCluster(model, mode, seed=2)
+    blobs = [Blob("sha256:config", 600, layer=False), Blob("sha256:layer", layer, layer=True)]
+    result = cluster.run_phase(blobs, [list(range(nodes))], {n: jitter * n for n in range(nodes)})
+    return [p["duration"] for p in result.pulls], result.traffic["upstream_log_bytes"]
+
+
+def test_one_node_from_upstream_takes_s_over_u() -> None:
+    times, upstream = simulate("upstream", 1)
+    assert max(times) == pytest.approx(40_000_600 / payload_rate(50e6) + Timing().metadata, rel=0.01)
+    assert upstream == 40_000_600
+
+
+def test_nodes_without_a_mirror_take_n_s_over_u() -> None:
+    times, upstream = simulate("upstream", 6)
+    assert max(times) == pytest.approx(6 * 40_000_600 / payload_rate(50e6), rel=0.02)
+    assert upstream == 6 * 40_000_600
+
+
+def test_in_flight_sharing_sends_the_layer_upstream_once_and_ends_near_s_over_u() -> None:
+    times, upstream = simulate("inflight", 6, jitter=0.05)  # claims 50 ms apart: every node sees the earlier ones
+    assert upstream == pytest.approx(40_000_600, rel=0.001)
+    assert max(times) < 1.25 * 40_000_000 / payload_rate(50e6)
+
+
+def test_a_sim_scenario_runs_through_the_benchmark_command_and_writes_the_report(tmp_path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "t"\nmodes = ["upstream", "proxy", "layer", "inflight"]\nphases = ["create", "update"]\n'
+        '[cluster]\nbackend = "sim"\nnodes = 100\nupstream_bandwidth = "100Mbit"\nnode_bandwidth = "1Gbit"\n'
+        '[[images]]\nname = "8MiB"\nsize = "8MiB"\nlayers = 2\n'
+    )
+    assert main(["run", str(scenario), "--out", str(tmp_path / "out")]) == 0
+    pulls = pd.read_csv(tmp_path / "out" / "data" / "pulls.csv")
+    assert len(pulls) == 3 * 2 * 100 and pulls["ok"].all()
+    failures = pd.read_csv(tmp_path / "out" / "data" / "failures.csv")
+    assert list(failures["mode"]) == ["proxy"]
+    sent = pd.read_csv(tmp_path / "out" / "data" / "traffic.csv").set_index(["mode", "phase"])["upstream_log_bytes"]
+    assert sent["upstream", "create"] == pytest.approx(100 * (8 << 20), rel=0.001)
+    assert sent["inflight", "create"] < 10 * (8 << 20)
+    assert "## Pull times" in (tmp_path / "out" / "README.md").read_text()
