@@ -22,8 +22,9 @@ from spegel.mirror.peers import PeerClient, Timeouts
 from spegel.preflight import Severity, run_preflight
 from spegel.registry.app import create_app
 from spegel.registry.backend import Backend, LocalBackend
+from spegel.registry.http11 import ASGIApp, Limits
 from spegel.registry.routes import handler_name
-from spegel.registry.server import create_metrics_app, serve_app
+from spegel.registry.server import METRICS_LIMITS, create_metrics_app, serve_app
 from spegel.routing.base import KeyState, Router
 from spegel.routing.config import RouterConfigError, RouterOptions, open_router
 from spegel.routing.filtered import TagFilteringRouter, is_tag_key
@@ -68,6 +69,7 @@ class RegistrySettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     containerd: ContainerdOptions = field(default_factory=ContainerdOptions)
     debug_web: bool = True  # the debug page at /debug/web/ on the metrics address
+    http: Limits = field(default_factory=Limits)  # the registry port's connections
 
 
 def open_store(settings: RegistrySettings) -> ContentStore:
@@ -112,10 +114,10 @@ def find_exception(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E
     return None
 
 
-async def listen(nursery: trio.Nursery, app: object, address: str) -> list[str]:
+async def listen(nursery: trio.Nursery, app: ASGIApp, address: str, limits: Limits) -> list[str]:
     """Start serving `app` on `address` in `nursery`; a failure to bind raises `ConfigurationError`."""
     try:
-        addresses: list[str] = await nursery.start(serve_app, app, address)
+        addresses: list[str] = await nursery.start(serve_app, app, address, limits)
         return addresses
     except (OSError, BaseExceptionGroup) as exc:
         error = find_exception(exc, OSError)
@@ -149,8 +151,9 @@ async def serve_registry(settings: RegistrySettings, store: ContentStore) -> Non
                     nursery.start_soon(check_containerd, store, settings.containerd)
                 if watcher is not None:
                     nursery.start_soon(watcher.run)
-                bound = await listen(nursery, registry_app, settings.registry_addr)
-                metrics_bound = await listen(nursery, create_metrics_app(metrics), settings.metrics_addr)
+                bound = await listen(nursery, registry_app, settings.registry_addr, settings.http)
+                metrics_app = create_metrics_app(metrics, backend.ready)
+                metrics_bound = await listen(nursery, metrics_app, settings.metrics_addr, METRICS_LIMITS)
                 log.info(
                     "serving",
                     extra={"registry": bound, "metrics": metrics_bound, "store": settings.store, "peer": peer_name},

@@ -21,6 +21,7 @@ from spegel.flags import FlagParser, address, duration, log_level, positive_int,
 from spegel.mirror.backend import MirrorOptions
 from spegel.mirror.peers import Timeouts
 from spegel.mirror.policy import RegistryFilters
+from spegel.registry.http11 import Limits, connection_bound
 from spegel.routing.config import RouterOptions
 from spegel.store.containerd.store import DEFAULT_CONTENT_PATH, DEFAULT_NAMESPACE, DEFAULT_SOCKET
 from spegel.store.containerd.watcher import DEFAULT_RELIST_INTERVAL, Mode
@@ -29,6 +30,30 @@ if TYPE_CHECKING:
     from spegel.app import RegistrySettings
 
 log = logging.getLogger("spegel")
+
+
+def add_http_flags(parser: FlagParser) -> None:
+    group = parser.add_argument_group("HTTP connections (registry port)")
+    parser.flag(
+        "--http-keep-alive-timeout",
+        group=group,
+        type=duration,
+        default=30.0,
+        help="an idle connection, or one that has not sent a whole request head, is closed after it (default: 30s)",
+    )
+    parser.flag(
+        "--http-send-timeout",
+        group=group,
+        type=duration,
+        default=30.0,
+        help="a client that reads nothing of a response for this long is dropped (default: 30s)",
+    )
+    parser.flag(
+        "--http-max-connections",
+        group=group,
+        type=positive_int,
+        help="most open connections (default: from the file-descriptor limit, at most 1024)",
+    )
 
 
 def add_mirror_flags(parser: FlagParser) -> None:
@@ -281,6 +306,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> FlagParser:
         default=True,
         help="serve the debug page /debug/web/ on the metrics address (default: true)",
     )
+    add_http_flags(registry)
     add_mirror_flags(registry)
     add_containerd_flags(registry)
     add_router_flags(registry)
@@ -369,6 +395,11 @@ def registry_settings(args: argparse.Namespace) -> RegistrySettings:
         registry_addr=args.registry_addr,
         metrics_addr=args.metrics_addr,
         debug_web=args.debug_web_enabled,
+        http=Limits(
+            keep_alive_timeout=args.http_keep_alive_timeout,
+            send_timeout=args.http_send_timeout,
+            max_connections=args.http_max_connections or connection_bound(),
+        ),
         default_registry=args.default_registry,
         mirrored_registries=mirrored,
         router=None if args.router == "none" else router_options(args),

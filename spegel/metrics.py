@@ -87,6 +87,8 @@ def instrument(app: ASGIApp, metrics: Metrics, handler_of: Callable[[str], str])
                 status = message["status"]
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":
+                sent += message["count"]
             await send(message)
 
         inflight = metrics.http_requests_inflight.labels(handler)

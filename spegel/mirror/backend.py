@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sized
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -26,9 +26,11 @@ from spegel.oci.digest import Digest
 from spegel.registry.backend import BlobRequest, ManifestContent, ManifestRequest, read_manifest
 from spegel.routing.base import Holder, Router
 from spegel.store.base import BlobReader, ContentStore, NotFound
+from spegel.store.files import FileRegions
 
 log = logging.getLogger("spegel.mirror")
 
+P = TypeVar("P", bound=Sized)
 CLAIMANTS_SEEN = 256  # holders a claimant looks at to find whom to follow (see _claim)
 
 
@@ -181,18 +183,23 @@ async def _close_response(response: PeerResponse) -> None:
 
 
 class _Counted:
-    """A BlobReader that counts the bytes it yields per source."""
+    """A BlobReader that counts the bytes it yields per source (also as file regions, when its reader has them)."""
 
     def __init__(self, reader: BlobReader, metrics: Metrics, source: str) -> None:
         self._reader = reader
         self._bytes = metrics.mirror_bytes.labels(source)
         self.size = reader.size
         self.ranged = reader.ranged
+        if isinstance(reader, FileRegions):
+            self.regions = lambda start, end: self._count(reader.regions(start, end))
 
-    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
-        async for chunk in self._reader.chunks(start, end):
-            self._bytes.inc(len(chunk))
-            yield chunk
+    def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        return self._count(self._reader.chunks(start, end))
+
+    async def _count(self, pieces: AsyncIterator[P]) -> AsyncIterator[P]:
+        async for piece in pieces:
+            self._bytes.inc(len(piece))
+            yield piece
 
     async def aclose(self) -> None:
         await self._reader.aclose()

@@ -18,6 +18,8 @@ class ErrorCode(Enum):
     TAG_INVALID = (400, "invalid tag")
     RANGE_INVALID = (416, "requested range not satisfiable")
     UNSUPPORTED = (405, "the operation is unsupported")
+    UNKNOWN = (500, "unknown error")  # as CNCF distribution answers a server-side failure
+    UNAVAILABLE = (503, "service unavailable")
 
     @property
     def status(self) -> int:

@@ -15,6 +15,7 @@ Contract, per request:
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -28,8 +29,10 @@ from spegel import httprange
 from spegel.oci.errors import ErrorCode, error_body
 from spegel.oci.reference import InvalidReference, Reference, validate_registry
 from spegel.registry.backend import MIRRORED_HEADER, Backend, BlobRequest, ManifestRequest
+from spegel.registry.http11 import ZERO_COPY
 from spegel.registry.routes import BaseRoute, BlobRoute, ManifestRoute, RouteError, parse_route
 from spegel.store.base import BlobReader, NotFound
+from spegel.store.files import FileRegion, FileRegions
 
 log = logging.getLogger("spegel.registry")
 
@@ -59,17 +62,7 @@ def create_app(backend: Backend, default_registry: str, ready: Callable[[], bool
     app.config["BODY_TIMEOUT"] = 10
     app.url_map.strict_slashes = False
     app.url_map.merge_slashes = False
-    is_ready = ready or backend.ready
-
-    @app.route("/livez")
-    async def livez() -> Response:
-        return Response("ok\n", content_type="text/plain")
-
-    @app.route("/readyz")
-    async def readyz() -> Response:
-        if is_ready():
-            return Response("ok\n", content_type="text/plain")
-        return Response("not ready\n", status=503, content_type="text/plain")
+    add_health(app, ready or backend.ready)
 
     @app.route("/v2", methods=_ALL_METHODS)
     @app.route("/v2/<path:rest>", methods=_ALL_METHODS)
@@ -88,9 +81,13 @@ def create_app(backend: Backend, default_registry: str, ready: Callable[[], bool
         mirrored = request.headers.get(MIRRORED_HEADER, "").lower() == "true"
         if isinstance(route, BaseRoute):
             return with_api_version(Response("{}", content_type="application/json"))
-        if isinstance(route, ManifestRoute):
-            return await serve_manifest(backend, registry, route, mirrored)
-        return await serve_blob(backend, registry, route, mirrored)
+        try:
+            if isinstance(route, ManifestRoute):
+                return await serve_manifest(backend, registry, route, mirrored)
+            return await serve_blob(backend, registry, route, mirrored)
+        except OSError as exc:
+            log.warning("store failed", extra={"path": request.path, "error": str(exc)})
+            return oci_error(*storage_error(exc))
 
     @app.after_request
     async def head_has_no_body(response: Response) -> Response:
@@ -112,7 +109,44 @@ def create_app(backend: Backend, default_registry: str, ready: Callable[[], bool
     async def not_allowed(_: Exception) -> Response:
         return oci_error(ErrorCode.UNSUPPORTED, "method not allowed")
 
+    @app.errorhandler(Exception)
+    async def failed(exc: Exception) -> Response:
+        log.warning("request failed", extra={"path": request.path, "error": f"{type(exc).__name__}: {exc}"})
+        return oci_error(ErrorCode.UNKNOWN, "the request failed")
+
     return app
+
+
+def add_health(app: QuartTrio, ready: Callable[[], bool]) -> None:
+    """`/livez` (200 while the process serves) and `/readyz` (200 when `ready()`, else 503)."""
+
+    @app.route("/livez")
+    async def livez() -> Response:
+        return Response("ok\n", content_type="text/plain")
+
+    @app.route("/readyz")
+    async def readyz() -> Response:
+        if ready():
+            return Response("ok\n", content_type="text/plain")
+        return Response("not ready\n", status=503, content_type="text/plain")
+
+
+_STORAGE_ERRNO_STATUS = {
+    errno.ENOSPC: 507,  # Insufficient Storage
+    errno.EDQUOT: 507,
+    errno.EMFILE: 503,  # out of file descriptors or memory: try again later
+    errno.ENFILE: 503,
+    errno.ENOMEM: 503,
+    errno.EAGAIN: 503,
+}
+
+
+def storage_error(exc: OSError) -> tuple[ErrorCode, str, int]:
+    """The OCI error code, detail and status to answer a store's OSError with: 507 when the disk is full,
+    503 when the process is out of descriptors or memory, 500 otherwise (EIO and the rest)."""
+    status = _STORAGE_ERRNO_STATUS.get(exc.errno or 0, 500)
+    code = ErrorCode.UNAVAILABLE if status == 503 else ErrorCode.UNKNOWN
+    return code, f"store: {exc.strerror or exc}", status
 
 
 def with_api_version(response: Response) -> Response:
@@ -153,10 +187,12 @@ async def serve_blob(backend: Backend, registry: str, route: BlobRoute, mirrored
             return response
         response = Response(_empty(), status=decision.status, content_type=OCTET_STREAM, headers=headers)
         return with_api_version(response)
-    start = decision.start
+    start, end = decision.start, decision.start + decision.length - 1
     open_blobs = _open_blobs(request.scope)
     open_blobs.append(blob)
-    body = _stream(blob, start, start + decision.length - 1, route, open_blobs)
+    zero_copy = ZERO_COPY in request.scope.get("extensions", {})  # type: ignore[operator]
+    pieces = blob.regions(start, end) if zero_copy and blob.ranged and isinstance(blob, FileRegions) else None
+    body = _stream(blob, pieces or blob.chunks(start, end), route, open_blobs)
     response = Response(body, status=decision.status, content_type=OCTET_STREAM, headers=headers)
     response.timeout = None
     return with_api_version(response)
@@ -173,17 +209,20 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 async def _stream(
-    blob: BlobReader, start: int, end: int, route: BlobRoute, open_blobs: list[BlobReader]
-) -> AsyncIterator[bytes]:
-    """The body of a blob response; it closes the blob and takes it off `open_blobs` when it ends. A read
+    blob: BlobReader,
+    pieces: AsyncIterator[bytes] | AsyncIterator[FileRegion],
+    route: BlobRoute,
+    open_blobs: list[BlobReader],
+) -> AsyncIterator[bytes | FileRegion]:
+    """The body of a blob response: `pieces` of `blob`, bytes or file regions (sent with the server's zero-copy
+    extension, see `_HTTPConnection`). It closes the blob and takes it off `open_blobs` when it ends. A read
     error after the headers went out can only cut the body short (the client sees a truncated transfer and
-    resumes with a Range request): it is logged in one line."""
+    resumes with a Range request): the server drops the connection and logs it in one line."""
     try:
-        async for chunk in blob.chunks(start, end):
-            yield chunk
+        async for piece in pieces:
+            yield piece
     except (NotFound, OSError) as exc:
-        log.warning("blob body cut short", extra={"digest": str(route.digest), "error": str(exc)})
-        raise BodyCutShort(str(exc)) from None
+        raise BodyCutShort(f"{route.digest}: {exc}") from None
     finally:
         if blob in open_blobs:  # else the connection's clean-up closed it already
             open_blobs.remove(blob)
@@ -191,12 +230,23 @@ async def _stream(
 
 
 class _HTTPConnection(TrioASGIHTTPConnection):
-    """quart-trio's HTTP connection that also closes, when the request ends, every blob it left open.
+    """quart-trio's HTTP connection that sends body pieces that are `FileRegion`s as the ASGI zero-copy send
+    extension's messages, and that closes, when the request ends, every blob it left open.
 
     When a client goes away, quart-trio cancels the response task. If that happens before the body began
     (e.g. while the headers are sent), the body generator never runs, so its `finally` never closes the
     blob: without this, each such request would leak a file descriptor (or a peer's connection).
     """
+
+    async def _send_response(self, send: Any, response: Any) -> None:
+        async def send_regions(message: dict[str, Any]) -> None:
+            region = message.get("body")
+            if isinstance(region, FileRegion):
+                message = {"type": ZERO_COPY, "file": region.fd, "offset": region.offset, "count": region.count}
+                message["more_body"] = True
+            await send(message)
+
+        await super()._send_response(send_regions, response)
 
     async def __call__(self, receive: Any, send: Any) -> None:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -12,6 +14,8 @@ import trio
 # a cancelled stream stops within one piece.
 READ_SIZE = 1 << 20
 MAX_CONCURRENT_READS = 2
+# 4 MiB: a server that sends regions with sendfile counts (and is cancelled) region by region.
+REGION_SIZE = 4 << 20
 _read_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("spegel_blob_reads")
 
 
@@ -30,6 +34,28 @@ async def read_at(fd: int, size: int, offset: int) -> bytes:
         limiter = trio.CapacityLimiter(MAX_CONCURRENT_READS)
         _read_limiter.set(limiter)
     return await trio.to_thread.run_sync(os.pread, fd, size, offset, limiter=limiter)
+
+
+@dataclass(frozen=True)
+class FileRegion:
+    """`count` bytes of the open file `fd` from `offset`: a piece of a blob that a server can send with
+    `os.sendfile` without reading it. `len()` is the byte count."""
+
+    fd: int
+    offset: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@runtime_checkable
+class FileRegions(Protocol):
+    """A `BlobReader` whose bytes lie in one file: `regions(start, end)` gives bytes `start..end` (inclusive)
+    as `FileRegion`s, in order. Only a complete blob (`ranged`) may be sent that way: the file of content
+    still arriving does not hold all its bytes yet."""
+
+    def regions(self, start: int, end: int) -> AsyncIterator[FileRegion]: ...
 
 
 class FileBlobReader:
@@ -63,6 +89,12 @@ class FileBlobReader:
                 raise OSError(f"blob file ended at {offset} of {self.size} bytes")
             offset += len(data)
             yield data
+
+    async def regions(self, start: int, end: int) -> AsyncIterator[FileRegion]:
+        """Bytes `start..end` (inclusive) as `FileRegion`s of at most `REGION_SIZE`, valid until `aclose()`; a
+        sender must still check that the file holds them (it may have been truncated underneath us)."""
+        for offset in range(start, end + 1, REGION_SIZE):
+            yield FileRegion(self._fd, offset, min(REGION_SIZE, end + 1 - offset))
 
     def fileno(self) -> int:
         return self._fd

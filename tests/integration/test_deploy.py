@@ -256,14 +256,15 @@ def test_k3s_overlay_changes_only_the_host_side_of_the_mounts() -> None:
     assert paths["containerd-content"].startswith("/var/lib/rancher/k3s/agent/containerd/")
 
 
-def test_probes_hit_livez_and_readyz_on_the_registry_port() -> None:
+def test_probes_hit_livez_and_readyz_on_the_metrics_port() -> None:
+    """Probes must not queue behind traffic: the registry port may be at its connection bound."""
     registry = containers(one(render("base"), "DaemonSet", "spegel"))["registry"]
     argv = container_argv(registry)
     assert flag(argv, "--registry-addr") == f":{port_number(registry, 'registry')}"
     assert flag(argv, "--router-addr") == f":{port_number(registry, 'router')}"
     assert flag(argv, "--metrics-addr") == f":{port_number(registry, 'metrics')}"
     probes = {name: registry[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert {p["port"] for p in probes.values()} == {"registry"}
+    assert {p["port"] for p in probes.values()} == {"metrics"}
     assert probes["livenessProbe"]["path"] == "/livez"
     assert probes["readinessProbe"]["path"] == "/readyz"
 

@@ -6,7 +6,8 @@ import pytest
 
 from spegel.oci.errors import ErrorCode, error_body
 
-# The distribution spec's codes this pull-only registry answers with, and their statuses.
+# The distribution spec's codes this pull-only registry answers with, and their statuses (UNKNOWN and
+# UNAVAILABLE are CNCF distribution's codes for server-side failures; the spec defines none).
 EXPECTED_STATUS = {
     "BLOB_UNKNOWN": 404,
     "MANIFEST_UNKNOWN": 404,
@@ -16,6 +17,8 @@ EXPECTED_STATUS = {
     "TAG_INVALID": 400,
     "RANGE_INVALID": 416,
     "UNSUPPORTED": 405,
+    "UNKNOWN": 500,
+    "UNAVAILABLE": 503,
 }
 
 
