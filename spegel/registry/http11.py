@@ -36,6 +36,7 @@ import h11
 import trio
 
 from spegel.oci.errors import ErrorCode, error_body
+from spegel.store.files import FileRegion
 
 log = logging.getLogger("spegel.http")
 
@@ -74,18 +75,6 @@ class Limits:
 
 class ClientGone(OSError):
     """Raised by `send` when the client closed the connection or read nothing for `send_timeout`."""
-
-
-@dataclass(frozen=True)
-class _FileRegion:
-    """`count` bytes of file `fd` from `offset`: the data h11 frames for us and we send with sendfile."""
-
-    fd: int
-    offset: int
-    count: int
-
-    def __len__(self) -> int:
-        return self.count
 
 
 async def serve(
@@ -256,8 +245,8 @@ class _Connection:
         offset = os.lseek(fd, 0, os.SEEK_CUR) if offset is None else offset
         count = message.get("count")
         count = os.fstat(fd).st_size - offset if count is None else count
-        for part in self.h11.send_with_data_passthrough(h11.Data(data=_FileRegion(fd, offset, count))) or ():
-            if isinstance(part, _FileRegion):
+        for part in self.h11.send_with_data_passthrough(h11.Data(data=FileRegion(fd, offset, count))) or ():
+            if isinstance(part, FileRegion):
                 await self._sendfile(part)
             else:
                 await self._write(part)
@@ -273,7 +262,7 @@ class _Connection:
             return
         raise ClientGone(f"the client read nothing for {self.limits.send_timeout} s")
 
-    async def _sendfile(self, region: _FileRegion) -> None:
+    async def _sendfile(self, region: FileRegion) -> None:
         sock = self.stream.socket
         offset, left = region.offset, region.count
         while left:
