@@ -190,7 +190,7 @@ async def serve_blob(backend: Backend, registry: str, route: BlobRoute, mirrored
     start, end = decision.start, decision.start + decision.length - 1
     open_blobs = _open_blobs(request.scope)
     open_blobs.append(blob)
-    zero_copy = ZERO_COPY in request.scope.get("extensions", {})  # type: ignore[operator]
+    zero_copy = ZERO_COPY in request.scope.get("extensions", {})
     pieces = blob.regions(start, end) if zero_copy and blob.ranged and isinstance(blob, FileRegions) else None
     body = _stream(blob, pieces or blob.chunks(start, end), route, open_blobs)
     response = Response(body, status=decision.status, content_type=OCTET_STREAM, headers=headers)
@@ -239,7 +239,7 @@ class _HTTPConnection(TrioASGIHTTPConnection):
     """
 
     async def _send_response(self, send: Any, response: Any) -> None:
-        async def send_regions(message: dict[str, Any]) -> None:
+        async def send_regions(message: Any) -> None:
             region = message.get("body")
             if isinstance(region, FileRegion):
                 message = {"type": ZERO_COPY, "file": region.fd, "offset": region.offset, "count": region.count}

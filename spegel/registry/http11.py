@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import h11
@@ -152,7 +152,7 @@ class _Connection:
     async def _next_event(self) -> h11.Event | type[h11.PAUSED]:
         while (event := self.h11.next_event()) is h11.NEED_DATA:
             self.h11.receive_data(await self.stream.receive_some(_READ_SIZE))
-        return event
+        return cast(h11.Event | type[h11.PAUSED], event)
 
     async def _refuse(self, status: int, detail: str) -> None:
         """Answer a request h11 could not parse, if a response can still be sent, and close."""
@@ -245,7 +245,9 @@ class _Connection:
         offset = os.lseek(fd, 0, os.SEEK_CUR) if offset is None else offset
         count = message.get("count")
         count = os.fstat(fd).st_size - offset if count is None else count
-        for part in self.h11.send_with_data_passthrough(h11.Data(data=FileRegion(fd, offset, count))) or ():
+        # h11 frames the region by its len() and hands it back unchanged, for us to send (h11 docs, "sendfile")
+        region = cast(bytes, FileRegion(fd, offset, count))
+        for part in self.h11.send_with_data_passthrough(h11.Data(data=region)) or ():
             if isinstance(part, FileRegion):
                 await self._sendfile(part)
             else:
