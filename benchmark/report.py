@@ -1,15 +1,18 @@
-"""The report of a run: Markdown with tables and matplotlib PNGs, rebuilt from `DIR/data/*.csv` + `meta.json`.
+"""The report of a run: Markdown with tables and matplotlib PNGs, rebuilt from `DIR/data/*.csv` + `meta.json`,
+and the interactive page `DIR/report.html` (`report_html`).
 
-`build(DIR)` reads the kept data and (re)writes `DIR/README.md` and `DIR/*.png`:
+`build(DIR)` reads the kept data and (re)writes `DIR/README.md`, `DIR/report.html` and `DIR/*.png`:
 - `pull_times.png`: pull time of every node per mode and phase (strip plot), beside the bounds;
 - `cdf.png`: CDF of per-node pull times per mode, per phase;
-- `timeline.png`: one run per mode of `create`: each node's layers from download start to commit;
-- `advertisement.png`: how long after a layer's commit (and ingest start) other nodes could get it;
+- `timeline.png`: `create` of the largest image, the slowest run per mode: each node's layers from download
+  start to commit, beside the lower bound;
+- `advertisement.png`: how long after a layer's commit (and ingest start) other nodes could get it (symlog);
 - `upstream_bytes.png`: bytes sent by the upstream per phase, in image sizes, beside 1 and N.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -20,8 +23,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.patches import Patch
 
-from benchmark import tables
+from benchmark import report_html, tables
 from benchmark.runner import TABLES
 from benchmark.units import format_rate, format_size
 
@@ -33,7 +37,9 @@ COLORS = {
     "layer": "#2ca02c",
     "inflight": "#d62728",
 }
-DPI = 80
+DPI = 130
+HTML_PAGE = "report.html"
+LEGEND = {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}  # outside
 
 
 class ReportError(RuntimeError):
@@ -69,7 +75,7 @@ def build(directory: Path) -> Path:
     if not pulls[pulls["phase"].isin(["create", "update"])].empty:
         figures += [_pull_times(directory, pulls, meta), _cdf(directory, pulls, meta)]
     if not frames["events"].empty:
-        figure = _timeline(directory, frames["events"], pulls)
+        figure = _timeline(directory, frames["events"], pulls, meta)
         if figure:
             figures.append(figure)
     if not latency.empty:
@@ -78,7 +84,30 @@ def build(directory: Path) -> Path:
         figures.append(_upstream(directory, traffic, meta))
     readme = directory / "README.md"
     readme.write_text(_markdown(meta, frames, latency, figures))
+    _page(directory, meta, frames, latency)
     return readme
+
+
+def _page(directory: Path, meta: dict[str, Any], frames: dict[str, pd.DataFrame], latency: pd.DataFrame) -> Path:
+    """The interactive page: the goals and the side-by-side table above the charts of `report_html`."""
+    scenario = meta["scenario"]
+    parts = [
+        f'<p class="summary">{html.escape(scenario.get("description", ""))}. Tables and details: '
+        f'<a href="README.md">README.md</a>; commit <code>{html.escape(str(meta.get("commit", "?")))}</code>.</p>'
+    ]
+    found = goals(meta, frames, latency)
+    if found:
+        frame = pd.DataFrame(found, columns=["goal", "measured", "verdict"]).replace("**not met**", "not met")
+        parts += ["<h2>Goals</h2>", html_table(frame, {"goal": "goal", "measured": "measured", "verdict": ""})]
+    compared = tables.side_by_side(frames["pulls"], frames["traffic"], frames["usage"], latency, meta)
+    if len(compared.columns) > 2:
+        modes = [c for c in compared.columns if c not in ("shape", "figure")]
+        parts += [
+            "<h2>Peer modes side by side</h2>",
+            html_table(compared, {"shape": "image", "figure": "figure", **{m: m for m in modes}}),
+        ]
+    chart_list = report_html.charts(meta, frames, latency, bound_lines)
+    return report_html.write(directory, f"Benchmark: {scenario['name']}", "\n".join(parts), chart_list, COLORS)
 
 
 # --- plots ---
@@ -96,25 +125,32 @@ def _phases(frame: pd.DataFrame) -> list[str]:
 
 def _save(fig: Any, directory: Path, name: str, caption: str) -> tuple[str, str]:
     fig.tight_layout()
-    fig.savefig(directory / name, dpi=DPI)
+    fig.savefig(directory / name, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return name, caption
 
 
 def _bound_lines(ax: Any, meta: dict[str, Any], image: str, phase: str, vertical: bool = False) -> None:
-    bounds = tables.Bounds.of(meta, image, phase)
-    lines = (
-        [(bounds.lower, "lower bound", "k", "--"), (bounds.no_sharing, "no sharing N·S/U", "k", ":")]
-        if phase == "create"
-        else [(bounds.node_time, "S/B", "k", "--")]
-    )
-    for value, label, color, style in lines:
-        (ax.axvline if vertical else ax.axhline)(value, color=color, linestyle=style, linewidth=1, label=label)
+    for value, label, style in bound_lines(meta, image, phase):
+        (ax.axvline if vertical else ax.axhline)(value, color="k", linestyle=style, linewidth=1, label=label)
+
+
+def bound_lines(meta: dict[str, Any], image: str, phase: str) -> list[tuple[float, str, str]]:
+    """(seconds, label, matplotlib line style) of the bounds a pull time of `phase` is seen against: create:
+    the lower bound and no sharing; update: S/B (batches after the first) and the first batch's cold bound."""
+    if phase == "create":
+        bounds = tables.Bounds.of(meta, image, phase)
+        return [(bounds.lower, "lower bound", "--"), (bounds.no_sharing, "no sharing N·S/U", ":")]
+    first = tables.first_batch_size(meta)
+    return [
+        (tables.Bounds.of(meta, image, "update").node_time, "S/B (batches after the first)", "--"),
+        (tables.Bounds.first_batch(meta, image, first).lower, f"first batch ({first} cold): lower bound", "-."),
+    ]
 
 
 def _pull_times(directory: Path, pulls: pd.DataFrame, meta: dict[str, Any]) -> tuple[str, str]:
     images, phases = list(dict.fromkeys(pulls["image"])), _phases(pulls)
-    fig, axes = plt.subplots(len(images), len(phases), figsize=(5 * len(phases), 3.2 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(len(images), len(phases), figsize=(7 * len(phases), 3.4 * len(images)), squeeze=False)
     for row, image in enumerate(images):
         for col, phase in enumerate(phases):
             ax = axes[row][col]
@@ -140,13 +176,13 @@ def _pull_times(directory: Path, pulls: pd.DataFrame, meta: dict[str, Any]) -> t
             ax.set_ylabel("pull time per node (s)")
             ax.set_ylim(bottom=0)
             ax.set_title(f"{image}: {phase}")
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(**LEGEND)
     return _save(fig, directory, "pull_times.png", "Pull time of every node (dots; bar = median) beside the bounds")
 
 
 def _cdf(directory: Path, pulls: pd.DataFrame, meta: dict[str, Any]) -> tuple[str, str]:
     images, phases = list(dict.fromkeys(pulls["image"])), _phases(pulls)
-    fig, axes = plt.subplots(len(images), len(phases), figsize=(5 * len(phases), 3.2 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(len(images), len(phases), figsize=(7 * len(phases), 3.4 * len(images)), squeeze=False)
     for row, image in enumerate(images):
         for col, phase in enumerate(phases):
             ax = axes[row][col]
@@ -160,79 +196,83 @@ def _cdf(directory: Path, pulls: pd.DataFrame, meta: dict[str, Any]) -> tuple[st
             ax.set_ylabel("fraction of pulls")
             ax.set_xlim(left=0)
             ax.set_title(f"{image}: {phase}")
-            ax.legend(fontsize=7, loc="lower right")
+            ax.legend(**LEGEND)
     return _save(fig, directory, "cdf.png", "Cumulative distribution of per-node pull times")
 
 
-def _timeline(directory: Path, events: pd.DataFrame, pulls: pd.DataFrame) -> tuple[str, str] | None:
-    layer_events = events[(events["phase"] == "create") & (events["layer"] >= 0)]
-    if layer_events.empty:
+def _timeline(
+    directory: Path, events: pd.DataFrame, pulls: pd.DataFrame, meta: dict[str, Any]
+) -> tuple[str, str] | None:
+    image = tables.largest_image(meta, pulls)
+    slowest = tables.slowest_runs(pulls, image)
+    runs, spans = [], {}
+    for mode in [m for m in tables.MODE_ORDER if m in slowest]:
+        for run in slowest[mode]:  # the slowest run whose events were recorded
+            spans[run] = tables.layer_spans(events, pulls, run)
+            if not spans[run].empty:
+                runs.append((mode, run))
+                break
+    if not runs:
         return None
-    first_image = pulls["image"].iloc[0]
-    runs = []
-    for mode in _modes(layer_events):
-        candidates = layer_events[(layer_events["mode"] == mode) & (layer_events["image"] == first_image)]
-        if not candidates.empty:
-            runs.append((mode, candidates["run"].iloc[0]))
-    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 0.6 + 1.6 * len(runs)), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 0.8 + 1.6 * len(runs)), squeeze=False, sharex=True)
+    lower = tables.Bounds.of(meta, image).lower
     for ax, (mode, run) in zip(axes[:, 0], runs, strict=True):
-        data = layer_events[layer_events["run"] == run]
-        start = pulls[(pulls["run"] == run) & (pulls["phase"] == "create")]["phase_start"].min()
-        nodes = sorted(set(data["node"]), key=lambda n: int(n[1:]) if n[1:].isdigit() else 0)
+        data = spans[run]
+        nodes = list(dict.fromkeys(data["node"]))
         layers = sorted(set(data["layer"]))
         height = 0.8 / max(1, len(layers))
-        for y, node in enumerate(nodes):
-            for k, layer in enumerate(layers):
-                rows = data[(data["node"] == node) & (data["layer"] == layer)]
-                ingest = rows[rows["event"] == "ingest"]["time"].min()
-                commit = rows[rows["event"] == "commit"]["time"].min()
-                offset = y - 0.4 + k * height
-                color = plt.cm.viridis(k / max(1, len(layers) - 1))
-                if not math.isnan(commit):
-                    begin = ingest if not math.isnan(ingest) else commit
-                    label = f"layer {layer}" if y == 0 else None
-                    ax.barh(
-                        offset,
-                        commit - begin,
-                        left=begin - start,
-                        height=height * 0.9,
-                        color=color,
-                        align="edge",
-                        label=label,
-                    )
-                    ax.plot(commit - start, offset + height / 2, marker="|", color="k", markersize=6)
+        for span in data.itertuples():
+            k = layers.index(span.layer)
+            offset = nodes.index(span.node) - 0.4 + k * height
+            color = plt.cm.viridis(k / max(1, len(layers) - 1))
+            ax.barh(offset, span.end - span.begin, left=span.begin, height=height * 0.9, color=color, align="edge")
+            ax.plot(span.end, offset + height / 2, marker="|", color="k", markersize=6)
+        bound = ax.axvline(lower, color="k", linestyle="--", linewidth=1, label="lower bound")
         ax.set_yticks(range(len(nodes)), nodes)
-        ax.set_title(f"{mode} ({run})", fontsize=9)
-    axes[0][0].legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{mode} ({run}, the slowest of its repetitions)", fontsize=9)
+        colors = [plt.cm.viridis(k / max(1, len(layers) - 1)) for k in range(len(layers))]
+        handles = [Patch(color=c, label=f"layer {layer}") for c, layer in zip(colors, layers, strict=True)]
+        ax.legend(handles=[*handles, bound], **LEGEND)
     axes[-1][0].set_xlabel("seconds since the phase start (bar: download of a layer, tick: commit)")
-    return _save(fig, directory, "timeline.png", "create: each node's layers, from download start to commit")
+    return _save(
+        fig, directory, "timeline.png", f"create of {image} (the largest image): each node's layers, download to commit"
+    )
+
+
+SYMLOG_MS = report_html.SYMLOG_MS
 
 
 def _advertisement(directory: Path, latency: pd.DataFrame) -> tuple[str, str]:
     modes = _modes(latency)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, column, title in (
         (axes[0], "after_commit", "visible after the puller's commit (ms)"),
         (axes[1], "after_ingest", "visible after the puller's download start (ms)"),
     ):
-        data = [latency[latency["mode"] == m][column].dropna().to_numpy() * 1000 for m in modes]
-        positions = [i for i, d in enumerate(data) if len(d)]
-        if positions:
-            ax.boxplot([data[i] for i in positions], positions=positions, widths=0.5)
+        for x, mode in enumerate(modes):
+            values = latency[latency["mode"] == mode][column].dropna().to_numpy() * 1000
+            jitter = [(hash((x, i)) % 100 - 50) / 250 for i in range(len(values))]
+            ax.scatter([x + j for j in jitter], values, s=12, alpha=0.7, color=COLORS.get(mode, "C0"))
+            if len(values):
+                ax.hlines(float(pd.Series(values).median()), x - 0.3, x + 0.3, color="k", linewidth=1.5)
+        ax.set_yscale("symlog", linthresh=SYMLOG_MS, linscale=0.5)
         ax.set_xticks(range(len(modes)), modes)
         ax.axhline(0, color="k", linewidth=0.8)
         if column == "after_commit":
             ax.axhline(100, color="k", linestyle="--", linewidth=1, label="100 ms goal (layer)")
-            ax.legend(fontsize=7)
-        ax.set_title(title, fontsize=9)
-    return _save(fig, directory, "advertisement.png", "Advertisement latency per mode (all observers, all layers)")
+            ax.legend(**LEGEND)
+        ax.grid(axis="y", linewidth=0.3)
+        ax.set_title(f"{title}; symlog, linear within ±{SYMLOG_MS:g} ms", fontsize=9)
+    return _save(
+        fig, directory, "advertisement.png", "Advertisement latency per mode (dots: observer x layer; bar: median)"
+    )
 
 
 def _upstream(directory: Path, traffic: pd.DataFrame, meta: dict[str, Any]) -> tuple[str, str]:
     table = tables.traffic_table(traffic, meta)
     images, phases = list(dict.fromkeys(table["image"])), [p for p in ("create", "update") if p in set(table["phase"])]
     phases = phases or list(dict.fromkeys(table["phase"]))
-    fig, axes = plt.subplots(len(images), len(phases), figsize=(5 * len(phases), 3.2 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(len(images), len(phases), figsize=(7 * len(phases), 3.4 * len(images)), squeeze=False)
     nodes = meta["scenario"]["cluster"]["nodes"]
     for row, image in enumerate(images):
         for col, phase in enumerate(phases):
@@ -251,7 +291,7 @@ def _upstream(directory: Path, traffic: pd.DataFrame, meta: dict[str, Any]) -> t
             ax.set_xticks(range(len(modes)), modes)
             ax.set_ylabel("upstream bytes / image size")
             ax.set_title(f"{image}: {phase}")
-            ax.legend(fontsize=7)
+            ax.legend(**LEGEND)
     return _save(fig, directory, "upstream_bytes.png", "Bytes sent by the upstream (median, min-max), in image sizes")
 
 
@@ -266,14 +306,27 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _cells(frame: pd.DataFrame, columns: dict[str, str], digits: int) -> list[list[str]]:
+    return [[_fmt(row.get(c, math.nan), digits) for c in columns] for row in frame.to_dict("records")]
+
+
 def markdown_table(frame: pd.DataFrame, columns: dict[str, str], digits: int = 3) -> str:
     """A Markdown table of `frame`'s `columns` (name -> header)."""
     if frame.empty:
         return "_no data_\n"
     lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
-    for row in frame.to_dict("records"):
-        lines.append("| " + " | ".join(_fmt(row.get(c, math.nan), digits) for c in columns) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in _cells(frame, columns, digits)]
     return "\n".join(lines) + "\n"
+
+
+def html_table(frame: pd.DataFrame, columns: dict[str, str], digits: int = 3) -> str:
+    """An HTML table of `frame`'s `columns` (name -> header), every cell escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+        for cells in _cells(frame, columns, digits)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def goals(meta: dict[str, Any], frames: dict[str, pd.DataFrame], latency: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -299,17 +352,27 @@ def goals(meta: dict[str, Any], frames: dict[str, pd.DataFrame], latency: pd.Dat
             results.append(
                 (f"{image}: create, inflight: upstream bytes ≤ 1.5 x S", f"{ratio:.2f} x S", _verdict(ratio <= 1.5))
             )
-        update = pulls[(pulls["image"] == image) & (pulls["phase"] == "update") & (pulls["mode"] == "inflight")]
+        update = tables.update_table(pulls, meta)
+        update = update[(update["image"] == image) & (update["mode"] == "inflight")]
         if not update.empty:
-            node_time = tables.Bounds.of(meta, image, "update").node_time
-            ratio = update["duration"].median() / node_time
+            first = update.iloc[0]
             results.append(
                 (
-                    f"{image}: update, inflight: median pull ≤ 1.5 x S/B ({node_time:.2f} s)",
-                    f"{ratio:.2f} x",
-                    _verdict(ratio <= 1.5),
+                    f"{image}: update, inflight: first batch ({first['first_nodes']} cold) slowest ≤ 1.25 x its "
+                    f"lower bound ({first['first_bound']:.2f} s)",
+                    f"{first['first_vs']:.2f} x",
+                    _verdict(first["first_vs"] <= 1.25),
                 )
             )
+            if first["later_n"]:
+                results.append(
+                    (
+                        f"{image}: update, inflight: median pull after the first batch ≤ 1.5 x S/B "
+                        f"({first['node_bound']:.2f} s)",
+                        f"{first['later_vs']:.2f} x",
+                        _verdict(first["later_vs"] <= 1.5),
+                    )
+                )
     if not latency.empty:
         layer = latency[latency["mode"] == "layer"]["after_commit"].dropna()
         image = latency[latency["mode"] == "image"]["after_commit"].dropna()
@@ -354,6 +417,7 @@ def _markdown(
         f"commit `{meta.get('commit', '?')}`{_took(meta)}. "
         f"Failed pulls: {int((~pulls['ok'].astype(bool)).sum())} of {len(pulls)}.\n"
     )
+    out.append(f"Interactive page (hover for values, toggle modes; opens offline): [{HTML_PAGE}]({HTML_PAGE}).\n")
     failures = frames["failures"]
     if not failures.empty:
         out.append(f"**{len(failures)} run(s) failed** and are missing from the tables:\n")
@@ -387,13 +451,23 @@ def _markdown(
     if found:
         out.append("## Goals\n")
         out.append("| goal | measured | |\n|---|---|---|\n" + "".join(f"| {g} | {m} | {v} |\n" for g, m, v in found))
+    compared = tables.side_by_side(pulls, frames["traffic"], frames["usage"], latency, meta)
+    if "spegel-go" in compared:
+        out.append("## Spegel (Go) beside ours\n")
+        out.append(
+            "The real Spegel (`spegel-go`, see benchmark/README.md for its version) and our mirror's modes in the "
+            "same cluster and run: medians over repetitions (pull times, bytes), over observers and layers "
+            "(advertisement), over nodes and repetitions (the mirror process).\n"
+        )
+        modes = [c for c in compared.columns if c not in ("shape", "figure")]
+        out.append(markdown_table(compared, {"shape": "image", "figure": "figure", **{m: m for m in modes}}))
     out.append("## Pull times\n")
     out.append(
         "Pull time per node over all nodes and repetitions (n, median, min, max, CV; each node timed from its own "
         "start, as the kubelet reports it), the slowest node of a run (median and max over repetitions), when "
         "all nodes were done counted from the phase start (create: with the start jitter; update: every batch), "
         "and the ratio to the bound: create: the slowest node over the lower bound; update: the median pull "
-        "over S/B.\n"
+        "of the batches after the first over S/B (the first batch: see Rolling update).\n"
     )
     out.append(
         markdown_table(
@@ -416,6 +490,31 @@ def _markdown(
             },
         )
     )
+    update = tables.update_table(pulls, meta)
+    if not update.empty:
+        out.append("## Rolling update\n")
+        out.append(
+            "The first batch pulls an image nobody holds yet: it is a cold create of its k nodes, judged against "
+            "that lower bound (its slowest node, median over repetitions); the batches after it can pull from "
+            "peers, judged against S/B (median pull).\n"
+        )
+        out.append(
+            markdown_table(
+                update,
+                {
+                    "image": "image",
+                    "mode": "mode",
+                    "first_nodes": "first batch: nodes",
+                    "first_slowest": "slowest (s)",
+                    "first_bound": "bound (s)",
+                    "first_vs": "/ bound",
+                    "later_n": "later batches: pulls",
+                    "later_median": "median (s)",
+                    "node_bound": "S/B (s)",
+                    "later_vs": "/ S/B",
+                },
+            )
+        )
     out.append("## Upstream traffic\n")
     out.append(
         "Bytes the upstream registry sent per phase (tc counter of its link, framing included), as a multiple "

@@ -4,12 +4,14 @@ Every table reports the spread over repetitions (and nodes, where a value is per
 the coefficient of variation (standard deviation / |mean|; 0 for a single value). Bounds come from the
 scenario in `meta.json` (see `bound.py`): a node cannot finish `create` before the lower bound
 max(S/U, S/B, N·S/(U+N·B)) and, without sharing, the last one not before N·S/U; an `update` batch not
-before S/B.
+before S/B, except the first: nobody holds the new image yet, so it is a cold `create` of its k nodes, judged
+against the lower bound with N = k (`Bounds.first_batch`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +69,18 @@ class Bounds:
     node_time: float  # S/B: one node alone at full node bandwidth
 
     @classmethod
-    def of(cls, meta: dict[str, Any], image: str, phase: str = "create") -> Bounds:
+    def of(cls, meta: dict[str, Any], image: str, phase: str = "create", nodes: int | None = None) -> Bounds:
+        """The bounds of `image` in `phase` for `nodes` nodes pulling at once (default: the whole cluster)."""
         cluster = meta["scenario"]["cluster"]
         size = meta["images"][f"{image}/{phase}"]["size"]
         upstream, node = payload_rate(cluster["upstream_bandwidth"]), payload_rate(cluster["node_bandwidth"])
-        nodes = cluster["nodes"]
+        nodes = nodes or cluster["nodes"]
         return cls(size, lower_bound(size, nodes, upstream, node), no_sharing_bound(size, nodes, upstream), size / node)
+
+    @classmethod
+    def first_batch(cls, meta: dict[str, Any], image: str, batch_size: int) -> Bounds:
+        """The bounds of the first `update` batch: a cold pull of the new image by its `batch_size` nodes."""
+        return cls.of(meta, image, "update", batch_size)
 
 
 def completion(pulls: pd.DataFrame) -> pd.DataFrame:
@@ -97,10 +105,12 @@ def pull_table(pulls: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
     (medians over repetitions), beside the bounds.
 
     `vs_bound` compares what the bound is about: in `create` the slowest node with the lower bound; in
-    `update` (and `advertise`) the median pull with S/B, the time of one node alone.
+    `update` the median pull of the batches after the first (`later_median`: the first pulls cold, see
+    `update_table`) with S/B, the time of one node alone; in `advertise` the pull with S/B.
     """
     ok = pulls[pulls["ok"].astype(bool)] if not pulls.empty else pulls
     per_node = summarize(ok, ["image", "phase", "mode"], "duration")
+    later = ok[(ok["phase"] == "update") & (ok["batch"] > 0)].groupby(["image", "phase", "mode"])["duration"]
     runs = completion(pulls)
     keys = ["image", "phase", "mode"]
     per_run = runs.groupby(keys).agg(
@@ -110,10 +120,147 @@ def pull_table(pulls: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
         failed=("failed", "sum"),
     )
     table = per_node.merge(per_run.reset_index(), on=keys, how="left")
+    table = table.merge(later.median().rename("later_median").reset_index(), on=keys, how="left")
     table["bound"] = [_phase_bound(meta, r.image, r.phase) for r in table.itertuples()]
     measured = table["slowest_median"].where(table["phase"] == "create", table["median"])
+    measured = measured.where(table["phase"] != "update", table["later_median"])
     table["vs_bound"] = measured / table["bound"]
     return order(table)
+
+
+def update_table(pulls: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """The rolling update split in two: the first batch (cold: its slowest node, median over repetitions,
+    against the lower bound of a `create` by the batch's k nodes) and the batches after it (median pull
+    against S/B)."""
+    columns = ["image", "mode", "first_nodes", "first_slowest", "first_bound", "first_vs", "later_n"]
+    columns += ["later_median", "node_bound", "later_vs"]
+    update = pulls[(pulls["phase"] == "update") & pulls["ok"].astype(bool)] if not pulls.empty else pulls
+    if update.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (image, mode), group in update.groupby(["image", "mode"], sort=False):
+        first, later = group[group["batch"] == 0], group[group["batch"] > 0]
+        first_nodes = int(first.groupby("run")["node"].count().max()) if not first.empty else 0
+        first_slowest = first.groupby("run")["duration"].max().median() if not first.empty else math.nan
+        first_bound = Bounds.first_batch(meta, image, first_nodes).lower if first_nodes else math.nan
+        node_bound = Bounds.of(meta, image, "update").node_time
+        later_median = later["duration"].median() if not later.empty else math.nan
+        rows.append(
+            {
+                "image": image,
+                "mode": mode,
+                "first_nodes": first_nodes,
+                "first_slowest": first_slowest,
+                "first_bound": first_bound,
+                "first_vs": first_slowest / first_bound,
+                "later_n": len(later),
+                "later_median": later_median,
+                "node_bound": node_bound,
+                "later_vs": later_median / node_bound,
+            }
+        )
+    return order(pd.DataFrame(rows, columns=columns))
+
+
+def first_batch_size(meta: dict[str, Any]) -> int:
+    """How many nodes the first `update` batch has (as `Scenario.update_batches`: ceil(batch x N), at least 1)."""
+    scenario = meta["scenario"]
+    nodes = scenario["cluster"]["nodes"]
+    return min(nodes, max(1, math.ceil(scenario.get("update_batch", 0.2) * nodes)))
+
+
+def largest_image(meta: dict[str, Any], pulls: pd.DataFrame) -> str:
+    """The image shape of the run with the most bytes (its `create` version), of those that were pulled."""
+    images = list(dict.fromkeys(pulls["image"]))
+    return max(images, key=lambda image: meta["images"].get(f"{image}/create", {}).get("size", 0))
+
+
+def slowest_runs(pulls: pd.DataFrame, image: str, phase: str = "create") -> dict[str, list[str]]:
+    """Per mode, the runs of `image` in `phase`, slowest node first (the run to show by default first)."""
+    done = completion(pulls[(pulls["image"] == image) & (pulls["phase"] == phase)])
+    done = done.sort_values("slowest", ascending=False, kind="stable")
+    return {mode: list(group["run"]) for mode, group in done.groupby("mode", sort=False)}
+
+
+def layer_spans(events: pd.DataFrame, pulls: pd.DataFrame, run: str, phase: str = "create") -> pd.DataFrame:
+    """Each node's layers in one run's `phase`: download start (`begin`: ingest seen, else the commit) and
+    commit (`end`), in seconds since the phase start; layers never committed are left out."""
+    columns = ["node", "layer", "begin", "end"]
+    data = events[(events["run"] == run) & (events["phase"] == phase) & (events["layer"] >= 0)]
+    start = pulls[(pulls["run"] == run) & (pulls["phase"] == phase)]["phase_start"].min()
+    if data.empty or math.isnan(start):
+        return pd.DataFrame(columns=columns)
+    firsts = data.groupby(["node", "layer", "event"])["time"].min().unstack("event")
+    if "commit" not in firsts:
+        return pd.DataFrame(columns=columns)
+    firsts = firsts.dropna(subset=["commit"])
+    begin = firsts["ingest"].fillna(firsts["commit"]) if "ingest" in firsts else firsts["commit"]
+    spans = pd.DataFrame({"begin": begin - start, "end": firsts["commit"] - start}).reset_index()
+    spans["order"] = spans["node"].map(lambda n: int(n[1:]) if n[1:].isdigit() else 0)
+    return spans.sort_values(["order", "layer"]).drop(columns="order").reset_index(drop=True)[columns]
+
+
+MIRROR_PROCESSES = ("spegel", "spegel-go")  # the per-node mirror process of our modes and of `spegel-go`
+PEER_COMPARISON = ("spegel-go", "image", "layer", "inflight")
+
+
+def side_by_side(
+    pulls: pd.DataFrame,
+    traffic: pd.DataFrame,
+    usage: pd.DataFrame,
+    latency: pd.DataFrame,
+    meta: dict[str, Any],
+) -> pd.DataFrame:
+    """The headline figures of every peer mode (Spegel's and ours) side by side, one row per figure and image:
+    create slowest node (median over repetitions), upstream bytes in create and update (x S), update median
+    pull after the first batch, advertisement latency after commit (median, p95, ms), CPU seconds and peak RSS
+    of the node's mirror process (medians over nodes and repetitions). Columns: `shape` (the image), `figure`,
+    and one per mode present (a mode is named `image`: hence `shape`)."""
+    modes = [m for m in PEER_COMPARISON if m in set(pulls["mode"])]
+    if not modes:
+        return pd.DataFrame(columns=["shape", "figure"])
+    done, update = completion(pulls), update_table(pulls, meta)
+    mirrors = usage[usage["process"].isin(MIRROR_PROCESSES)] if not usage.empty else usage
+    seen = latency.dropna(subset=["after_commit"]) if not latency.empty else latency
+
+    def median(frame: pd.DataFrame, image: str, mode: str, column: str, scale: float = 1.0) -> float:
+        if frame.empty:
+            return math.nan
+        chosen = frame[(frame["image"] == image) & (frame["mode"] == mode)][column]
+        return float(chosen.median() / scale) if not chosen.empty else math.nan
+
+    def upstream(image: str, mode: str, phase: str) -> float:
+        size = meta["images"].get(f"{image}/{phase}", {}).get("size")
+        in_phase = traffic[traffic["phase"] == phase] if not traffic.empty else traffic
+        return median(in_phase, image, mode, "upstream_bytes", size) if size else math.nan
+
+    def visible(image: str, mode: str, quantile: float) -> float:
+        if seen.empty:
+            return math.nan
+        chosen = seen[(seen["image"] == image) & (seen["mode"] == mode)]["after_commit"]
+        return float(chosen.quantile(quantile) * 1000) if not chosen.empty else math.nan
+
+    figures: list[tuple[str, Callable[[str, str], float]]] = [
+        ("create: slowest node (s)", lambda i, m: median(done[done["phase"] == "create"], i, m, "slowest")),
+        ("create: upstream bytes (x S)", lambda i, m: upstream(i, m, "create")),
+        ("update: median pull after the first batch (s)", lambda i, m: median(update, i, m, "later_median")),
+        ("update: upstream bytes (x S)", lambda i, m: upstream(i, m, "update")),
+    ]
+    if not seen.empty:
+        figures += [
+            ("advertise: visible after commit, median (ms)", lambda i, m: visible(i, m, 0.5)),
+            ("advertise: visible after commit, p95 (ms)", lambda i, m: visible(i, m, 0.95)),
+        ]
+    figures += [
+        ("mirror process: CPU s per run, median", lambda i, m: median(mirrors, i, m, "cpu_seconds")),
+        ("mirror process: peak RSS (MiB), median", lambda i, m: median(mirrors, i, m, "peak_rss_bytes", 1 << 20)),
+    ]
+    rows = [
+        {"shape": image, "figure": figure, **{mode: value(image, mode) for mode in modes}}
+        for image in dict.fromkeys(pulls["image"])
+        for figure, value in figures
+    ]
+    return pd.DataFrame(rows)
 
 
 def _phase_bound(meta: dict[str, Any], image: str, phase: str) -> float:

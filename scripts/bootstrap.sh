@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${SPEGEL_CACHE:-/var/cache/spegel-py}
 containerd_version=${SPEGEL_CONTAINERD_VERSION:-2.1.9}
 containerd_dir="$cache/containerd-$containerd_version"
-packages=(docker-registry skopeo nginx-light iproute2 nftables ca-certificates)
+packages=(docker-registry skopeo nginx-light iproute2 nftables ca-certificates chromium)
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
