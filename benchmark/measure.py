@@ -100,7 +100,7 @@ def parse_mirror_metrics(text: str) -> Record:
     """`bytes_<source>` and `requests_<source>` totals from a mirror's Prometheus exposition."""
     totals: Record = {}
     for family in text_string_to_metric_families(text):
-        if family.name not in ("spegel_mirror_bytes", "spegel_mirror_requests"):
+        if family.name not in ("spegel_mirror_bytes", "spegel_mirror_requests_by_source"):
             continue
         kind = "bytes" if family.name == "spegel_mirror_bytes" else "requests"
         for sample in family.samples:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import trio
 
 from spegel import hostsconfig, preflight
 from spegel.advertise import Advertisements
-from spegel.metrics import Metrics, instrument
+from spegel.metrics import Metrics, RegistryLabels, instrument, tag_registry
 from spegel.mirror.backend import MirrorBackend, MirrorOptions
 from spegel.mirror.inflight import IngestSource
 from spegel.mirror.peers import PeerClient, Timeouts
@@ -25,9 +26,9 @@ from spegel.registry.backend import Backend, LocalBackend
 from spegel.registry.http11 import ASGIApp, Limits
 from spegel.registry.routes import handler_name
 from spegel.registry.server import METRICS_LIMITS, create_metrics_app, serve_app
-from spegel.routing.base import KeyState, Router
+from spegel.routing.base import Router
 from spegel.routing.config import RouterConfigError, RouterOptions, open_router
-from spegel.routing.filtered import TagFilteringRouter, is_tag_key
+from spegel.routing.filtered import TagFilteringRouter
 from spegel.store.base import ContentStore
 from spegel.store.containerd.client import ContainerdError
 from spegel.store.containerd.store import DEFAULT_CONTENT_PATH, DEFAULT_NAMESPACE, DEFAULT_SOCKET, ContainerdStore
@@ -129,7 +130,7 @@ async def listen(nursery: trio.Nursery, app: ASGIApp, address: str, limits: Limi
 async def serve_registry(settings: RegistrySettings, store: ContentStore) -> None:
     """Serve until SIGINT or SIGTERM. Contexts are entered outside the serving nursery, so that on a signal
     the servers stop first, then the mirror, then the router, each inside the one that started before it."""
-    metrics = Metrics()
+    metrics = Metrics(RegistryLabels([*settings.mirrored_registries, settings.default_registry]))
     async with trio.open_nursery() as signals:
         signals.start_soon(_stop_on_signals, signals.cancel_scope)
         async with contextlib.AsyncExitStack() as stack:
@@ -143,7 +144,12 @@ async def serve_registry(settings: RegistrySettings, store: ContentStore) -> Non
                     advertised = TagFilteringRouter(router, settings.mirror.filters.excludes)
                     c = settings.containerd
                     watcher = Watcher(store, advertised, c.advertise, c.relist_interval)
-                    export_advertised_keys(metrics, watcher.advertisements)
+                    if not settings.mirrored_registries:
+                        held = functools.partial(
+                            _registries_here, watcher.advertisements, settings.containerd.registry_config_path
+                        )
+                        metrics.registry_label = RegistryLabels([settings.default_registry], held)
+                    metrics.export_advertised(watcher.advertisements.state)
                 backend = await stack.enter_async_context(open_mirror(settings, store, router, metrics, watcher))
             registry_app = instrument(create_app(backend, settings.default_registry), metrics, handler_name)
             async with trio.open_nursery() as nursery:
@@ -178,20 +184,14 @@ async def check_containerd(store: ContainerdStore, options: ContainerdOptions) -
         log.info("preflight: containerd is ready for the mirror", extra={"version": version.text})
 
 
-def export_advertised_keys(metrics: Metrics, advertisements: Advertisements) -> None:
-    """`spegel_advertised_keys{kind}`: tags, complete blobs and blobs in progress, counted at scrape time."""
-
-    def count(kind: str) -> int:
-        return sum(1 for key, state in advertisements.state.items() if advertised_kind(key, state) == kind)
-
-    for kind in ("tag", "blob", "blob_in_progress"):
-        metrics.advertised_keys.labels(kind).set_function(functools.partial(count, kind))
-
-
-def advertised_kind(key: str, state: KeyState) -> str:
-    if is_tag_key(key):
-        return "tag"
-    return "blob" if state is KeyState.COMPLETE else "blob_in_progress"
+def _registries_here(advertisements: Advertisements, hosts_dir: str) -> set[str]:
+    """The registries containerd sends to this mirror (its hosts.toml directories) and those of the tags this
+    node advertises: the operator's choice, never a client's."""
+    try:
+        configured = {entry.name for entry in os.scandir(hosts_dir) if entry.is_dir() and entry.name[0] != "_"}
+    except OSError:
+        configured = set()
+    return configured | {r for key in list(advertisements.state) if (r := tag_registry(key)) is not None}
 
 
 @contextlib.asynccontextmanager

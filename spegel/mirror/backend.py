@@ -166,12 +166,11 @@ class MirrorBackend:
         timeout = self.options.resolve_timeout if timeout is None else timeout
         found = await self.router.lookup(key, count or self.options.resolve_retries, timeout)
         holders = [h for h in found if self.peers.usable(h)]
-        outcome = "found" if holders else "not_found"
-        self.metrics.resolve_duration.labels(outcome).observe(time.perf_counter() - started)
+        self.metrics.resolved(time.perf_counter() - started, found=bool(holders))
         return self.peers.order(holders)
 
     def _count(self, registry: str, source: str) -> None:
-        self.metrics.mirror_requests.labels(registry, source).inc()
+        self.metrics.request_served(registry, source)
 
 
 async def _discard_nothing(_: ManifestContent) -> None:

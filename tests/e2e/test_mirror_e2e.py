@@ -54,9 +54,9 @@ async def test_peers_serve_an_image_when_upstream_is_gone(cluster, upstream: Reg
     for node in (b, c):
         for digest in digests:
             assert Digest.of(held_blob(node, digest)) == digest
-        assert node.metric("spegel_mirror_requests_total", {"registry": upstream.address, "source": "peer"}) >= len(
-            digests
-        )
+        assert node.metric(
+            "spegel_mirror_requests_by_source_total", {"registry": upstream.address, "source": "peer"}
+        ) >= len(digests)
     layer_bytes = sum(layer.size for layer in host.layers)
     assert a.metric("spegel_mirror_bytes_total", {"source": "local"}) >= 2 * layer_bytes
     assert any(r.get("msg") == "preflight: containerd is ready for the mirror" for r in a.mirror.log_records())
@@ -184,7 +184,7 @@ async def test_a_download_in_progress_is_shared(cluster, upstream: Registry, b_d
     assert source is a or b_delay == 0, "the node that started first sends its download on"
     follower = b if source is a else a
     assert source.metric("spegel_mirror_bytes_total", {"source": "inflight"}) >= layer.size / 2
-    assert follower.metric("spegel_mirror_requests_total", {"registry": proxy_address, "source": "peer"}) >= 1
+    assert follower.metric("spegel_mirror_requests_by_source_total", {"registry": proxy_address, "source": "peer"}) >= 1
 
 
 async def test_a_chain_survives_its_middle_node_killed(cluster, upstream: Registry) -> None:
@@ -223,7 +223,7 @@ async def test_a_chain_survives_its_middle_node_killed(cluster, upstream: Regist
     assert b.mirror.process.poll() is not None, "B was never killed: the test did not exercise a broken chain"
     assert outcome[a.name] == outcome[c.name] == "ok"
     assert Digest.of(held_blob(c, layer.digest)) == layer.digest
-    assert c.metric("spegel_mirror_requests_total", {"registry": proxy_address, "source": "peer"}) >= 1
+    assert c.metric("spegel_mirror_requests_by_source_total", {"registry": proxy_address, "source": "peer"}) >= 1
     resumed = [
         r
         for r in a.mirror.access_log()

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from benchmark.images import ImageSpec, build
-from spegel.metrics import Metrics
+from spegel.metrics import Metrics, RegistryLabels
 from spegel.mirror.backend import DownloadClaims, InProgressSource, MirrorBackend, MirrorOptions
 from spegel.mirror.peers import PeerClient, Timeouts
 from spegel.mirror.policy import RegistryFilters
@@ -70,7 +70,7 @@ async def start_mirror(
     claims: DownloadClaims | None = None,
     peers: PeerClient | None = None,
 ) -> tuple[str, Metrics]:
-    metrics = Metrics()
+    metrics = Metrics(RegistryLabels(["example.com"]))
     peers = peers or PeerClient(Timeouts(connect=0.5, first_byte=1.0, read=1.0, inflight_wait=0.0))
     backend = MirrorBackend(OCILayoutStore(layout), router, peers, metrics, options, in_progress, claims)
     bound = await nursery.start(serve_app, create_app(backend, "example.com"), "127.0.0.1:0")
@@ -84,7 +84,9 @@ def empty_layout(path: Path) -> Path:
 
 def peer_count(metrics: Metrics, source: str) -> float:
     return (
-        metrics.registry.get_sample_value("spegel_mirror_requests_total", {"registry": "example.com", "source": source})
+        metrics.registry.get_sample_value(
+            "spegel_mirror_requests_by_source_total", {"registry": "example.com", "source": source}
+        )
         or 0.0
     )
 

@@ -51,9 +51,9 @@ def test_mirror_metrics_by_source() -> None:
         'spegel_mirror_bytes_total{source="peer"} 1024.0\n'
         'spegel_mirror_bytes_total{source="local"} 10.0\n'
         'spegel_mirror_bytes_created{source="peer"} 1.7e9\n'
-        "# TYPE spegel_mirror_requests_total counter\n"
-        'spegel_mirror_requests_total{registry="a",source="miss"} 2.0\n'
-        'spegel_mirror_requests_total{registry="b",source="miss"} 3.0\n'
+        "# TYPE spegel_mirror_requests_by_source_total counter\n"
+        'spegel_mirror_requests_by_source_total{registry="a",source="miss"} 2.0\n'
+        'spegel_mirror_requests_by_source_total{registry="b",source="miss"} 3.0\n'
         "# TYPE other_total counter\n"
         "other_total 99.0\n"
     )
