@@ -6,7 +6,8 @@ records from different sources line up; the runner adds the run's labels and tur
 - `pull(node, reference)`: one CRI `PullImage`, as the kubelet does: start, end, outcome.
 - `watch_commits(node, sink)`: containerd's `/content/create` events (blob committed) with containerd's time.
 - `watch_ingests(node, sink, interval)`: when each blob's download starts: a new ingest directory under the
-  content root (containerd publishes no event for it), found by listing every `interval` seconds.
+  content root (containerd publishes no event for it), found by listing every `interval` seconds; and when
+  its first bytes are on disk (`data`: the first chunk arrived, from upstream or a peer).
 - `scrape_mirror(node)`: the mirror's byte and request counters by source, from its `/metrics`.
 - `watch_visibility(...)`: an observer node asks its own mirror (as its containerd would: HEAD, no
   `X-Spegel-Mirrored`) for a blob every `interval` seconds until it answers 200: when the blob became
@@ -66,8 +67,9 @@ async def watch_commits(node: Node, sink: Sink, task_status: Any = trio.TASK_STA
             sink({"node": node.name, "event": "commit", "digest": event.digest, "time": stamp})
 
 
-def scan_ingests(content_root: Path, seen: set[str]) -> list[str]:
-    """Digests of ingests under `content_root/ingest` whose directory is not in `seen` (which is updated)."""
+def scan_ingests(content_root: Path, seen: set[str], with_bytes: bool = False) -> list[str]:
+    """Digests of ingests under `content_root/ingest` whose directory is not in `seen` (which is updated);
+    with `with_bytes`, only those whose `data` file has bytes (the others are looked at again next time)."""
     found = []
     try:
         entries = os.listdir(content_root / "ingest")
@@ -77,6 +79,8 @@ def scan_ingests(content_root: Path, seen: set[str]) -> list[str]:
         if entry in seen:
             continue
         try:
+            if with_bytes and os.stat(content_root / "ingest" / entry / "data").st_size == 0:
+                continue
             digest = ref_digest((content_root / "ingest" / entry / "ref").read_text().strip())
         except OSError:
             continue  # not written yet, or already committed: look again next time
@@ -87,12 +91,15 @@ def scan_ingests(content_root: Path, seen: set[str]) -> list[str]:
 
 
 async def watch_ingests(node: Node, sink: Sink, interval: float) -> None:
-    """Record when each download starts on `node` (first sight of its ingest), until cancelled."""
-    seen: set[str] = set()
+    """Record when each download starts on `node` (`ingest`: first sight of its ingest) and when its first
+    bytes are on disk (`data`), until cancelled. A blob committed within one interval has no `data` event."""
+    started: set[str] = set()
+    writing: set[str] = set()
     root = node.containerd.content_root
     while True:
-        for digest in await trio.to_thread.run_sync(scan_ingests, root, seen):
-            sink({"node": node.name, "event": "ingest", "digest": digest, "time": time.time()})
+        for event, seen, with_bytes in (("ingest", started, False), ("data", writing, True)):
+            for digest in await trio.to_thread.run_sync(scan_ingests, root, seen, with_bytes):
+                sink({"node": node.name, "event": event, "digest": digest, "time": time.time()})
         await trio.sleep(interval)
 
 

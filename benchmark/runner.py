@@ -9,12 +9,14 @@ Phases (each pulls its own image version, tagged with the phase's name, so their
 What is kept, as DataFrames written to `OUT/data/*.csv` after every run (so an interrupted run keeps what
 it measured), with the labels `run, image, mode, repetition`:
 - `pulls`: phase, node, batch, phase_start, start, end, duration, ok, error;
-- `events`: phase, node, event (`ingest`: download started; `commit`: blob committed), digest, layer, time;
+- `events`: phase, node, event (`ingest`: download started; `data`: its first bytes on disk; `commit`: blob
+  committed), digest, layer, time;
 - `visibility`: phase, observer, digest, layer, visible (first answered probe's send time), answered, rtt,
   probes;
 - `traffic`: phase, phase_start, phase_end, upstream_bytes (tc counter of the upstream's link, framing
-  included), upstream_log_bytes (body bytes in the registry's access log), and the mirrors' counters summed
-  over nodes (`bytes_<source>`, `requests_<source>`);
+  included), upstream_log_bytes (body bytes in the registry's access log), the mirrors' counters summed
+  over nodes (`bytes_<source>`, `requests_<source>`), and the machine's 1-minute load average at the phase's
+  start and end (`load_start`, `load_end`);
 - `usage`: node, process, cpu_seconds, peak_rss_bytes;
 - `failures`: runs that could not run (their nodes did not start), with the error.
 `OUT/meta.json` holds the scenario, the images' digests and sizes, the machine and the git commit.
@@ -241,6 +243,7 @@ class ScenarioRunner:
         upstream_before = await trio.to_thread.run_sync(self.cluster.upstream_bytes)
         logged_before = await trio.to_thread.run_sync(self.cluster.upstream_log_bytes)
         mirrors_before = [await measure.scrape_mirror(client, node) for node in nodes]
+        load_start = os.getloadavg()[0]
         phase_start = time.time()
 
         def record_pull(batch: int) -> Callable[[dict[str, Any]], None]:
@@ -265,7 +268,10 @@ class ScenarioRunner:
             for name, value in measure.counter_delta(before, after).items():
                 counters[name] = counters.get(name, 0) + value
         upstream, logged = upstream_after - upstream_before, logged_after - logged_before
-        self.recorder.add("traffic", phase_labels, traffic_record(phase_start, phase_end, upstream, logged, counters))
+        load = {"load_start": load_start, "load_end": os.getloadavg()[0]}  # the machine's 1-min load average
+        self.recorder.add(
+            "traffic", phase_labels, {**traffic_record(phase_start, phase_end, upstream, logged, counters), **load}
+        )
 
     async def _pull_together(
         self,

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -40,7 +41,16 @@ from benchmark.cluster.base import (
     restore_signals,
     trap_signals,
 )
-from benchmark.daemons import Containerd, Daemon, DaemonError, Registry, Spegel, configuration_args, spegel_command
+from benchmark.daemons import (
+    READY_TIMEOUT,
+    Containerd,
+    Daemon,
+    DaemonError,
+    Registry,
+    Spegel,
+    configuration_args,
+    spegel_command,
+)
 from benchmark.scenario import MIRROR_MODES, ClusterSpec
 from spegel import hostsconfig
 
@@ -51,6 +61,13 @@ MIRROR_PORT = 5000
 METRICS_PORT = 9090
 ROUTER_PORT = 5001
 STATE_FILE = "cluster.json"
+MESH_FILE = "mesh.json"  # in the run directory: how long the router mesh took to form
+MESH_TIMEOUT = 60.0  # seconds to wait for every router to connect to every other one
+
+
+def ready_timeout(nodes: int) -> float:
+    """Seconds one daemon may take to answer when `nodes` nodes start at once on a machine of few cores."""
+    return READY_TIMEOUT + 3.0 * nodes
 
 
 def run(argv: list[str], timeout: float = COMMAND_TIMEOUT) -> str:
@@ -245,7 +262,7 @@ class NetnsCluster:
                 daemon.start()
             self._save_state()
             for daemon in started:
-                daemon.wait_ready()
+                daemon.wait_ready(ready_timeout(len(self.nodes)))
             mirrors: list[Spegel] = []
             if mode in MIRROR_MODES:
                 mirrors = [self._mirror(node, mode, run_dir) for node in self.nodes]
@@ -256,7 +273,9 @@ class NetnsCluster:
                     mirror.start()
                 self._save_state()
                 for mirror in mirrors:
-                    mirror.wait_ready()
+                    mirror.wait_ready(ready_timeout(len(self.nodes)))
+            if mode in MIRROR_MODES:
+                self._wait_for_mesh(run_dir / MESH_FILE)
         except DaemonError as exc:
             self.stop_nodes()
             raise ClusterError(f"starting the nodes for mode {mode} failed: {exc}") from None
@@ -264,6 +283,28 @@ class NetnsCluster:
             self.stop_nodes()
             raise
         return self.nodes
+
+    def _wait_for_mesh(self, record: Path) -> None:
+        """Wait (at most `MESH_TIMEOUT` s) until every mirror has a router connection to every other node, as in
+        a cluster whose nodes have been up for a while: a rollout that starts while the mesh is still forming
+        measures the mesh, not the mirror. Writes to `record` (JSON) how long it took and which nodes still
+        lacked how many peers when it gave up."""
+        addresses = {ep.address for ep in self.net.nodes}
+        started = time.monotonic()
+        while True:
+            missing = {}
+            for ep in self.net.nodes:
+                out = run(["ip", "netns", "exec", ep.netns, "ss", "-Htn", "state", "established"])
+                lacking = addresses - {ep.address} - netplan.connected_peers(out, ROUTER_PORT)
+                if lacking:
+                    missing[ep.name] = len(lacking)
+            waited = time.monotonic() - started
+            if not missing or waited > MESH_TIMEOUT:
+                record.write_text(json.dumps({"seconds": round(waited, 2), "missing": missing}))
+                if missing:
+                    log.warning("router mesh incomplete after %.0f s (node: peers missing): %s", waited, missing)
+                return
+            time.sleep(0.2)
 
     def _mirror(self, node: Node, mode: str, run_dir: Path) -> Spegel:
         ep = self.net.nodes[node.index]

@@ -139,3 +139,17 @@ def class_bytes(tc_output: str, classid: str = "1:10") -> int:
     if match is None:
         raise ValueError(f"no htb class {classid} in tc output")
     return int(match[1])
+
+
+def connected_peers(ss_output: str, port: int) -> set[str]:
+    """The remote IPv4 addresses of the established TCP connections to or from `port` in the output of
+    `ss -Htn state established` (columns: Recv-Q Send-Q Local:Port Peer:Port)."""
+    peers = set()
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        local, remote = fields[2].rpartition(":"), fields[3].rpartition(":")
+        if str(port) in (local[2], remote[2]):
+            peers.add(remote[0])
+    return peers

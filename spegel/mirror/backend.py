@@ -159,6 +159,8 @@ class MirrorBackend:
             return decide.unclaimed(holders, hedge)
         await trio.sleep(self.options.miss_settle)
         found = await self._lookup(str(digest), timeout=0, count=CLAIMANTS_SEEN)
+        seen = [(h.address, h.since, h.state.value) for h in found]
+        log.info("claim", extra={"key": str(digest), "since": since, "seen": seen})  # whom it saw, for benchmark.claims
         return decide.after_claim(found, (since, self.router.name), retries=self.options.resolve_retries)
 
     async def _lookup(self, key: str, timeout: float | None = None, count: int | None = None) -> list[Holder]:

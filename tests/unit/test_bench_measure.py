@@ -44,6 +44,19 @@ def test_scan_ingests_reports_each_new_ingest_once(tmp_path: Path) -> None:
     assert scan_ingests(tmp_path, seen) == [] and "bbb" in seen
 
 
+def test_scan_ingests_with_bytes_waits_for_the_first_bytes(tmp_path: Path) -> None:
+    seen: set[str] = set()
+    ingest = tmp_path / "ingest" / "aaa"
+    ingest.mkdir(parents=True)
+    (ingest / "ref").write_text(f"k8s.io/1/layer-sha256:{HEX}")
+    assert scan_ingests(tmp_path, seen, with_bytes=True) == []  # no data file yet
+    (ingest / "data").write_bytes(b"")
+    assert scan_ingests(tmp_path, seen, with_bytes=True) == []  # empty: the first chunk has not arrived
+    (ingest / "data").write_bytes(b"x")
+    assert scan_ingests(tmp_path, seen, with_bytes=True) == [f"sha256:{HEX}"]
+    assert scan_ingests(tmp_path, seen, with_bytes=True) == []
+
+
 def test_mirror_metrics_by_source() -> None:
     text = (
         "# HELP spegel_mirror_bytes_total Body bytes served by source.\n"

@@ -10,6 +10,7 @@ from benchmark.cluster.netplan import (
     INNER_IF,
     NETWORK,
     class_bytes,
+    connected_peers,
     make_plan,
     setup_commands,
     shaping_commands,
@@ -105,3 +106,14 @@ def test_without_root_the_netns_cluster_stops_with_one_clear_message(monkeypatch
     monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
     with pytest.raises(ClusterError, match=r"^the netns cluster needs root .*use the kind backend$"):
         netns.check_environment(latency=0)
+
+
+def test_connected_peers_counts_both_directions_of_the_router_port() -> None:
+    ss = (
+        "0      0      198.18.7.9:5001     198.18.7.10:40312\n"  # n1 dialled us
+        "0      0      198.18.7.9:51000    198.18.7.11:5001\n"  # we dialled n2
+        "0      0      198.18.7.9:5000     198.18.7.12:40000\n"  # the registry port: not the router
+        "garbage\n"
+    )
+    assert connected_peers(ss, 5001) == {"198.18.7.10", "198.18.7.11"}
+    assert connected_peers("", 5001) == set()
