@@ -8,17 +8,25 @@ Prints, for each cluster size:
 - keys per second advertised: one node advertises `--keys` keys in batches, time until every other node sees all;
 - CPU and RSS per node after the workload.
 
-Run: `.venv/bin/python -m benchmark.router_bench [--nodes 10 30] [--rounds 30] [--keys 5000] [--no-dht]`
+Ends with one table over all sizes (the issue's goals beside it). CPU per announcement per node is the CPU a
+node spent during the advertise rounds less what it spends idle over the same time, per round. `--csv FILE`
+writes every advertise -> visible sample (nodes, seconds), e.g. for a simulator to draw routing delays from.
+
+Run: `.venv/bin/python -m benchmark.router_bench [--nodes 10 30 100] [--rounds 30] [--keys 5000] [--no-dht]
+[--csv FILE]`
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import os
 import random
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -37,6 +45,25 @@ def percentile(values: list[float], q: int) -> float:
 
 def ms(value: float) -> str:
     return f"{value * 1000:.2f} ms"
+
+
+@dataclass
+class Result:
+    """What one cluster size measured (seconds, bytes)."""
+
+    size: int
+    delays: list[float] = field(default_factory=list)
+    hits: list[float] = field(default_factory=list)
+    cpu_per_announcement: float = math.nan  # median over nodes, idle CPU taken out
+    rss_idle: float = math.nan  # median over nodes
+    rss_after: float = math.nan
+    rss_max: float = math.nan
+    keys_per_second: float = math.nan
+
+
+def mesh_timeout(size: int) -> float:
+    """Seconds a cluster of `size` processes may take to mesh on a machine of two cores (every pair connects)."""
+    return 60.0 + 3.0 * size
 
 
 async def usage(nodes: list[NodeProcess]) -> list[dict[str, float]]:
@@ -101,28 +128,41 @@ async def bulk(nodes: list[NodeProcess], count: int, batch: int) -> float:
     return count / (max(last_seen) - start)
 
 
-async def measure(size: int, rounds: int, keys: int, root: Path, router_args: list[str]) -> None:
+async def measure(size: int, rounds: int, keys: int, root: Path, router_args: list[str]) -> Result:
     rng = random.Random(size)
+    result = Result(size)
     started = time.monotonic()
-    async with running_cluster(root / f"n{size}", size, router_args, mesh_timeout=180.0) as nodes:
+    async with running_cluster(root / f"n{size}", size, router_args, mesh_timeout=mesh_timeout(size)) as nodes:
         print(f"\n== {size} nodes {' '.join(router_args)} (meshed in {time.monotonic() - started:.1f} s)")
         await trio.sleep(5)
         before = await usage(nodes)
+        idle_started = time.monotonic()
         await trio.sleep(10)
         after = await usage(nodes)
-        idle_cpu = [100 * (b["cpu"] - a["cpu"]) / 10 for a, b in zip(before, after, strict=True)]
+        idle_rate = [
+            (b["cpu"] - a["cpu"]) / (time.monotonic() - idle_started) for a, b in zip(before, after, strict=True)
+        ]
+        result.rss_idle = statistics.median(u["rss"] for u in after)
         print(
-            f"idle: CPU per node median {statistics.median(idle_cpu):.1f}% max {max(idle_cpu):.1f}% of a core; "
-            f"RSS per node median {statistics.median(u['rss'] for u in after) / MIB:.0f} MiB "
+            f"idle: CPU per node median {100 * statistics.median(idle_rate):.1f}% max {100 * max(idle_rate):.1f}% of "
+            f"a core; RSS per node median {result.rss_idle / MIB:.0f} MiB "
             f"max {max(u['rss'] for u in after) / MIB:.0f} MiB"
         )
 
-        delays = await visibility(nodes, rounds, rng)
-        spent = [b["cpu"] - a["cpu"] for a, b in zip(after, await usage(nodes), strict=True)]
+        rounds_started = time.monotonic()
+        result.delays = await visibility(nodes, rounds, rng)
+        elapsed = time.monotonic() - rounds_started
+        spent = [
+            b["cpu"] - a["cpu"] - rate * elapsed
+            for a, b, rate in zip(after, await usage(nodes), idle_rate, strict=True)
+        ]
+        result.cpu_per_announcement = statistics.median(spent) / rounds
+        delays = result.delays
         print(
             f"advertise -> visible elsewhere ({len(delays)} samples): p50 {ms(statistics.median(delays))}, "
             f"p95 {ms(percentile(delays, 95))}, max {ms(max(delays))}; CPU per advertisement per node "
-            f"(announce + DHT provide + the driver's watch) median {ms(statistics.median(spent) / rounds)}"
+            f"(announce + DHT provide + the driver's watch, idle CPU taken out) "
+            f"median {ms(result.cpu_per_announcement)}"
         )
 
         hot_keys = [f"sha256:hot{i:061d}" for i in range(200)]
@@ -132,28 +172,83 @@ async def measure(size: int, rounds: int, keys: int, root: Path, router_args: li
         await nodes[-1].request("watch", keys=others, timeout=30.0, answer_within=40.0)
         await trio.sleep(1)
         hits, missed = await hot_lookups(nodes, hot_keys, misses=200)
+        result.hits = hits
         print(
             f"hot-path lookup, hits ({len(hits)}): p50 {ms(statistics.median(hits))}, p99 {ms(percentile(hits, 99))}; "
             f"misses ({len(missed)}): p50 {ms(statistics.median(missed))}, p99 {ms(percentile(missed, 99))}, "
             f"max {ms(max(missed))} (budget 20 ms)"
         )
 
-        rate = await bulk(nodes, keys, batch=100)
-        print(f"keys advertised: {keys} keys from one node in batches of 100, visible everywhere at {rate:.0f} keys/s")
+        result.keys_per_second = await bulk(nodes, keys, batch=100)
+        print(
+            f"keys advertised: {keys} keys from one node in batches of 100, visible everywhere at "
+            f"{result.keys_per_second:.0f} keys/s"
+        )
         loaded = await usage(nodes)
         cpu = [u["cpu"] for u in loaded]
+        result.rss_after = statistics.median(u["rss"] for u in loaded)
+        result.rss_max = max(u["rss"] for u in loaded)
         print(
             f"after the workload: CPU seconds per node median {statistics.median(cpu):.1f} max {max(cpu):.1f}; "
-            f"RSS per node median {statistics.median(u['rss'] for u in loaded) / MIB:.0f} MiB "
-            f"max {max(u['rss'] for u in loaded) / MIB:.0f} MiB"
+            f"RSS per node median {result.rss_after / MIB:.0f} MiB max {result.rss_max / MIB:.0f} MiB; "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
+    return result
 
 
-async def main(sizes: list[int], rounds: int, keys: int, router_args: list[str]) -> None:
+def table(results: list[Result]) -> str:
+    """The summary over all sizes, with the issue's goals (at the largest size, against the smallest)."""
+    first = results[0]
+    rows = [
+        (
+            "announce -> visible p50 / p95 (ms)",
+            lambda r: f"{1000 * statistics.median(r.delays):.1f} / {1000 * percentile(r.delays, 95):.1f}",
+            "p95 <= 100",
+        ),
+        (
+            "hot lookup p50 / p99 (ms)",
+            lambda r: f"{1000 * statistics.median(r.hits):.3f} / {1000 * percentile(r.hits, 99):.3f}",
+            "p99 <= 5",
+        ),
+        (
+            "CPU per announcement per node (ms)",
+            lambda r: (
+                f"{1000 * r.cpu_per_announcement:.2f} ({r.cpu_per_announcement / first.cpu_per_announcement:.2f} x)"
+            ),
+            f"<= 1.5 x the {first.size}-node value",
+        ),
+        (
+            "RSS per node idle / after / max (MiB)",
+            lambda r: f"{r.rss_idle / MIB:.0f} / {r.rss_after / MIB:.0f} / {r.rss_max / MIB:.0f}",
+            "<= 128",
+        ),
+        ("keys/s visible everywhere", lambda r: f"{r.keys_per_second:.0f}", ""),
+    ]
+    header = "| | " + " | ".join(f"{r.size} nodes" for r in results) + " | goal |"
+    lines = [header, "|" + "---|" * (len(results) + 2)]
+    for name, cell, goal in rows:
+        lines.append(f"| {name} | " + " | ".join(cell(r) for r in results) + f" | {goal} |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, results: list[Result]) -> None:
+    """Every advertise -> visible sample: `nodes,seconds`."""
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["nodes", "seconds"])
+        for result in results:
+            writer.writerows([result.size, f"{delay:.6f}"] for delay in result.delays)
+
+
+async def main(sizes: list[int], rounds: int, keys: int, router_args: list[str], csv_path: Path | None) -> None:
     print(f"{os.cpu_count()} CPUs shared by all nodes; load average before: {os.getloadavg()[0]:.1f}")
+    results = []
     with tempfile.TemporaryDirectory(prefix="router-bench-") as root:
         for size in sizes:
-            await measure(size, rounds, keys, Path(root), router_args)
+            results.append(await measure(size, rounds, keys, Path(root), router_args))
+            if csv_path is not None:
+                write_csv(csv_path, results)
+    print("\n" + table(results))
 
 
 if __name__ == "__main__":
@@ -162,5 +257,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=30, help="advertise->visible rounds (default: 30)")
     parser.add_argument("--keys", type=int, default=5000, help="keys for the keys/s measure (default: 5000)")
     parser.add_argument("--no-dht", action="store_true", help="run the nodes with --no-router-dht (fast path only)")
+    parser.add_argument("--csv", type=Path, help="write every advertise -> visible sample here (nodes,seconds)")
     options = parser.parse_args()
-    trio.run(main, options.nodes, options.rounds, options.keys, ["--no-router-dht"] if options.no_dht else [])
+    router_args = ["--no-router-dht"] if options.no_dht else []
+    trio.run(main, options.nodes, options.rounds, options.keys, router_args, options.csv)
