@@ -1,6 +1,6 @@
 """Why a pull storm goes upstream more than once, or waits: the download claims of a kept netns run, read back.
 
-    python -m benchmark.claims REPORT_DIR WORKDIR     # writes REPORT_DIR/data/{hops,pairs,upstream,misses}.csv
+    python -m benchmark.claims REPORT_DIR WORKDIR     # writes REPORT_DIR/data/{hops,pairs,upstream,incidents}.csv
 
 Sources, per run (`WORKDIR/runs/<run>/<node>/spegel.log`, `WORKDIR/upstream/registry.log`, `REPORT_DIR/data`):
 - the mirror's `claim` log line: when a node claimed a blob (`since`, its clock), when it looked again after the
@@ -19,7 +19,9 @@ Tables (one row per run, blob and node):
 - `pairs`: for each look and each claim made before it, the claim's age then and whether the look saw it
   (the distribution of claim propagation times);
 - `upstream`: every blob GET the upstream answered, by node, with bytes and duration;
-- `misses`: every 404 a mirror gave its own containerd for a blob GET.
+- `incidents`: every 404 a mirror gave its own containerd for a blob GET, every peer transfer that broke, and
+  every body to its containerd cut short, with the reason (`stalled`: the download followed wrote nothing
+  for the stall timeout).
 """
 
 from __future__ import annotations
@@ -103,9 +105,11 @@ class Claim:
 
 
 def read_mirror_log(lines: list[str], node: str) -> tuple[str, list[Claim], list[dict[str, Any]]]:
-    """From one mirror's JSON log: its registry host, its claims, and the 404s it answered its containerd for
-    blobs (digest, time)."""
-    host, claims, misses = "", [], []
+    """From one mirror's JSON log: its registry host, its claims, and its incidents (node, digest, time, kind):
+    `404` (answered to its containerd for a blob GET: containerd goes upstream), `broke` (a peer transfer broke
+    and is resumed elsewhere), and the reason a body to its containerd was cut short (`stalled`: the download
+    followed wrote nothing for the stall timeout; `all holders failed`; ...)."""
+    host, claims, incidents = "", [], []
     for line in lines:
         try:
             record = json.loads(line)
@@ -122,8 +126,21 @@ def read_mirror_log(lines: list[str], node: str) -> tuple[str, list[Claim], list
         elif record.get("logger") == "spegel.access" and record.get("status") == 404 and not record.get("mirrored"):
             blob = _BLOB_PATH.search(str(record.get("path", "")))
             if blob is not None and record.get("method") == "GET":
-                misses.append({"node": node, "digest": blob[1], "time": rfc3339(record["time"])})
-    return host, claims, misses
+                incidents.append({"node": node, "digest": blob[1], "time": rfc3339(record["time"]), "kind": "404"})
+        elif message in ("blob body cut short", "peer transfer broke"):
+            kind = "broke" if message == "peer transfer broke" else _cut_reason(str(record.get("error", "")))
+            incidents.append(
+                {"node": node, "digest": record.get("digest"), "time": rfc3339(record["time"]), "kind": kind}
+            )
+    return host, claims, incidents
+
+
+def _cut_reason(error: str) -> str:
+    if error.startswith("ingest stalled"):
+        return "stalled"
+    if error.startswith("every holder"):
+        return "all holders failed"
+    return " ".join(error.split()[:2])
 
 
 def chain(claims: list[Claim], node_of: dict[str, str]) -> list[dict[str, Any]]:
@@ -189,17 +206,17 @@ def pairs(claims: list[Claim], node_of: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def analyse_run(run_dir: Path, registry_lines: list[str]) -> dict[str, pd.DataFrame]:
-    """The `claims`, `upstream` and `misses` tables of one run directory (`WORKDIR/runs/<run>`)."""
+    """The `claims`, `pairs`, `upstream` and `incidents` tables of one run directory (`WORKDIR/runs/<run>`)."""
     node_of: dict[str, str] = {}
     claims: list[Claim] = []
-    misses: list[dict[str, Any]] = []
+    incidents: list[dict[str, Any]] = []
     for log_path in sorted(run_dir.glob("*/spegel.log")):
         node = log_path.parent.name
-        host, node_claims, node_misses = read_mirror_log(log_path.read_text(errors="replace").splitlines(), node)
+        host, node_claims, node_incidents = read_mirror_log(log_path.read_text(errors="replace").splitlines(), node)
         if host:
             node_of[host] = node
         claims += node_claims
-        misses += node_misses
+        incidents += node_incidents
     rows, ages = [], []
     for digest in sorted({c.digest for c in claims}):
         rows += chain([c for c in claims if c.digest == digest], node_of)
@@ -208,7 +225,7 @@ def analyse_run(run_dir: Path, registry_lines: list[str]) -> dict[str, pd.DataFr
         "claims": pd.DataFrame(rows),
         "pairs": pd.DataFrame(ages),
         "upstream": pd.DataFrame(upstream_fetches(registry_lines, node_of)),
-        "misses": pd.DataFrame(misses),
+        "incidents": pd.DataFrame(incidents),
     }
 
 
@@ -235,7 +252,7 @@ def analyse(report: Path, workdir: Path) -> dict[str, pd.DataFrame]:
     traffic = pd.read_csv(data / "traffic.csv")
     registry_lines = (workdir / "upstream" / "registry.log").read_text(errors="replace").splitlines()
     layer_of = events.dropna(subset=["digest"]).groupby("digest")["layer"].first().to_dict()
-    tables: dict[str, list[pd.DataFrame]] = {"claims": [], "pairs": [], "upstream": [], "misses": []}
+    tables: dict[str, list[pd.DataFrame]] = {"claims": [], "pairs": [], "upstream": [], "incidents": []}
     for row in traffic.itertuples():
         run_dir = workdir / "runs" / str(row.run).replace("/", "-")
         if not run_dir.is_dir():
@@ -260,24 +277,24 @@ def analyse(report: Path, workdir: Path) -> dict[str, pd.DataFrame]:
 def summary(tables: dict[str, pd.DataFrame]) -> str:
     """Per run and layer: claimants, who went upstream (and how many bytes), how many nodes missed an earlier
     claim and by how much, chain depth, and the per-hop lag of first bytes and commits."""
-    hops_table, upstream, misses = tables["hops"], tables["upstream"], tables["misses"]
+    hops_table, upstream, incidents = tables["hops"], tables["upstream"], tables["incidents"]
     lines = [
-        "run | layer | claims | roots (nobody ahead) | upstream GETs: node MiB | 404s to containerd | "
+        "run | layer | claims | roots (nobody ahead) | upstream GETs: node MiB | incidents | "
         "missed an earlier claim (age ms) | max depth | data lag p50/max ms | commit lag p50/max ms"
     ]
     for (run, layer), group in hops_table.groupby(["run", "layer"]):
         roots = sorted(group[group["followed"] == ""]["node"])
         ups = upstream[(upstream["run"] == run) & (upstream["layer"] == layer)] if not upstream.empty else upstream
         by_node = ups.groupby("node")["bytes"].sum() / 2**20 if not ups.empty else pd.Series(dtype=float)
-        nmiss = misses[(misses["run"] == run) & (misses["layer"] == layer)] if not misses.empty else misses
+        found = incidents[(incidents["run"] == run) & (incidents["layer"] == layer)] if len(incidents) else incidents
         missed = group[group["missed"] != ""]
         ages = ", ".join(f"{r.node}:{r.missed_age * 1000:.0f}" for r in missed.itertuples())
         lag = group["data_lag"].dropna() * 1000
         commit = group["commit_lag"].dropna() * 1000
         went_up = " ".join(f"{n}:{b:.0f}" for n, b in by_node.items())
-        answered_404 = " ".join(sorted(nmiss["node"])) if len(nmiss) else ""
+        kinds = " ".join(f"{k}:{c}" for k, c in found["kind"].value_counts().items()) if len(found) else ""
         lines.append(
-            f"{run} | {layer} | {len(group)} | {' '.join(roots)} | {went_up} | {answered_404} | {ages} | "
+            f"{run} | {layer} | {len(group)} | {' '.join(roots)} | {went_up} | {kinds} | {ages} | "
             f"{group['depth'].max()} | {lag.median():.0f}/{lag.max():.0f} | {commit.median():.0f}/{commit.max():.0f}"
         )
     return "\n".join(lines) + "\n\n" + propagation(tables["pairs"])

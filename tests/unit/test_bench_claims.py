@@ -64,6 +64,10 @@ def test_mirror_log_gives_host_claims_and_misses() -> None:
             status=404,
             mirrored="true",
         ),
+        _line(
+            logger="spegel.registry", msg="blob body cut short", digest=DIGEST, error="ingest stalled at 8 of 16 bytes"
+        ),
+        _line(logger="spegel.mirror", msg="peer transfer broke", digest=DIGEST, error="peer closed connection"),
         "not json",
     ]
     host, claims, misses = read_mirror_log(lines, "n0")
@@ -71,7 +75,7 @@ def test_mirror_log_gives_host_claims_and_misses() -> None:
     assert claims == [
         Claim("n0", DIGEST, 100.0, rfc3339("2026-12-02T02:11:48.123Z"), (("198.18.7.10", 99.9, "in_progress"),))
     ]
-    assert [m["node"] for m in misses] == ["n0"]  # a peer's request (mirrored) sends no containerd upstream
+    assert [m["kind"] for m in misses] == ["404", "stalled", "broke"]  # a peer's request (mirrored) is no miss
 
 
 def test_chain_follows_the_nearest_earlier_claim_and_reports_the_missed_ones() -> None:
