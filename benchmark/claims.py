@@ -38,6 +38,8 @@ from typing import Any
 
 import pandas as pd
 
+from benchmark.tables import Bounds
+
 _LOGFMT = re.compile(r'([\w.]+)=("(?:[^"\\]|\\.)*"|\S*)')
 _BLOB_PATH = re.compile(r"/blobs/(sha256:[0-9a-f]{64})")
 _DURATION = re.compile(r"^([0-9.]+)(ns|µs|us|ms|s|m)$")
@@ -315,6 +317,39 @@ def propagation(pairs_table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def per_run(report: Path, tables: dict[str, pd.DataFrame]) -> str:
+    """One line per run: load average, slowest node over the bound, upstream bytes over S, upstream roots per
+    layer, stalls, and the time from each node's last blob commit to the end of its pull (unpacking: CPU)."""
+    data = report / "data"
+    meta = json.loads((report / "meta.json").read_text())
+    pulls, traffic = pd.read_csv(data / "pulls.csv"), pd.read_csv(data / "traffic.csv")
+    events = pd.read_csv(data / "events.csv")
+    usage = pd.read_csv(data / "usage.csv")
+    commits = events[(events["event"] == "commit") & (events["layer"] >= 0)].groupby(["run", "node"])["time"].max()
+    hops_table, incidents = tables["hops"], tables["incidents"]
+    lines = [
+        "run | load start/end | slowest (s) | / bound | upstream x S | roots per layer | stalls | "
+        "unpack tail p50/max (s) | CPU s per node: spegel / containerd"
+    ]
+    for row in traffic.itertuples():
+        bounds = Bounds.of(meta, str(row.image))
+        run_pulls = pulls[pulls["run"] == row.run].set_index("node")
+        tail = run_pulls["end"] - commits.loc[row.run].reindex(run_pulls.index)
+        layers = hops_table[(hops_table["run"] == row.run) & (hops_table["layer"] >= 0)]
+        roots = (
+            layers[layers["followed"] == ""].groupby("layer").size().reindex(sorted(set(layers["layer"])), fill_value=0)
+        )
+        stalls = int((incidents[incidents["run"] == row.run]["kind"] == "stalled").sum()) if len(incidents) else 0
+        cpu = usage[usage["run"] == row.run].groupby("process")["cpu_seconds"].median()
+        lines.append(
+            f"{row.run} | {row.load_start:.1f}/{row.load_end:.1f} | {run_pulls['duration'].max():.1f} | "
+            f"{run_pulls['duration'].max() / bounds.lower:.2f} | {row.upstream_bytes / bounds.size:.2f} | "
+            f"{' '.join(str(n) for n in roots)} | {stalls} | {tail.median():.1f}/{tail.max():.1f} | "
+            f"{cpu.get('spegel', math.nan):.1f} / {cpu.get('containerd', math.nan):.1f}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.claims", description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="the scenario's report directory (with data/)")
@@ -325,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyError, ValueError) as exc:
         sys.stderr.write(f"claims: error: {exc}\n")
         return 2
-    print(summary(tables))
+    print(per_run(args.report, tables) + "\n\n" + summary(tables))
     return 0
 
 

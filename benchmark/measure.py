@@ -8,6 +8,7 @@ records from different sources line up; the runner adds the run's labels and tur
 - `watch_ingests(node, sink, interval)`: when each blob's download starts: a new ingest directory under the
   content root (containerd publishes no event for it), found by listing every `interval` seconds; and when
   its first bytes are on disk (`data`: the first chunk arrived, from upstream or a peer).
+- `sample_cpu(nodes, sink, interval)`: CPU seconds of every mirror, containerd and the whole machine, sampled.
 - `scrape_mirror(node)`: the mirror's byte and request counters by source, from its `/metrics`.
 - `watch_visibility(...)`: an observer node asks its own mirror (as its containerd would: HEAD, no
   `X-Spegel-Mirrored`) for a blob every `interval` seconds until it answers 200: when the blob became
@@ -27,7 +28,7 @@ import httpx
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmark.cluster.base import Node
+from benchmark.cluster.base import Node, process_usage
 from spegel.store.containerd.client import ContainerdClient, ContainerdError
 from spegel.store.containerd.ingest import ref_digest
 from spegel.store.containerd.proto import content_events_pb2
@@ -100,6 +101,27 @@ async def watch_ingests(node: Node, sink: Sink, interval: float) -> None:
         for event, seen, with_bytes in (("ingest", started, False), ("data", writing, True)):
             for digest in await trio.to_thread.run_sync(scan_ingests, root, seen, with_bytes):
                 sink({"node": node.name, "event": event, "digest": digest, "time": time.time()})
+        await trio.sleep(interval)
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores; not idle, not waiting for I/O) since boot."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def sample_cpu(nodes: list[Node], sink: Sink, interval: float) -> None:
+    """Every `interval` seconds until cancelled: the CPU seconds so far of each node's mirror and containerd
+    (`node`, `process`), and of the whole machine (`process` = "machine"): differences give who was busy when."""
+    while True:
+        now = time.time()
+        sink({"node": "", "process": "machine", "time": now, "cpu_seconds": machine_busy()})
+        for node in nodes:
+            for process, daemon in (("containerd", node.containerd), ("spegel", node.mirror)):
+                if daemon is not None and daemon.process is not None:
+                    used = process_usage(daemon.pid, node.name, process)
+                    if used is not None:
+                        sink({"node": node.name, "process": process, "time": now, "cpu_seconds": used.cpu_seconds})
         await trio.sleep(interval)
 
 

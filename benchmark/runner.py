@@ -18,6 +18,8 @@ it measured), with the labels `run, image, mode, repetition`:
   over nodes (`bytes_<source>`, `requests_<source>`), and the machine's 1-minute load average at the phase's
   start and end (`load_start`, `load_end`);
 - `usage`: node, process, cpu_seconds, peak_rss_bytes;
+- `cpu`: node, process (`spegel`, `containerd`, or `machine` for the whole machine), time, cpu_seconds so far,
+  sampled every `CPU_SAMPLE_INTERVAL` s;
 - `failures`: runs that could not run (their nodes did not start), with the error.
 `OUT/meta.json` holds the scenario, the images' digests and sizes, the machine and the git commit.
 """
@@ -45,9 +47,10 @@ from benchmark.daemons import DaemonError
 from benchmark.progress import Progress
 from benchmark.scenario import PEER_MODES, PHASES, RunKey, Scenario, plan, repository_name
 
-TABLES = ("pulls", "events", "visibility", "traffic", "usage", "failures")
+TABLES = ("pulls", "events", "visibility", "traffic", "usage", "cpu", "failures")
 SETTLE_AFTER_PULL = 10.0  # seconds observers keep probing after the pull ended (image events come late)
 INGEST_POLL = 0.02
+CPU_SAMPLE_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,10 @@ class ScenarioRunner:
                     extra = {"phase": phase_of.get(digest, ""), "layer": self.layer_index.get(digest, -1)}
                     self.recorder.add("events", labels, {**record, **extra})
 
+                def on_cpu(record: dict[str, Any]) -> None:
+                    self.recorder.add("cpu", labels, record)
+
+                watchers.start_soon(measure.sample_cpu, nodes, on_cpu, CPU_SAMPLE_INTERVAL)
                 for node in nodes:
                     await watchers.start(measure.watch_commits, node, on_event)
                     watchers.start_soon(measure.watch_ingests, node, on_event, INGEST_POLL)

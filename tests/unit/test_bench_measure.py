@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.measure import counter_delta, parse_mirror_metrics, scan_ingests
+from benchmark.measure import counter_delta, machine_busy, parse_mirror_metrics, scan_ingests
 from benchmark.progress import Progress
 from spegel.store.containerd.ingest import ref_digest
 
@@ -85,3 +85,9 @@ def test_progress_lines_count_runs_and_estimate_what_is_left() -> None:
     assert lines[0] == "[1/2, ? left] run a: create"
     assert lines[1].startswith("[1/2] run a done (") and lines[1].endswith(" s)")
     assert lines[2].startswith("[2/2, ") and lines[2].endswith(" min left] run b: create")
+
+
+def test_machine_busy_counts_up() -> None:
+    first = machine_busy()
+    sum(i * i for i in range(200_000))  # some CPU work
+    assert 0 < first <= machine_busy()
