@@ -8,14 +8,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
 from spegel import hostsconfig, preflight
 from spegel.advertise import Advertisements
+from spegel.debugweb import DebugView, PeerRow, add_debug_web
 from spegel.metrics import Metrics, RegistryLabels, instrument, tag_registry
 from spegel.mirror.backend import MirrorBackend, MirrorOptions
 from spegel.mirror.inflight import IngestSource
@@ -34,6 +35,9 @@ from spegel.store.containerd.client import ContainerdError
 from spegel.store.containerd.store import DEFAULT_CONTENT_PATH, DEFAULT_NAMESPACE, DEFAULT_SOCKET, ContainerdStore
 from spegel.store.containerd.watcher import DEFAULT_RELIST_INTERVAL, Mode, Watcher
 from spegel.store.layout import InvalidLayout, OCILayoutStore
+
+if TYPE_CHECKING:
+    from spegel.routing.libp2p.router import Libp2pRouter
 
 log = logging.getLogger("spegel")
 E = TypeVar("E", bound=BaseException)
@@ -135,11 +139,12 @@ async def serve_registry(settings: RegistrySettings, store: ContentStore) -> Non
         signals.start_soon(_stop_on_signals, signals.cancel_scope)
         async with contextlib.AsyncExitStack() as stack:
             watcher, peer_name = None, None
+            peers: Callable[[], list[PeerRow]] = list
             if settings.router is None:
                 backend: Backend = LocalBackend(store)
             else:
                 router = await stack.enter_async_context(open_router(settings.router, settings.registry_addr))
-                peer_name = router.name
+                peer_name, peers = router.name, functools.partial(_peer_rows, router)
                 if isinstance(store, ContainerdStore):
                     advertised = TagFilteringRouter(router, settings.mirror.filters.excludes)
                     c = settings.containerd
@@ -159,6 +164,15 @@ async def serve_registry(settings: RegistrySettings, store: ContentStore) -> Non
                     nursery.start_soon(watcher.run)
                 bound = await listen(nursery, registry_app, settings.registry_addr, settings.http)
                 metrics_app = create_metrics_app(metrics, backend.ready)
+                if settings.debug_web:
+                    view = DebugView(
+                        node=peer_name or "local content only (--router none)",
+                        registry_url=_loopback(bound[0]),
+                        activity=metrics.activity,
+                        advertised=watcher.advertisements.state if watcher is not None else {},
+                        peers=peers,
+                    )
+                    add_debug_web(metrics_app, view)
                 metrics_bound = await listen(nursery, metrics_app, settings.metrics_addr, METRICS_LIMITS)
                 log.info(
                     "serving",
@@ -182,6 +196,21 @@ async def check_containerd(store: ContainerdStore, options: ContainerdOptions) -
         log.log(level, f"preflight: {finding.message}", extra={"check": finding.check})
     if not findings:
         log.info("preflight: containerd is ready for the mirror", extra={"version": version.text})
+
+
+def _peer_rows(router: Libp2pRouter) -> list[PeerRow]:
+    """The debug page's peers: every connected one, its announced registry address, keys, and whether it is
+    heard from."""
+    now, index = trio.current_time(), router.index
+    rows = []
+    for peer in map(str, router.connected_peers()):
+        rows.append(PeerRow(peer, index.address(peer), index.holds(peer), index.heard(peer, now)))
+    return rows
+
+
+def _loopback(url: str) -> str:
+    """A bound URL as this process reaches it: an unspecified host becomes loopback."""
+    return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
 
 
 def _registries_here(advertisements: Advertisements, hosts_dir: str) -> set[str]:

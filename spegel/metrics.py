@@ -23,6 +23,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -30,6 +31,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.registry import Collector
 
+from spegel.activity import Activity
 from spegel.routing.base import KeyState
 from spegel.routing.filtered import is_tag_key
 
@@ -44,6 +46,7 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SOURCES = ("local", "peer", "inflight", "miss")  # where a request's bytes came from (`miss`: 404, none)
 MAX_REGISTRY_LABELS = 64  # registries named in labels when every registry is mirrored (the rest: `other`)
+MAX_SHOWN = 200  # characters of a client's path or registry kept for the debug page
 ROUTER = "libp2p"  # Spegel's `router` label of spegel_resolve_duration_seconds
 
 
@@ -132,6 +135,7 @@ class Metrics:
     def __init__(self, registry_label: Callable[[str], str] | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry_label = registry_label or RegistryLabels()
+        self.activity = Activity()  # transfers and misses, for the debug page
         r = self.registry
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
@@ -248,6 +252,10 @@ def instrument(app: ASGIApp, metrics: Metrics, handler_of: Callable[[str], str])
             code, label = str(status or 499), method_label(method)
             metrics.http_request_duration.labels(handler, label, code).observe(time.perf_counter() - started)
             metrics.http_response_size.labels(handler, label, code).observe(sent)
+            mirrored = _header(scope, b"x-spegel-mirrored")
+            if status == 404 and handler in ("manifest", "blob"):
+                registry = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("ns", [""])[0]
+                metrics.activity.missed(scope["path"][:MAX_SHOWN], registry[:MAX_SHOWN], mirrored is not None)
             access_log.info(
                 "request",
                 extra={
@@ -255,7 +263,7 @@ def instrument(app: ASGIApp, metrics: Metrics, handler_of: Callable[[str], str])
                     "path": scope["path"],
                     "query": scope.get("query_string", b"").decode("latin-1"),
                     "range": _header(scope, b"range"),
-                    "mirrored": _header(scope, b"x-spegel-mirrored"),
+                    "mirrored": mirrored,
                     "status": status or 499,
                     "bytes": sent,
                     "seconds": round(time.perf_counter() - started, 6),

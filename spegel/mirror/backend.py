@@ -110,7 +110,7 @@ class MirrorBackend:
         try:
             reader = await self.store.open(digest)
             self._count(registry, "local")
-            return _Counted(reader, self.metrics, "local")
+            return _Counted(reader, self.metrics, "local", digest)
         except NotFound:
             pass
         if request.mirrored:
@@ -118,7 +118,7 @@ class MirrorBackend:
                 raise NotFound(str(digest))
             reader = await self.in_progress.open_in_progress(digest, self.options.inflight_wait)
             self._count(registry, "inflight")
-            return _Counted(reader, self.metrics, "inflight")
+            return _Counted(reader, self.metrics, "inflight", digest)
         holders = await self._lookup(str(digest))
         claims = self.claims
         hedge = self.peers.latency.hedge_delay()
@@ -133,7 +133,7 @@ class MirrorBackend:
                 reason, decision = str(exc), decide.Miss(claim=decision.claim_on_failure)
             else:
                 self._count(registry, "peer")
-                return _Counted(blob, self.metrics, "peer")
+                return _Counted(blob, self.metrics, "peer", digest)
         self._count(registry, "miss")
         if decision.claim and claims is not None:
             await claims.claim(digest)  # containerd fetches it upstream now: peers may follow
@@ -184,11 +184,13 @@ async def _close_response(response: PeerResponse) -> None:
 
 
 class _Counted:
-    """A BlobReader that counts the bytes it yields per source (also as file regions, when its reader has them)."""
+    """A BlobReader that counts the bytes it yields per source (also as file regions, when its reader has them),
+    and shows its transfer, with the holder it streams from, in `metrics.activity` while it runs."""
 
-    def __init__(self, reader: BlobReader, metrics: Metrics, source: str) -> None:
+    def __init__(self, reader: BlobReader, metrics: Metrics, source: str, digest: Digest) -> None:
         self._reader = reader
         self._bytes = metrics.mirror_bytes.labels(source)
+        self._activity, self._source, self._digest = metrics.activity, source, str(digest)
         self.size = reader.size
         self.ranged = reader.ranged
         if isinstance(reader, FileRegions):
@@ -197,10 +199,19 @@ class _Counted:
     def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         return self._count(self._reader.chunks(start, end))
 
+    def _holder(self) -> str | None:
+        holder = getattr(self._reader, "holder", None)  # a PeerBlob's current holder
+        return None if holder is None else str(holder.address)
+
     async def _count(self, pieces: AsyncIterator[P]) -> AsyncIterator[P]:
-        async for piece in pieces:
-            self._bytes.inc(len(piece))
-            yield piece
+        transfer = self._activity.start(self._digest, self._source, self._holder)
+        try:
+            async for piece in pieces:
+                self._bytes.inc(len(piece))
+                self._activity.sent(transfer, len(piece))
+                yield piece
+        finally:
+            self._activity.end(transfer)
 
     async def aclose(self) -> None:
         await self._reader.aclose()
