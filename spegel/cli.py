@@ -223,8 +223,40 @@ def add_router_flags(parser: FlagParser) -> None:
     parser.flag(
         "--router-psk-file",
         group=group,
-        help="private network key file (libp2p /key/swarm/psk/1.0.0/ format or 64 hex digits): "
-        "only nodes with the same key can connect",
+        help="private network key file (libp2p /key/swarm/psk/1.0.0/ format or 64 hex digits, e.g. from "
+        "`openssl rand -hex 32`): only nodes with the same key can connect. Required unless every listen and "
+        "bootstrap address is loopback or --insecure-no-psk is given",
+    )
+    parser.flag(
+        "--insecure-no-psk",
+        group=group,
+        boolean_flag=True,
+        default=False,
+        help="join a cluster without a private network key: any host that reaches the router port can announce "
+        "content to this node (see docs/operations.md, Security)",
+    )
+    parser.flag(
+        "--router-peer-networks",
+        group=group,
+        many=True,
+        default=[],
+        metavar="CIDR",
+        help="networks (e.g. the pod CIDR) peers may name as registry or router hosts besides their own address "
+        "(space- or comma-separated, or repeated; default: a peer's own host only, and hosts already known)",
+    )
+    parser.flag(
+        "--router-max-keys-per-peer",
+        group=group,
+        type=positive_int,
+        default=50_000,
+        help="keys one peer may announce; further ones are refused (default: 50000)",
+    )
+    parser.flag(
+        "--router-peer-grace",
+        group=group,
+        type=duration,
+        default=10.0,
+        help="how long a disconnected peer's announcements are kept for it to come back (default: 10s)",
     )
     parser.flag(
         "--router-record-ttl",
@@ -269,7 +301,13 @@ def router_options(args: argparse.Namespace) -> RouterOptions:
     for name in ("router_record_ttl", "router_refresh", "router_rejoin"):
         if getattr(args, name) == 0:
             raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} must be longer than 0")
-    return _options(RouterOptions, args, "router_", static_bootstrap_peers=tuple(args.static_bootstrap_peers))
+    return _options(
+        RouterOptions,
+        args,
+        "router_",
+        static_bootstrap_peers=tuple(args.static_bootstrap_peers),
+        peer_networks=tuple(args.router_peer_networks),
+    )
 
 
 T = TypeVar("T")

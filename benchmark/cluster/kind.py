@@ -66,6 +66,7 @@ from benchmark.cluster.kindplan import (
     WORKLOAD_NAME,
     WORKLOAD_NAMESPACE,
     bench_image_ids,
+    ensure_router_psk,
     hosts_commands,
     parse_published_port,
     render_hosts,
@@ -102,6 +103,7 @@ def write_configuration(scenario: Scenario, directory: Path, registry_host: str 
         if mode in MIRROR_MODES:
             kustomize_dir = directory / f"mirror-{mode}"
             kustomize_dir.mkdir(exist_ok=True)
+            ensure_router_psk()
             (kustomize_dir / "kustomization.yaml").write_text(render_kustomization(mode, kustomize_dir))
     for phase in scenario.phases:
         for shape in scenario.images:

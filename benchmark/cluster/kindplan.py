@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shlex
 from pathlib import Path
 
@@ -24,6 +25,7 @@ CACHE_HOST = f"{CACHE_NAME}:{REGISTRY_PORT}"  # the pull-through cache container
 REGISTRY_IMAGE = "registry:2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_BASE = REPO_ROOT / "deploy" / "kustomize" / "base"
+ROUTER_PSK = DEPLOY_BASE / "router.psk"  # the cluster secret the base's secretGenerator reads (never committed)
 MIRROR_IMAGE = "spegel:bench"
 MIRROR_NAMESPACE = "spegel"  # from deploy/kustomize/base
 CERTS_D = "/etc/containerd/certs.d"
@@ -81,6 +83,13 @@ def hosts_commands(node: str, mode: str) -> list[tuple[list[str], str | None]]:
         script = f"mkdir -p {directory} && cat > {directory}/{hostsconfig.HOSTS_FILE}"
         commands.append((["docker", "exec", "-i", node, "sh", "-c", script], text))
     return commands
+
+
+def ensure_router_psk(path: Path = ROUTER_PSK) -> Path:
+    """A private network key at `path`: the one there, else a new one (as `openssl rand -hex 32 > path` makes)."""
+    if not path.exists():
+        path.write_text(secrets.token_hex(32) + "\n")
+    return path
 
 
 def render_kustomization(mode: str, directory: Path) -> str:

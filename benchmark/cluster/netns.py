@@ -41,6 +41,7 @@ from benchmark.cluster.base import (
     restore_signals,
     trap_signals,
 )
+from benchmark.cluster.kindplan import ensure_router_psk
 from benchmark.daemons import (
     READY_TIMEOUT,
     Containerd,
@@ -311,6 +312,7 @@ class NetnsCluster:
         peers = ",".join(f"/ip4/{o.address}/tcp/{ROUTER_PORT}" for o in self.net.nodes if o.name != ep.name)
         router = ["--router", "libp2p", "--router-addr", f"{ep.address}:{ROUTER_PORT}"]
         router += ["--data-dir", str(run_dir / ep.name / "spegel-data")]
+        router += ["--router-psk-file", str(ensure_router_psk(run_dir / "router.psk"))]  # as deployed: a cluster key
         router += ["--bootstrap-kind", "static", "--static-bootstrap-peers", peers]
         extra = ["--advertise", mode, "--log-level", os.environ.get("SPEGEL_BENCH_LOG_LEVEL", "info")]
         extra += ["--containerd-sock", str(node.containerd.socket)]

@@ -131,7 +131,10 @@ class PeerClient:
 
     async def fetch_manifest(self, holder: Holder, reference: Reference) -> ManifestContent:
         """Fetch a manifest from a peer and check it: by digest it must hash to that digest; by tag to the
-        digest the peer names in Docker-Content-Digest."""
+        digest the peer announced for the tag (`holder.digest`; a holder that announced none is not asked)."""
+        expected = reference.digest or _announced_digest(holder)
+        if expected is None:
+            raise PeerError(f"{holder.address}: announced no manifest digest for {reference}")
         target = str(reference.digest) if reference.digest is not None else reference.tag
         path = f"/v2/{reference.repository}/manifests/{target}"
         response = await self._send(holder, self._request("GET", holder, path, reference.registry, {}))
@@ -147,8 +150,7 @@ class PeerClient:
             raise PeerError(f"{holder.address}: {type(exc).__name__}: {exc}") from None
         finally:
             await response.aclose()
-        expected = reference.digest or _header_digest(response)
-        if expected is None or Digest.of(bytes(data), expected.algorithm) != expected:
+        if Digest.of(bytes(data), expected.algorithm) != expected:
             raise PeerError(f"{holder.address}: manifest bytes do not match {expected}")
         media_type = response.headers.get("Content-Type") or detect_media_type(bytes(data))
         if media_type is None or detect_media_type(bytes(data)) is None:
@@ -182,6 +184,13 @@ class PeerClient:
 
     def track(self, address: str, delta: int) -> None:
         self.load[address] = self.load.get(address, 0) + delta
+
+
+def _announced_digest(holder: Holder) -> Digest | None:
+    try:
+        return Digest.parse(holder.digest) if holder.digest else None
+    except InvalidDigest:
+        return None
 
 
 def _header_digest(response: httpx.Response) -> Digest | None:

@@ -1,7 +1,9 @@
 """The router interface the mirror and the advertiser use.
 
 Keys are Spegel's: digest strings (`sha256:...`) and tags as `registry/repository:tag`. A node advertises the
-keys it holds, either complete or in progress (a blob still downloading), and withdraws them when gone.
+keys it holds, either complete or in progress (a blob still downloading), and withdraws them when gone. A tag is
+advertised with the digest of its manifest appended (`registry/repository:tag@sha256:...`, see
+`spegel.routing.keys.split_tag_digest`) and looked up without it; each holder found carries the digest it announced.
 Lookups answer with holders as registry addresses (`host:port` of the peer's mirror), best first.
 """
 
@@ -21,14 +23,16 @@ class KeyState(Enum):
 @dataclass(frozen=True)
 class Holder:
     """A peer that holds a key. `available` is the number of bytes it has so far when in progress and known;
-    `since` is when it claimed the download of an in-progress key (wall-clock seconds), when it did; `peer` is
-    its name in the router (as `Router.name`), "" when not known. `since` and `peer` are not compared."""
+        `since` is when it claimed the download of an in-progress key (wall-clock seconds), when it did; `peer` is
+        its name in the router (as `Router.name`), "" when not known; `digest` is, for a tag, the digest of the manifest
+    the holder announced for it (None when it announced none). `since` and `peer` are not compared."""
 
     address: str  # the peer mirror's registry address, "host:port"
     state: KeyState = KeyState.COMPLETE
     available: int | None = None
     since: float | None = field(default=None, compare=False)
     peer: str = field(default="", compare=False)
+    digest: str | None = None
 
 
 class Router(Protocol):
@@ -49,7 +53,8 @@ class Router(Protocol):
         ...
 
     async def withdraw(self, keys: Iterable[str]) -> None:
-        """Announce that this node no longer holds `keys`."""
+        """Announce that this node no longer holds `keys`. A tag with a digest appended is withdrawn only while
+        it is still advertised with that digest (a tag moved to a new manifest stays)."""
         ...
 
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:

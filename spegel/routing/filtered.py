@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from spegel.routing.base import Holder, KeyState, Router
+from spegel.routing.keys import split_tag_digest
 
 
 def is_tag_key(key: str) -> bool:
@@ -13,7 +14,8 @@ def is_tag_key(key: str) -> bool:
 
 
 class TagFilteringRouter:
-    """Delegates to `router`, dropping from advertisements every tag key for which `excluded(key)` is true."""
+    """Delegates to `router`, dropping from advertisements every tag for which `excluded(tag key)` is true (the
+    tag key without the digest advertised with it)."""
 
     def __init__(self, router: Router, excluded: Callable[[str], bool]) -> None:
         self._router = router
@@ -27,7 +29,7 @@ class TagFilteringRouter:
         available: int | None = None,
         since: float | None = None,
     ) -> None:
-        kept = [k for k in keys if not (is_tag_key(k) and self._excluded(k))]
+        kept = [k for k in keys if not (is_tag_key(k) and self._excluded(split_tag_digest(k)[0]))]
         if kept:
             await self._router.advertise(kept, state, available, since)
 

@@ -3,6 +3,10 @@
 Every key (a digest string such as `sha256:...` or a tag `registry/repository:tag`) becomes a CID v1 with the
 raw codec (0x55) whose multihash is sha2-256 (0x12, 32 bytes) over the UTF-8 key string, as Spegel does. The DHT
 stores provider records under the multihash; the textual form is multibase base32 (prefix `b`), lower case.
+
+A tag is advertised together with the digest of the manifest it names: `registry/repository:tag@sha256:...`
+(`split_tag_digest` takes it apart). Lookups, the DHT and the index use the tag key alone; the digest travels with
+the announcement, so a mirror can check a peer's manifest against what that peer announced.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from spegel.oci.digest import Digest, InvalidDigest
+
 CID_VERSION = 1
 RAW_CODEC = 0x55
 SHA2_256 = 0x12
 SHA2_256_LENGTH = 32
+MAX_KEY_LENGTH = 512  # a tag key (registry 253 + repository 255 + tag 128) fits in practice; longer is junk
 
 
 class InvalidKey(ValueError):
@@ -54,3 +61,20 @@ def key_cid(key: str) -> bytes:
 def key_cid_string(key: str) -> str:
     """The CID v1 of `key` as multibase base32 text (`bafkrei...`)."""
     return "b" + base64.b32encode(key_cid(key)).decode("ascii").rstrip("=").lower()
+
+
+def split_tag_digest(key: str) -> tuple[str, str | None]:
+    """A tag advertised with its manifest's digest (`registry/repository:tag@<digest>`) as (tag key, digest); any
+    other key as (key, None). Raises InvalidKey when the text after a tag's `@` is not a digest."""
+    if "/" not in key or "@" not in key:
+        return key, None
+    tag, _, digest = key.rpartition("@")
+    try:
+        return tag, str(Digest.parse(digest))
+    except InvalidDigest as exc:
+        raise InvalidKey(f"tag {tag[:200]!r} announced with {exc}") from None
+
+
+def with_digest(key: str, digest: str | None) -> str:
+    """`key` as advertised: with `@<digest>` appended when `digest` is set (see `split_tag_digest`)."""
+    return key if digest is None else f"{key}@{digest}"

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import trio
 
 from spegel.routing.base import Holder, KeyState
-from spegel.routing.index import Announcement, HolderIndex
+from spegel.routing.index import Announcement, HolderIndex, announcements, withdrawals
 
 
 class MemoryNetwork:
@@ -37,6 +37,7 @@ class MemoryRouter:
         self._network = network
         self.address = address
         self.name = address
+        self._held: dict[str, Announcement] = {}
 
     async def advertise(
         self,
@@ -46,12 +47,16 @@ class MemoryRouter:
         since: float | None = None,
     ) -> None:
         await trio.lowlevel.checkpoint()
-        items = (Announcement(key, state, available, since) for key in keys)
+        items = announcements(keys, state, available, since)
+        self._held.update((item.key, item) for item in items)
         self._network.index.update(self.address, items, 0.0)
 
     async def withdraw(self, keys: Iterable[str]) -> None:
         await trio.lowlevel.checkpoint()
-        self._network.index.remove(self.address, keys)
+        gone = withdrawals(keys, self._held)
+        for key in gone:
+            del self._held[key]
+        self._network.index.remove(self.address, gone)
 
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         await trio.lowlevel.checkpoint()

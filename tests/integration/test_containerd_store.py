@@ -61,7 +61,7 @@ async def test_store_after_cri_pull(
         host = image.platforms[0]
         held = [image.index, host.manifest, host.config, *host.layers]
         keys = await store.all_image_keys()
-        assert keys[0] == Reference.parse(name).tag_key()
+        assert keys[0] == f"{Reference.parse(name).tag_key()}@{image.top.digest}"  # a tag carries its digest
         assert set(keys[1:]) == {str(d.digest) for d in held}  # the other platform's manifest is not held
         assert str(image.platforms[1].manifest.digest) not in keys
 

@@ -67,7 +67,7 @@ async def test_events_are_advertised_in_containerds_order(
     image, name = await pushed(upstream_registry, ImageSpec((200_000, 300_000, 400_000), seed=601), "w/app", "v1")
     containerd = containerd_factory()
     plain_http_upstream(containerd, upstream_registry)
-    tag = Reference.parse(name).tag_key()
+    tag = f"{Reference.parse(name).tag_key()}@{image.top.digest}"
     router = RecordingRouter()
     store = ContainerdStore(ContainerdClient(str(containerd.socket)), containerd.content_root)
     events: list[tuple[str, str]] = []
@@ -169,8 +169,8 @@ async def test_removed_image_is_withdrawn_after_gc(
     plain_http_upstream(containerd, upstream_registry)
     router = RecordingRouter()
     store = ContainerdStore(ContainerdClient(str(containerd.socket)), containerd.content_root)
-    gone_keys = {Reference.parse(gone_name).tag_key(), *held_digests(gone)}
-    kept_keys = {Reference.parse(kept_name).tag_key(), *held_digests(kept)}
+    gone_keys = {f"{Reference.parse(gone_name).tag_key()}@{gone.top.digest}", *held_digests(gone)}
+    kept_keys = {f"{Reference.parse(kept_name).tag_key()}@{kept.top.digest}", *held_digests(kept)}
     try:
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
@@ -206,7 +206,9 @@ async def test_containerd_restart_is_survived(
             async with trio.open_nursery() as nursery:
                 await nursery.start(watcher.run)
                 await store.client.pull_image(first_name)
-                await router.wait_for(lambda state: Reference.parse(first_name).tag_key() in state)
+                await router.wait_for(
+                    lambda state: f"{Reference.parse(first_name).tag_key()}@{first.top.digest}" in state
+                )
 
                 await trio.to_thread.run_sync(containerd.stop)
                 containerd.process = None  # stopped for good: the next start() launches a new process
@@ -217,7 +219,9 @@ async def test_containerd_restart_is_survived(
                 os.symlink(containerd.socket, link)
 
                 await store.client.pull_image(second_name)
-                await router.wait_for(lambda state: Reference.parse(second_name).tag_key() in state)
+                await router.wait_for(
+                    lambda state: f"{Reference.parse(second_name).tag_key()}@{second.top.digest}" in state
+                )
                 nursery.cancel_scope.cancel()
     finally:
         store.close()

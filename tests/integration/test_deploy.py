@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import json
@@ -34,6 +35,7 @@ import trio
 import yaml
 
 from benchmark.cluster import netplan
+from benchmark.cluster.kindplan import ensure_router_psk
 from benchmark.cluster.netns import _used_subnets as used_subnets
 from benchmark.daemons import Containerd, Registry, Spegel, spegel_command
 from benchmark.images import ImageSpec, build, push
@@ -55,7 +57,9 @@ NAMESPACE = "spegel"
 
 @functools.cache
 def render(kustomization: str, kubectl: str = "kubectl") -> tuple[dict[str, Any], ...]:
-    """`kubectl kustomize deploy/kustomize/<kustomization>`, parsed."""
+    """`kubectl kustomize deploy/kustomize/<kustomization>`, parsed (with the cluster secret's file made first, as
+    the docs' one-line step does; a Secret's base64 data without the line breaks kustomize v2 puts in)."""
+    ensure_router_psk()
     result = subprocess.run(
         [kubectl, "kustomize", str(DEPLOY / "kustomize" / kustomization)],
         capture_output=True,
@@ -64,7 +68,11 @@ def render(kustomization: str, kubectl: str = "kubectl") -> tuple[dict[str, Any]
         check=False,
     )
     assert result.returncode == 0, f"{kubectl} kustomize {kustomization}: {result.stderr}"
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    docs = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    for doc in docs:
+        if doc["kind"] == "Secret":
+            doc["data"] = {key: "".join(value.split()) for key, value in doc["data"].items()}
+    return docs
 
 
 def find(docs: Sequence[Mapping[str, Any]], kind: str, name: str | None = None) -> list[Mapping[str, Any]]:
@@ -203,6 +211,25 @@ def test_services_select_the_mirror_pods_and_name_their_ports() -> None:
     assert services["spegel-bootstrap"]["spec"]["clusterIP"] == "None"
     assert services["spegel-bootstrap"]["spec"]["publishNotReadyAddresses"] is True
     assert [p["targetPort"] for p in services["spegel-registry"]["spec"]["ports"]] == ["registry"]
+
+
+@pytest.mark.parametrize("kustomization", ["base", "overlays/k3s", "overlays/servicemonitor"])
+def test_the_router_gets_the_cluster_secret_and_a_network_policy_guards_its_ports(kustomization: str) -> None:
+    docs = render(kustomization)
+    daemonset = one(docs, "DaemonSet", "spegel")
+    registry = containers(daemonset)["registry"]
+    key_file = Path(flag(container_argv(registry), "--router-psk-file"))
+    volume = mounts(daemonset, registry)[str(key_file.parent)]
+    assert volume["readOnly"] and volume["secret"]["secretName"] == "spegel-router-psk"
+    secret = one(docs, "Secret", "spegel-router-psk")
+    assert len(base64.b64decode(secret["data"][key_file.name]).strip()) == 64  # `openssl rand -hex 32`
+    policy = one(docs, "NetworkPolicy", "spegel")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    [peers, metrics] = policy["spec"]["ingress"]
+    assert [p["port"] for p in peers["ports"]] == [port_number(registry, "registry"), port_number(registry, "router")]
+    assert [f["podSelector"]["matchLabels"].items() <= pod_labels.items() for f in peers["from"]] == [True]
+    assert [p["port"] for p in metrics["ports"]] == [port_number(registry, "metrics")]
 
 
 def test_the_mirror_targets_are_this_nodes_hostport_then_the_nodeport() -> None:
@@ -495,6 +522,14 @@ def on_node(argv: Sequence[str], host_paths: Mapping[str, Path]) -> list[str]:
     return result
 
 
+def secret_volume(docs: Sequence[Mapping[str, Any]], name: str, directory: Path) -> Path:
+    """The files the kubelet puts in a volume of Secret `name`, written to `directory`."""
+    directory.mkdir()
+    for key, value in one(docs, "Secret", name)["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+    return directory
+
+
 def run_spegel(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     assert argv[0] == "spegel"
     return subprocess.run([*spegel_command(), *argv[1:]], capture_output=True, text=True, timeout=60, check=False)
@@ -549,6 +584,7 @@ async def test_deployed_commands_run_a_two_node_cluster(tmp_path: Path, upstream
                 "/var/lib/containerd/io.containerd.content.v1.content": containerd.content_root,
                 "/var/lib/spegel": base / "spegel-data",
                 "/tmp": base / "tmp",
+                "/etc/spegel/router": secret_volume(docs, "spegel-router-psk", base / "router-psk"),
             }
             assert set(host_paths) == set(mounts(daemonset, registry)) | set(mounts(daemonset, configuration))
             for path in (base / "spegel-data", base / "tmp"):

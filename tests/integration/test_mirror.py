@@ -97,7 +97,9 @@ async def test_blob_and_manifest_served_from_a_peer(tmp_path: Path, image) -> No
     async with trio.open_nursery() as nursery:
         a_addr, a_metrics = await start_mirror(nursery, tmp_path / "a", StaticRouter({}), MirrorOptions())
         holders = [Holder(a_addr)]
-        table = {str(d.digest): holders for d in image.blobs()} | {REFERENCE: holders}
+        table = {str(d.digest): holders for d in image.blobs()} | {
+            REFERENCE: [Holder(a_addr, digest=str(image.top.digest))]
+        }
         c_addr, c_metrics = await start_mirror(
             nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions()
         )
@@ -278,6 +280,33 @@ async def test_miss_is_404_and_tags_can_be_filtered(tmp_path: Path, image) -> No
             assert filtered.status_code == 404 and filtered.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
         assert REFERENCE not in router.lookups, "a filtered tag must not even be looked up"
         assert peer_count(c_metrics, "miss") == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_tag_is_served_only_as_the_manifest_its_holder_announced(tmp_path: Path, image) -> None:
+    """A peer that serves, for a tag, another manifest than the one it announced (a forged tag), or announced no
+    digest, is not believed: the tag is a miss (404, containerd goes upstream)."""
+    other = build(ImageSpec(layers=(1 << 10,), compression="none", seed=8))
+    other.to_layout(tmp_path / "rogue", REFERENCE)
+    image.to_layout(tmp_path / "honest", REFERENCE)
+    async with trio.open_nursery() as nursery:
+        rogue, _ = await start_mirror(nursery, tmp_path / "rogue", StaticRouter({}), MirrorOptions())
+        honest, _ = await start_mirror(nursery, tmp_path / "honest", StaticRouter({}), MirrorOptions())
+        announced = str(image.top.digest)
+        for holders, status in [
+            ([Holder(rogue, digest=announced)], 404),  # serves `other` for the tag it announced as `image`
+            ([Holder(honest)], 404),  # announced no digest
+            ([Holder(rogue, digest=announced), Holder(honest, digest=announced)], 200),
+        ]:
+            router = StaticRouter({REFERENCE: holders})
+            c_addr, _ = await start_mirror(
+                nursery, empty_layout(tmp_path / f"c{len(holders)}{status}"), router, MirrorOptions()
+            )
+            async with httpx.AsyncClient(base_url=f"http://{c_addr}") as client:
+                answer = await client.get("/v2/team/app/manifests/v1", params={"ns": "example.com"})
+            assert answer.status_code == status
+            if status == 200:
+                assert Digest.of(answer.content) == image.top.digest
         nursery.cancel_scope.cancel()
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from spegel.routing.base import Holder, KeyState
-from spegel.routing.index import Announcement, HolderIndex
+from spegel.routing.index import Announcement, HolderIndex, announcements, withdrawals
 
 DONE = KeyState.COMPLETE
 PART = KeyState.IN_PROGRESS
@@ -102,3 +102,40 @@ def test_a_peers_entries_count_while_it_is_heard_from() -> None:
 def test_ttl_must_be_positive() -> None:
     with pytest.raises(ValueError):
         HolderIndex(0)
+
+
+def test_a_peer_holds_at_most_max_keys() -> None:
+    index = HolderIndex(ttl=10, max_keys=3)
+    index.set_address("a", "a:5000")
+    assert index.update("a", [Announcement(f"k{i}") for i in range(5)], now=0) == 2
+    assert index.holds("a") == 3 and index.refused == 2
+    assert index.update("a", [Announcement("k0", KeyState.IN_PROGRESS, 1)], now=0) == 0  # a held key may change
+    assert index.replace("a", [Announcement(f"n{i}") for i in range(4)], now=0) == 1
+    assert index.holds("a") == 3 and index.refused == 3
+    index.remove("a", ["n0"])
+    assert index.update("a", [Announcement("n3")], now=0) == 0
+
+
+def test_a_tag_holder_carries_the_announced_digest() -> None:
+    index = index_with("a")
+    index.update("a", [Announcement("example.com/app:v1", digest="sha256:" + "1" * 64)], now=0)
+    [holder] = index.lookup("example.com/app:v1", 1, now=0)
+    assert holder.digest == "sha256:" + "1" * 64
+
+
+def test_remove_peer_drops_its_address_too() -> None:
+    index = index_with("a", "b")
+    index.update("a", [Announcement("k")], now=0)
+    assert index.known_peers() == {"a", "b"}
+    index.remove_peer("a")
+    assert index.known_peers() == {"b"} and index.address("a") is None and index.lookup("k", 1, now=0) == []
+
+
+def test_withdrawing_a_tag_named_with_an_older_digest_keeps_it() -> None:
+    old, new = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    held = {item.key: item for item in announcements([f"example.com/app:v1@{new}", "sha256:x"], KeyState.COMPLETE)}
+    assert withdrawals([f"example.com/app:v1@{old}"], held) == []
+    assert withdrawals([f"example.com/app:v1@{new}", "example.com/app:v1", "sha256:x", "gone"], held) == [
+        "example.com/app:v1",
+        "sha256:x",
+    ]

@@ -1,7 +1,7 @@
 """The announcement protocol's frames and messages: round trips, coalescing, and bad input."""
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spegel.routing.base import KeyState
@@ -15,13 +15,22 @@ from spegel.routing.libp2p.messages import (
     State,
     decode,
     encode,
+    split,
 )
 
-announcements = st.builds(
+DIGEST = "sha256:" + "ab" * 32
+keys = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="@"), min_size=1, max_size=40)
+tags = st.builds(
+    lambda repo, tag, digest: Announcement(f"example.com/{repo}:{tag}", digest=f"sha256:{digest:064x}"),
+    st.from_regex(r"[a-z0-9]{1,10}(/[a-z0-9]{1,10})?", fullmatch=True),
+    st.from_regex(r"[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,20}", fullmatch=True),
+    st.integers(min_value=0, max_value=2**256 - 1),
+)
+announcements = tags | st.builds(
     lambda key, partial, available, since: (
         Announcement(key, KeyState.IN_PROGRESS, available, since) if partial else Announcement(key)
     ),
-    st.text(min_size=1, max_size=40),
+    keys,
     st.booleans(),
     st.none() | st.integers(min_value=0, max_value=2**50),
     st.none() | st.floats(min_value=0, max_value=4e9),
@@ -37,11 +46,12 @@ states = st.builds(
 deltas = st.builds(
     Delta,
     st.lists(announcements, max_size=5).map(tuple),
-    st.lists(st.text(min_size=1), max_size=5).map(tuple),
+    st.lists(keys, max_size=5).map(tuple),
     st.lists(peer_records, max_size=2).map(tuple),
 )
 
 
+@settings(deadline=None)
 @given(st.lists(states | deltas, min_size=1, max_size=4), st.integers(min_value=1, max_value=50))
 def test_round_trip_through_any_split(messages: list, chunk: int) -> None:
     wire = b"".join(encode(m) for m in messages)
@@ -81,6 +91,14 @@ def test_oversized_frame_is_refused() -> None:
         b'{"type": "delta", "add": [], "del": [1]}',
         b'{"type": "state", "registry": 5, "listen": [], "peers": [], "keys": []}',
         b'{"type": "state", "registry": "a:1", "listen": [], "peers": [["id"]], "keys": []}',
+        b'{"type": "delta", "add": [["k\\n", "c"]], "del": []}',
+        b'{"type": "delta", "add": [["' + b"k" * 513 + b'", "c"]], "del": []}',
+        b'{"type": "delta", "add": [["a.io/b:c@sha256:nothex", "c"]], "del": []}',
+        b'{"type": "delta", "add": [], "del": ["k"], "peers": [["id", ["/ip4/1.2.3.4/tcp/1"] ]]}'.replace(
+            b'["/ip4/1.2.3.4/tcp/1"]', b"[" + b",".join([b'"/ip4/1.2.3.4/tcp/1"'] * 17) + b"]"
+        ),
+        b'{"type": "delta", "add": [], "del": [' + b",".join([b'"k"'] * 10_001) + b"]}",
+        b'{"type": "state", "registry": "' + b"a" * 1025 + b'", "listen": [], "peers": [], "keys": []}',
     ],
 )
 def test_bad_messages_raise_protocol_error(body: bytes) -> None:
@@ -108,3 +126,28 @@ def test_pending_introductions_survive_a_full_state() -> None:
     pending.clear()
     assert pending
     assert pending.take() == Delta(peers=(PeerRecord("p", ("/ip4/10.0.0.2/tcp/5001",)),))
+
+
+def test_a_tag_carries_the_digest_of_its_manifest() -> None:
+    tag = Announcement("docker.io/library/nginx:latest", digest=DIGEST)
+    frame = encode(Delta(added=(tag,)))
+    assert f"nginx:latest@{DIGEST}".encode() in frame
+    assert decode(frame[4:]) == Delta(added=(tag,))
+
+
+@settings(deadline=None)
+@given(st.lists(announcements, max_size=30), st.lists(keys, max_size=30), st.integers(min_value=1, max_value=7))
+def test_split_keeps_the_meaning_within_the_entry_limit(added: list, withdrawn: list, entries: int) -> None:
+    peers = (PeerRecord("p", ("/ip4/10.0.0.1/tcp/5001",)),)
+    state = State("10.0.0.1:5000", (), peers, tuple(added))
+    first, *rest = split(state, entries)
+    assert first == State("10.0.0.1:5000", (), peers, tuple(added[:entries]))
+    assert all(isinstance(m, Delta) and not m.withdrawn and not m.peers for m in rest)
+    assert [a for m in rest for a in m.added] == added[entries:]
+
+    delta = Delta(tuple(added), tuple(withdrawn), peers)
+    parts = split(delta, entries)
+    assert all(len(m.added) <= entries and len(m.withdrawn) <= entries for m in parts)
+    assert [a for m in parts for a in m.added] == added
+    assert [k for m in parts for k in m.withdrawn] == withdrawn
+    assert [p for m in parts for p in m.peers] == list(peers)

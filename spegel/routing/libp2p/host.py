@@ -2,7 +2,8 @@
 
 `build_host` makes the host; `load_identity` keeps the node's key in `--data-dir` so a restarted node keeps its
 peer id; `read_psk_file` reads a libp2p private network key file; `learn_peer_id` finds out who listens at an
-address given without `/p2p/<id>` (a bootstrap peer, or a DNS answer).
+address given without `/p2p/<id>` (a bootstrap peer, or a DNS answer); `restrict_dials` makes the host refuse to
+dial addresses a check rejects (peer exchange, the DHT); `connected_ips` lists the hosts of open connections.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import multiaddr
@@ -21,6 +23,7 @@ from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL
@@ -30,6 +33,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from spegel.routing.config import RouterConfigError
+from spegel.routing.libp2p.addresses import IPAddress
 from spegel.routing.libp2p.workarounds import dial_connection_config
 
 IDENTITY_FILE = "identity.key"
@@ -114,6 +118,39 @@ def build_host(key_pair: KeyPair, psk: str | None = None) -> IHost:
         psk=psk,
         connection_config=dial_connection_config(),
     )
+
+
+def restrict_dials(host: IHost, allowed: Callable[[multiaddr.Multiaddr], bool]) -> None:
+    """Make `host` refuse (SwarmException, no connection attempted) every dial of an address `allowed` rejects.
+
+    Every outgoing connection of py-libp2p 0.8's swarm (`connect`, a DHT query's `new_stream`) goes through its
+    `_dial_with_retry`, which this wraps on the instance (the version is pinned in pyproject.toml; the test in
+    tests/integration/test_libp2p_security.py fails if a dial slips past).
+    """
+    swarm = host.get_network()
+    if not isinstance(swarm, Swarm):
+        raise TypeError(f"cannot restrict the dials of a {type(swarm).__name__}")
+    dial = swarm._dial_with_retry
+
+    async def checked_dial(addr: multiaddr.Multiaddr, peer_id: ID, source: tuple[str, int] | None = None) -> object:
+        if not allowed(addr):
+            raise SwarmException(f"refusing to dial {addr}: not a cluster address")
+        return await dial(addr, peer_id, source)
+
+    swarm._dial_with_retry = checked_dial  # type: ignore[method-assign]
+
+
+def connected_ips(host: IHost) -> set[IPAddress]:
+    """The remote IPs of `host`'s open connections."""
+    ips: set[IPAddress] = set()
+    for conn in host.get_network().get_connections():
+        remote = conn.muxed_conn.get_remote_address()
+        if remote:
+            try:
+                ips.add(ipaddress.ip_address(remote[0]))
+            except ValueError:
+                continue
+    return ips
 
 
 async def close_host(host: IHost, timeout: float = 5.0) -> None:

@@ -8,7 +8,11 @@ length-prefixed frames: a 4-byte big-endian length, then a UTF-8 JSON object. Tw
 - `Delta`: keys added (or changed state) and keys withdrawn since the previous message, and peers the sender
   has newly met (so a node that joins is introduced to everyone at once, not at the next `State`).
 
-Any malformed frame raises `ProtocolError`; the reader then drops the stream, never the process.
+A key entry is `[key, state]`, then the available byte count and the claim time when known; a tag's key carries
+the digest of its manifest appended (`registry/repository:tag@sha256:...`). Frames are bounded: at most
+`MAX_FRAME` bytes and `MAX_ENTRIES` keys (added or withdrawn), peers and addresses each; `split` cuts a larger
+message into a sequence that means the same (a `State`'s remaining keys follow in `Delta`s).
+Any malformed or oversized frame raises `ProtocolError`; the reader then drops the stream, never the process.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from dataclasses import dataclass, field
 
 from spegel.routing.base import KeyState
 from spegel.routing.index import Announcement
+from spegel.routing.keys import MAX_KEY_LENGTH, InvalidKey, split_tag_digest, with_digest
 
 ANNOUNCE_PROTOCOL = "/spegel/announce/1.0.0"
-MAX_FRAME = 16 * 1024 * 1024
+MAX_FRAME = 4 * 1024 * 1024
+MAX_ENTRIES = 10_000  # keys added, keys withdrawn, peers: each at most this many per frame
+MAX_ADDRS = 16  # listen addresses of one peer
+MAX_TEXT = 1024  # a registry address, a multiaddr, a peer id
 _LENGTH = struct.Struct(">I")
 _STATES = {"c": KeyState.COMPLETE, "p": KeyState.IN_PROGRESS}
 _CODES = {state: code for code, state in _STATES.items()}
@@ -82,6 +90,24 @@ def encode(message: Message) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
+def split(message: Message, entries: int = MAX_ENTRIES) -> list[Message]:
+    """`message` as messages of at most `entries` keys (and withdrawals) each, meaning the same in order."""
+    if isinstance(message, State):
+        first = State(message.registry, message.listen, message.peers, message.keys[:entries])
+        return [
+            first,
+            *(Delta(added=message.keys[i : i + entries]) for i in range(entries, len(message.keys), entries)),
+        ]
+    if len(message.added) <= entries and len(message.withdrawn) <= entries:
+        return [message]
+    added = [message.added[i : i + entries] for i in range(0, len(message.added), entries)] or [()]
+    withdrawn = [message.withdrawn[i : i + entries] for i in range(0, len(message.withdrawn), entries)]
+    deltas = [Delta(added=chunk) for chunk in added]
+    deltas += [Delta(withdrawn=chunk) for chunk in withdrawn]
+    deltas[0] = Delta(deltas[0].added, deltas[0].withdrawn, message.peers)
+    return deltas
+
+
 def decode(data: bytes) -> Message:
     """The message in one frame body (without the length prefix)."""
     try:
@@ -95,7 +121,7 @@ def decode(data: bytes) -> Message:
         if kind == "state":
             return State(
                 registry=_text(body["registry"]),
-                listen=tuple(_text(a) for a in _list(body["listen"])),
+                listen=tuple(_text(a) for a in _list(body["listen"], MAX_ADDRS)),
                 peers=tuple(_decode_peer(p) for p in _list(body["peers"])),
                 keys=tuple(_decode_announcement(a) for a in _list(body["keys"])),
             )
@@ -176,7 +202,7 @@ class PendingChanges:
 
 def _encode_announcement(item: Announcement) -> list[object]:
     """`[key, state]`, then `available` (null when unknown) and `since`, when either is known."""
-    entry: list[object] = [item.key, _CODES[item.state]]
+    entry: list[object] = [with_digest(item.key, item.digest), _CODES[item.state]]
     if item.available is not None or item.since is not None:
         entry.append(item.available)
     if item.since is not None:
@@ -186,40 +212,52 @@ def _encode_announcement(item: Announcement) -> list[object]:
 
 def _decode_announcement(raw: object) -> Announcement:
     if not isinstance(raw, list) or len(raw) not in (2, 3, 4):
-        raise ProtocolError(f"bad key entry {raw!r}")
+        raise ProtocolError(f"bad key entry {_short(raw)}")
     state = _STATES.get(raw[1]) if isinstance(raw[1], str) else None
     if state is None:
-        raise ProtocolError(f"bad key state {raw[1]!r}")
+        raise ProtocolError(f"bad key state {_short(raw[1])}")
     available = raw[2] if len(raw) >= 3 else None
     if available is not None and (not isinstance(available, int) or isinstance(available, bool) or available < 0):
-        raise ProtocolError(f"bad available byte count {available!r}")
+        raise ProtocolError(f"bad available byte count {_short(available)}")
     since = raw[3] if len(raw) == 4 else None
     if since is not None and (
         not isinstance(since, int | float) or isinstance(since, bool) or not 0 <= since < math.inf
     ):
-        raise ProtocolError(f"bad claim time {since!r}")
-    return Announcement(_key(raw[0]), state, available, since)
+        raise ProtocolError(f"bad claim time {_short(since)}")
+    try:
+        key, digest = split_tag_digest(_key(raw[0]))
+    except InvalidKey as exc:
+        raise ProtocolError(str(exc)) from None
+    return Announcement(key, state, available, since, digest)
 
 
 def _decode_peer(raw: object) -> PeerRecord:
     if not isinstance(raw, list) or len(raw) != 2:
-        raise ProtocolError(f"bad peer entry {raw!r}")
-    return PeerRecord(_text(raw[0]), tuple(_text(a) for a in _list(raw[1])))
+        raise ProtocolError(f"bad peer entry {_short(raw)}")
+    return PeerRecord(_text(raw[0]), tuple(_text(a) for a in _list(raw[1], MAX_ADDRS)))
 
 
 def _key(raw: object) -> str:
-    if not isinstance(raw, str) or not raw:
-        raise ProtocolError(f"bad key {raw!r}")
+    if not isinstance(raw, str) or not 0 < len(raw) <= MAX_KEY_LENGTH or not raw.isprintable():
+        raise ProtocolError(f"bad key {_short(raw)}")
     return raw
 
 
 def _text(raw: object) -> str:
-    if not isinstance(raw, str):
-        raise ProtocolError(f"expected text, got {raw!r}")
+    if not isinstance(raw, str) or len(raw) > MAX_TEXT:
+        raise ProtocolError(f"expected text, got {_short(raw)}")
     return raw
 
 
-def _list(raw: object) -> list[object]:
+def _list(raw: object, limit: int = MAX_ENTRIES) -> list[object]:
     if not isinstance(raw, list):
-        raise ProtocolError(f"expected a list, got {raw!r}")
+        raise ProtocolError(f"expected a list, got {_short(raw)}")
+    if len(raw) > limit:
+        raise ProtocolError(f"list of {len(raw)} entries exceeds the limit of {limit}")
     return raw
+
+
+def _short(raw: object) -> str:
+    """`raw` for an error message, cut short (a peer's junk can be megabytes)."""
+    text = repr(raw)
+    return text if len(text) <= 100 else text[:100] + "..."

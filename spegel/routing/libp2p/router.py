@@ -8,6 +8,11 @@ refreshing expire after `ttl`. `State` also carries peer exchange (the peers the
 to one node yields a full mesh. Lookups read the index (no I/O) and fall back to the DHT only when it knows no
 holder, within the caller's timeout (the DHT search itself runs on in the background: see workarounds).
 
+Peers are untrusted (the private network key keeps strangers out; see docs/operations.md, Security): a peer's
+registry address and the multiaddrs it passes on are checked (`addresses.PeerAddressPolicy`) before any connection
+is made to them, and the host refuses every other dial; a peer holds at most `max_keys_per_peer` keys in the index;
+a peer that disconnects and does not come back within `peer_grace` seconds is forgotten, keys and address.
+
 The DHT: complete keys are provided (one key at a time, in the background, at most `provide_rate` a second) and
 republished every `ttl / 2`; records expire `ttl` after their last republish, so a vanished node ages out of both.
 A node holding more than `provide_rate * ttl / 2` keys cannot keep all of them in the DHT: the announcement index
@@ -19,6 +24,7 @@ carries everything, the DHT is the backup for connected peers the index has not 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -36,12 +42,12 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
 from spegel.routing.base import Holder, KeyState
-from spegel.routing.index import Announcement, HolderIndex
+from spegel.routing.index import Announcement, HolderIndex, announcements, withdrawals
 from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p import messages
-from spegel.routing.libp2p.addresses import with_host, with_host_multiaddr
+from spegel.routing.libp2p.addresses import AddressRefused, IPAddress, Network, PeerAddressPolicy, with_host_multiaddr
 from spegel.routing.libp2p.bootstrap import BootstrapError, Bootstrapper, backoff_delays
-from spegel.routing.libp2p.host import build_host, close_host, learn_peer_id
+from spegel.routing.libp2p.host import build_host, close_host, connected_ips, learn_peer_id, restrict_dials
 from spegel.routing.libp2p.workarounds import (
     DetachedCalls,
     quiet_dht_eof_warnings,
@@ -65,7 +71,8 @@ PROVIDE_SETTLE = 1.0
 @dataclass(frozen=True)
 class RouterSettings:
     """How the router runs. `refresh` (full State to every peer) defaults to a third of `ttl`; `rejoin` is how
-    often bootstrap repeats."""
+    often bootstrap repeats; `networks` are the peer networks (see `addresses`); a peer's entries go
+    `peer_grace` seconds after it disconnects."""
 
     listen: multiaddr.Multiaddr
     key_pair: KeyPair
@@ -76,6 +83,9 @@ class RouterSettings:
     rejoin: float = 60.0
     dht: bool = True
     provide_rate: float = 1.0
+    networks: tuple[Network, ...] = ()
+    max_keys_per_peer: int = 50_000
+    peer_grace: float = 10.0
 
     @property
     def refresh_interval(self) -> float:
@@ -85,6 +95,12 @@ class RouterSettings:
     def republish_interval(self) -> float:
         """DHT records are republished at half their TTL (a provide walks the DHT: costlier than a State)."""
         return self.ttl / 2
+
+    @property
+    def add_provider_limit(self) -> int:
+        """ADD_PROVIDER messages one peer may send this node's DHT per 10 s: three times what a peer providing at
+        `provide_rate` sends."""
+        return max(10, math.ceil(3 * 10 * self.provide_rate))
 
 
 class _Link:
@@ -139,7 +155,10 @@ class Libp2pRouter:
         self._settings = settings
         self._registry_address = registry_address
         self._nursery = nursery
-        self.index = HolderIndex(settings.ttl)
+        self.index = HolderIndex(settings.ttl, settings.max_keys_per_peer)
+        self.addresses = PeerAddressPolicy(settings.networks)
+        self._bootstrap_addrs: set[str] = set()  # the last bootstrap candidates (without /p2p): always dialable
+        self._departed: dict[ID, float] = {}  # disconnected peers not yet forgotten: when they left
         self._held: dict[str, Announcement] = {}
         self._links: dict[ID, _Link] = {}
         self._peer_addrs: dict[ID, tuple[str, ...]] = {}
@@ -162,9 +181,7 @@ class Libp2pRouter:
         available: int | None = None,
         since: float | None = None,
     ) -> None:
-        if state is KeyState.COMPLETE:
-            available = since = None
-        items = [Announcement(key, state, available, since) for key in keys]
+        items = announcements(keys, state, available, since)
         for item in items:
             key_multihash(item.key)  # refuse bad keys before anything is announced
         for item in items:
@@ -178,8 +195,9 @@ class Libp2pRouter:
         await trio.lowlevel.checkpoint()
 
     async def withdraw(self, keys: Iterable[str]) -> None:
-        keys = [key for key in keys if self._held.pop(key, None) is not None]
+        keys = withdrawals(keys, self._held)
         for key in keys:
+            del self._held[key]
             self._to_provide.pop(key, None)
         for link in self._links.values():
             link.pending.withdraw(keys)
@@ -227,6 +245,7 @@ class Libp2pRouter:
     # Background tasks.
 
     def start(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
+        restrict_dials(self.host, self._may_dial)
         self.host.set_stream_handler(ANNOUNCE, self._receive)
         self._nursery.start_soon(self._follow_connections, events)
         self._nursery.start_soon(self._bootstrap)
@@ -236,6 +255,8 @@ class Libp2pRouter:
 
     async def _follow_connections(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
         async for connected, peer in events:
+            if connected:
+                self._departed.pop(peer, None)
             if connected and peer not in self._links:
                 link = self._links[peer] = _Link()
                 self._nursery.start_soon(self._send, peer, link)
@@ -245,6 +266,19 @@ class Libp2pRouter:
                 gone = self._links.pop(peer, None)
                 if gone is not None:
                     gone.cancel_scope.cancel()
+                    left = self._departed[peer] = trio.current_time()
+                    self._nursery.start_soon(self._forget_later, peer, left)
+
+    async def _forget_later(self, peer: ID, left: float) -> None:
+        """Forget `peer` (keys, address, listen addresses) `peer_grace` s after it `left`, unless it is back."""
+        await trio.sleep_until(left + self._settings.peer_grace)
+        if self._departed.get(peer) != left or peer in self._links:
+            return
+        del self._departed[peer]
+        self._peer_addrs.pop(peer, None)
+        self.index.remove_peer(str(peer))
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def _send(self, peer: ID, link: _Link) -> None:
         """Keep an announcement stream to `peer` and write our changes to it, until the peer disconnects."""
@@ -267,7 +301,7 @@ class Libp2pRouter:
                 if full_due:
                     link.pending.clear()
                     full_due = False
-                    frame = messages.encode(self._state_message())
+                    frame = b"".join(map(messages.encode, messages.split(self._state_message())))
                 elif link.pending:
                     frame = self._encode_delta(link.pending.take())
                 else:
@@ -286,7 +320,7 @@ class Libp2pRouter:
         """The frame of `delta`; the same changes usually go to every peer, so the last one is kept."""
         frame = self._encoded.get(delta)
         if frame is None:
-            frame = messages.encode(delta)
+            frame = b"".join(map(messages.encode, messages.split(delta)))
             self._encoded = {delta: frame}
         return frame
 
@@ -304,12 +338,16 @@ class Libp2pRouter:
         remote = stream.get_remote_address()
         remote_ip = remote[0] if remote else None
         decoder = messages.FrameDecoder()
+        refused = 0
         try:
             while data := await stream.read(READ_CHUNK):
                 decoder.feed(data)
                 for frame in decoder.frames():
-                    self._apply(peer, name, remote_ip, messages.decode(frame))
-        except messages.ProtocolError as exc:
+                    refused_now = self._apply(peer, name, remote_ip, messages.decode(frame))
+                    if refused_now and not refused:
+                        log.warning("%s announces more than %d keys: refusing the rest", peer, self.index.max_keys)
+                    refused += refused_now
+        except (messages.ProtocolError, AddressRefused) as exc:
             log.warning("dropping announcements from %s: %s", peer, exc)
         except Exception as exc:
             log.debug("announce stream from %s ended: %s", peer, exc)
@@ -317,24 +355,26 @@ class Libp2pRouter:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.reset()
 
-    def _apply(self, peer: ID, name: str, remote_ip: str | None, message: messages.Message) -> None:
+    def _apply(self, peer: ID, name: str, remote_ip: str | None, message: messages.Message) -> int:
+        """Apply one message of `peer`'s; returns how many keys were refused (the peer's limit). Raises
+        AddressRefused for a registry address this node will not fetch from."""
         now = trio.current_time()
         if isinstance(message, messages.State):
-            self.index.set_address(name, with_host(message.registry, remote_ip))
-            addrs = tuple(with_host_multiaddr(addr, remote_ip) for addr in message.listen)
+            self.index.set_address(name, self.addresses.registry_address(message.registry, remote_ip))
+            listen = (with_host_multiaddr(addr, remote_ip) for addr in message.listen)
+            addrs = tuple(addr for addr in listen if self._may_dial_text(addr))
             if self._peer_addrs.get(peer) != addrs:
                 self._peer_addrs[peer] = addrs
                 self._introduce(messages.PeerRecord(name, addrs), to_all_but=peer)
-            self.index.replace(name, message.keys, now)
-            peers = message.peers
+            refused = self.index.replace(name, message.keys, now)
         else:
-            self.index.update(name, message.added, now)
+            refused = self.index.update(name, message.added, now)
             self.index.remove(name, message.withdrawn)
-            peers = message.peers
-        for record in peers:
+        for record in message.peers:
             self._learn_peer(record)
         self._changed.set()
         self._changed = trio.Event()
+        return refused
 
     def _introduce(self, record: messages.PeerRecord, to_all_but: ID) -> None:
         """Tell every other peer about a newly met one, so they connect to it now (not at the next State)."""
@@ -346,7 +386,7 @@ class Libp2pRouter:
     def _learn_peer(self, record: messages.PeerRecord) -> None:
         try:
             peer = ID.from_base58(record.peer_id)
-            addrs = [multiaddr.Multiaddr(addr) for addr in record.addrs]
+            addrs = [multiaddr.Multiaddr(addr) for addr in record.addrs if self._may_dial_text(addr)]
         except Exception:
             log.debug("ignoring a malformed peer record %r", record)
             return
@@ -375,6 +415,7 @@ class Libp2pRouter:
                 log.warning("bootstrap: %s", exc)
                 candidates = None
             if candidates is not None:
+                self._bootstrap_addrs = {str(_without_peer_id(addr)) for addr in candidates}
                 others: list[bool] = []
                 async with trio.open_nursery() as nursery:
                     for addr in candidates:
@@ -448,6 +489,23 @@ class Libp2pRouter:
             store.providing_keys.discard(multihash)
             await trio.sleep_until(pace)
 
+    def _may_dial(self, addr: multiaddr.Multiaddr) -> bool:
+        """Whether this node dials `addr`: a bootstrap candidate, or passing the address policy (see `addresses`)."""
+        return str(_without_peer_id(addr)) in self._bootstrap_addrs or self._may_dial_text(str(addr))
+
+    def _may_dial_text(self, addr: str) -> bool:
+        return self.addresses.may_dial(addr, self._known_ips())
+
+    def _known_ips(self) -> set[IPAddress]:
+        """Hosts known to be in the cluster: the bootstrap candidates' and those of open connections."""
+        known = connected_ips(self.host)
+        for addr in self._bootstrap_addrs:
+            try:
+                known.add(self.addresses.dial_ip(addr))
+            except AddressRefused:
+                continue
+        return known
+
     def _connected_names(self) -> set[str]:
         return {str(peer) for peer in self._links}
 
@@ -473,7 +531,7 @@ async def open_libp2p_router(settings: RouterSettings, registry_address: str) ->
             set_provider_record_ttl(settings.ttl)
             quiet_dht_eof_warnings()
             dht = KadDHT(host, DHTMode.SERVER)
-            relax_dht_server_limits(dht)
+            relax_dht_server_limits(dht, settings.add_provider_limit)
         try:
             async with trio.open_nursery() as nursery:
                 if dht is not None:
@@ -492,3 +550,8 @@ async def _run_service(service: KadDHT, *, task_status: trio.TaskStatus[None] = 
     async with background_trio_service(service):
         task_status.started()
         await trio.sleep_forever()
+
+
+def _without_peer_id(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    peer = addr.get_peer_id()
+    return addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer}")) if peer else addr

@@ -8,7 +8,7 @@ that shows the defect and fails when a new library version changes it (the versi
    lookup): `set_provider_record_ttl` sets it, so a vanished node's records age out on our schedule.
 3. A DHT server accepts 10 ADD_PROVIDER messages per 10 s from one peer and silently drops the rest (the sender
    sees success), and resets inbound DHT streams beyond 12 at once: `relax_dht_server_limits` raises both on our
-   own servers, whose clients are the cluster's nodes only.
+   own servers to what the cluster's nodes send (the router passes three times its own provide rate).
 4. `KadDHT(protocol_prefix=...)` is accepted and ignored: the DHT always speaks `/ipfs/kad/1.0.0`. No workaround;
    cluster isolation comes from the private network key (PSK) and from only dialling cluster peers.
 5. Cancelling a stream write part-way (e.g. a DHT query under a caller's 20 ms timeout) breaks the whole
@@ -48,7 +48,7 @@ def set_provider_record_ttl(seconds: float) -> None:
     provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL = math.ceil(seconds)
 
 
-def relax_dht_server_limits(dht: KadDHT, add_provider_per_10s: int = 10_000, inbound_streams: int = 256) -> None:
+def relax_dht_server_limits(dht: KadDHT, add_provider_per_10s: int = 30, inbound_streams: int = 256) -> None:
     """Let `dht` accept `add_provider_per_10s` ADD_PROVIDER per peer per 10 s and that many concurrent streams."""
     dht._provider_rate_max = add_provider_per_10s
     dht._inbound_limiter.total_tokens = inbound_streams

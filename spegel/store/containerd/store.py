@@ -178,13 +178,15 @@ class ContainerdStore:
         return list(found.values())
 
     async def image_keys(self, image: images_pb2.Image) -> list[str]:
-        """The keys an image is advertised under: its tag (if its name is one), then every digest it holds."""
+        """The keys an image is advertised under: its tag with its manifest's digest (`registry/repository:tag@
+        sha256:...`, if its name is a tag), then every digest it holds."""
         reference = image_reference(image.name)
-        keys = [reference.tag_key()] if reference is not None else []
         try:
-            content = await self.walk(to_descriptor(image.target))
+            target = to_descriptor(image.target)
+            content = await self.walk(target)
         except (NotFound, InvalidManifest):
             return []  # an image without its content is not served
+        keys = [f"{reference.tag_key()}@{target.digest}"] if reference is not None else []
         return keys + [str(d.digest) for d in content]
 
     async def image_keys_by_name(self, name: str) -> list[str]:
