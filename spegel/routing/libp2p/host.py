@@ -17,7 +17,7 @@ from pathlib import Path
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetConn
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
@@ -132,7 +132,7 @@ def restrict_dials(host: IHost, allowed: Callable[[multiaddr.Multiaddr], bool]) 
         raise TypeError(f"cannot restrict the dials of a {type(swarm).__name__}")
     dial = swarm._dial_with_retry
 
-    async def checked_dial(addr: multiaddr.Multiaddr, peer_id: ID, source: tuple[str, int] | None = None) -> object:
+    async def checked_dial(addr: multiaddr.Multiaddr, peer_id: ID, source: tuple[str, int] | None = None) -> INetConn:
         if not allowed(addr):
             raise SwarmException(f"refusing to dial {addr}: not a cluster address")
         return await dial(addr, peer_id, source)
@@ -144,7 +144,8 @@ def connected_ips(host: IHost) -> set[IPAddress]:
     """The remote IPs of `host`'s open connections."""
     ips: set[IPAddress] = set()
     for conn in host.get_network().get_connections():
-        remote = conn.muxed_conn.get_remote_address()
+        muxed = conn.muxed_conn
+        remote = muxed.get_remote_address() if isinstance(muxed, Yamux) else None  # yamux: the only muxer
         if remote:
             try:
                 ips.add(ipaddress.ip_address(remote[0]))

@@ -102,9 +102,9 @@ def split(message: Message, entries: int = MAX_ENTRIES) -> list[Message]:
         return [message]
     added = [message.added[i : i + entries] for i in range(0, len(message.added), entries)] or [()]
     withdrawn = [message.withdrawn[i : i + entries] for i in range(0, len(message.withdrawn), entries)]
-    deltas = [Delta(added=chunk) for chunk in added]
+    deltas: list[Message] = [Delta(added=chunk) for chunk in added]
     deltas += [Delta(withdrawn=chunk) for chunk in withdrawn]
-    deltas[0] = Delta(deltas[0].added, deltas[0].withdrawn, message.peers)
+    deltas[0] = Delta(added[0], (), message.peers)
     return deltas
 
 
