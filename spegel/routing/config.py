@@ -56,6 +56,7 @@ class RouterOptions:
 
 def router_settings(options: RouterOptions) -> RouterSettings:
     """The RouterSettings the options describe; loads (or creates) the identity in --data-dir."""
+    from spegel.routing.libp2p.addresses import parse_networks
     from spegel.routing.libp2p.bootstrap import (
         BootstrapError,
         DnsBootstrapper,
@@ -63,7 +64,6 @@ def router_settings(options: RouterOptions) -> RouterSettings:
         StaticBootstrapper,
         parse_multiaddrs,
     )
-    from spegel.routing.libp2p.addresses import parse_networks
     from spegel.routing.libp2p.host import listen_multiaddr, load_identity, read_psk_file
     from spegel.routing.libp2p.router import RouterSettings
 
