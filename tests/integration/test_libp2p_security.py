@@ -344,7 +344,7 @@ async def status_when(client: httpx.AsyncClient, status: int) -> httpx.Response:
 
 async def test_a_key_flood_is_bounded_and_a_departed_peer_is_forgotten(tmp_path: Path) -> None:
     limit, flood = 50_000, 300_000
-    flags = ["--router-psk-file", write_psk(tmp_path / "psk"), "--router-peer-grace", "1"]
+    flags = ["--router-psk-file", write_psk(tmp_path / "psk"), "--router-peer-grace", "1s"]
     async with trio.open_nursery() as nursery:
         node = await NodeProcess.start(nursery, "node", tmp_path / "node", "127.0.0.1:5000", flags)
         try:
