@@ -29,6 +29,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmark.cluster.base import Node, process_usage
+from spegel.store.base import NotFound
 from spegel.store.containerd.client import ContainerdClient, ContainerdError
 from spegel.store.containerd.ingest import ref_digest
 from spegel.store.containerd.proto import content_events_pb2
@@ -47,7 +48,7 @@ async def pull(node: Node, reference: str, timeout: float) -> Record:
                 await client.pull_image(reference, timeout=timeout)
     except trio.TooSlowError:
         error = f"no result within {timeout:.0f} s"
-    except ContainerdError as exc:
+    except (ContainerdError, NotFound) as exc:  # NotFound: containerd got a 404 it could not fall back from
         error = str(exc)[:500]
     end = time.time()
     return {"node": node.name, "start": start, "end": end, "duration": end - start, "ok": not error, "error": error}
