@@ -52,7 +52,7 @@ from benchmark.daemons import (
     configuration_args,
     spegel_command,
 )
-from benchmark.scenario import MIRROR_MODES, ClusterSpec
+from benchmark.scenario import MIRROR_MODES, PEER_MODES, ClusterSpec
 from spegel import hostsconfig
 
 log = logging.getLogger("benchmark.netns")
@@ -275,7 +275,7 @@ class NetnsCluster:
                 self._save_state()
                 for mirror in mirrors:
                     mirror.wait_ready(ready_timeout(len(self.nodes)))
-            if mode in MIRROR_MODES:
+            if mode in PEER_MODES:  # Spegel (Go) listens on the same router port
                 self._wait_for_mesh(run_dir / MESH_FILE)
         except DaemonError as exc:
             self.stop_nodes()
