@@ -12,6 +12,8 @@ Contract, per connection (one trio task each; requests on a connection are answe
   is malformed (answered 400/431 with an OCI error body first), and when the app fails or ends early.
 - At most `max_connections` connections are open per server; more clients wait in the listen backlog. When
   `accept` fails for lack of file descriptors or memory, accepting pauses for 100 ms instead of failing.
+- A connection dropped in the middle of a response is reset (SO_LINGER 0), not closed gracefully: the kernel
+  does not keep sending its queued bytes to a client that may never read them.
 - Cancelling `serve` closes every connection at once, whatever its client does: responses in flight are cut
   (clients resume with a Range request).
 - `http.response.zerocopysend` (`file`: a file descriptor or an object with `fileno()`, `offset`, `count`):
@@ -25,6 +27,8 @@ import errno
 import logging
 import os
 import resource
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -110,9 +114,14 @@ async def _accept_loop(
 
 
 async def _serve_connection(stream: trio.SocketStream, app: ASGIApp, limits: Limits, slots: trio.Semaphore) -> None:
+    connection = _Connection(stream, app, limits)
     try:
-        await _Connection(stream, app, limits).run()
+        await connection.run()
     finally:
+        if connection.h11.our_state is h11.SEND_BODY:
+            # a response cut short (client not reading, app failure, shutdown): reset the connection rather
+            # than leave the kernel sending what is queued to a client that may never read it
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         stream.socket.close()
         slots.release()
 
@@ -127,6 +136,7 @@ class _Connection:
         self.response_started = False
         self.response_done = False
         self.request_done = False
+        self.pending = b""  # the response head, held back to go out with the first body bytes
 
     async def run(self) -> None:
         """Answer requests until the connection is to be closed (see the module's contract)."""
@@ -225,7 +235,7 @@ class _Connection:
         if kind == "http.response.start":
             headers = [*message.get("headers", ()), (b"date", _http_date())]
             self.response_started = True
-            await self._write(self.h11.send(h11.Response(status_code=message["status"], headers=headers)))
+            self.pending = self.h11.send(h11.Response(status_code=message["status"], headers=headers)) or b""
         elif kind == "http.response.body":
             body = message.get("body", b"")
             await self._write(self.h11.send(h11.Data(data=body)) if body and not self.head else None)
@@ -254,6 +264,9 @@ class _Connection:
                 await self._write(part)
 
     async def _write(self, data: bytes | None) -> None:
+        """Send `data` after the response head still held back (a head goes out with the first body bytes)."""
+        if self.pending:
+            data, self.pending = self.pending + (data or b""), b""
         if not data:
             return
         with trio.move_on_after(self.limits.send_timeout):
@@ -265,6 +278,7 @@ class _Connection:
         raise ClientGone(f"the client read nothing for {self.limits.send_timeout} s")
 
     async def _sendfile(self, region: FileRegion) -> None:
+        await self._write(None)  # the response head first
         sock = self.stream.socket
         offset, left = region.offset, region.count
         while left:
