@@ -66,5 +66,5 @@ fi
 if [ ! -x "$here/.venv/bin/nox" ]; then
     log "creating $here/.venv with nox"
     python3 -m venv "$here/.venv"
-    "$here/.venv/bin/pip" install -q --disable-pip-version-check nox
+    "$here/.venv/bin/pip" install -q --disable-pip-version-check -c "$here/constraints.txt" nox
 fi

@@ -327,7 +327,9 @@ def test_image_is_the_project_version_and_runs_the_console_script() -> None:
                 assert container["image"] == f"spegel:{project['version']}"
     assert image_entrypoint()[0] in project["scripts"]
     containerfile = (DEPLOY / "Containerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", containerfile, re.MULTILINE)
+    bases = re.findall(r"^FROM (\S+)", containerfile, re.MULTILINE)
+    assert bases and all(re.fullmatch(r"python:3\.11[.\d]*-slim\S*@sha256:[0-9a-f]{64}", base) for base in bases), bases
+    assert "ENV PIP_CONSTRAINT=/src/constraints.txt" in containerfile  # the build stage installs pinned versions
     [user] = re.findall(r"^USER (\S+)$", containerfile, re.MULTILINE)
     assert not user.startswith(("0", "root"))
 
