@@ -35,7 +35,8 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from benchmark.daemons import Spegel, free_address, spegel_command
+from benchmark.daemons import Registry, Spegel, free_address, spegel_command, start_loopback_node
+from benchmark.images import ImageSpec, build, push
 from spegel.oci.digest import Digest
 from spegel.oci.mediatypes import OCI_MANIFEST
 from spegel.routing.index import Announcement
@@ -123,14 +124,19 @@ class CountingListener:
         await trio.serve_listeners(handle, listeners)
 
 
-async def serve_manifest(body: bytes, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-    """A peer's registry answering every request with `body` as an OCI manifest (its own digest in the header)."""
+async def serve_manifest(
+    body: bytes, served: list[int] | None = None, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """A peer's registry answering every request with `body` as an OCI manifest (its own digest in the header);
+    counts the requests in `served[0]` when given."""
     head = (
         f"HTTP/1.1 200 OK\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: {len(body)}\r\n"
         f"Docker-Content-Digest: {Digest.of(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
 
     async def handle(stream: trio.SocketStream) -> None:
+        if served is not None:
+            served[0] += 1
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.receive_some(65536)
             await stream.send_all(head + body)
@@ -337,6 +343,40 @@ async def status_when(client: httpx.AsyncClient, status: int) -> httpx.Response:
         ).status_code != status:
             await trio.sleep(0.1)
     return answer
+
+
+@pytest.mark.slow
+async def test_a_forged_tag_never_reaches_containerd(tmp_path: Path) -> None:
+    """A real containerd pulls a tag through its mirror while a key-holding rogue announces that tag (with the real
+    manifest's digest) and serves a forged manifest: the mirror asks the rogue, refuses its answer, containerd
+    pulls from upstream, and the content store holds the real manifest, never the forged one."""
+    image = build(ImageSpec(layers=(200_000,), seed=1401))
+    forged = manifest(3)
+    served = [0]
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(Registry(tmp_path / "upstream"))
+        async with httpx.AsyncClient() as client:
+            await push(image, client, upstream.url, "team/app", "v1")
+        psk = ["--router-psk-file", write_psk(tmp_path / "psk")]
+        node = start_loopback_node(stack, tmp_path / "node", upstream.url, None, mirror_flags=psk)
+        tag = f"{upstream.address}/team/app:v1"
+        async with trio.open_nursery() as nursery, rogue_peer() as rogue:
+            registry = await nursery.start(serve_manifest, forged, served)
+            target = await rogue.connect(f"/ip4/127.0.0.1/tcp/{node.router_addr.rsplit(':', 1)[1]}")
+            await rogue.announce(target, state(registry, [Announcement(tag, digest=str(image.top.digest))]))
+            async with httpx.AsyncClient(base_url=node.mirror.url) as client:
+                with trio.fail_after(10):  # the mirror asks the rogue once the announcement is applied
+                    while served[0] == 0:
+                        answer = await client.get("/v2/team/app/manifests/v1", params={"ns": upstream.address})
+                        assert answer.status_code == 404
+                        await trio.sleep(0.1)
+            await node.pull(tag)
+            nursery.cancel_scope.cancel()
+        content = node.containerd.content_root / "blobs" / "sha256"
+        assert (content / image.top.digest.hex).exists()
+        assert not (content / Digest.of(forged).hex).exists()
+        assert any(e.path == "/v2/team/app/manifests/v1" for e in upstream.access_log()), "the tag came from upstream"
+    print(f"rogue asked {served[0]} times; containerd holds {image.top.digest}")
 
 
 # ---- key floods, frame limits, departures ---------------------------------------------------------------------
