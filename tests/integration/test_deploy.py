@@ -317,6 +317,17 @@ def test_servicemonitor_scrapes_the_metrics_service() -> None:
     assert [s["metadata"]["name"] for s in selected] == ["spegel-metrics"]
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in selected[0]["spec"]["ports"]]
     assert find(render("base"), "ServiceMonitor") == []
+    # the labels Prometheus selects ServiceMonitors by are the overlay's to set
+    patch = yaml.safe_load(
+        (DEPLOY / "kustomize" / "overlays" / "servicemonitor" / "servicemonitor-labels.yaml").read_text()
+    )
+    assert patch["metadata"]["labels"] and patch["metadata"]["labels"].items() <= monitor["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_pods_run_on_linux_nodes_only(kustomization: str) -> None:
+    for daemonset in find(render(kustomization), "DaemonSet"):
+        assert pod_spec(daemonset)["nodeSelector"] == {"kubernetes.io/os": "linux"}
 
 
 def test_image_is_the_project_version_and_runs_the_console_script() -> None:
