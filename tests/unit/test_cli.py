@@ -251,3 +251,29 @@ def test_address_in_use(layout: Path, flag: str) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("spegel: error: ")]
     assert errors == [f"spegel: error: cannot listen on 127.0.0.1:{port}: Address already in use"], result.stderr
     assert "Traceback" not in result.stderr
+
+
+# Spegel's flags (main.go of spegel-org/spegel, v0.7) that this CLI accepts under the same name and variable.
+SPEGEL_FLAGS = {
+    "registry": (
+        "--metrics-addr --containerd-sock --containerd-namespace --containerd-content-path --data-dir --router-addr "
+        "--registry-addr --mirrored-registries --registry-filters --mirror-resolve-timeout --mirror-resolve-retries "
+        "--debug-web-enabled --bootstrap-kind --dns-bootstrap-domain --http-bootstrap-addr --http-bootstrap-url "
+        "--static-bootstrap-peers"
+    ).split(),
+    "configuration": (
+        "--containerd-registry-config-path --mirrored-registries --mirror-targets --resolve-tags --prepend-existing"
+    ).split(),
+    "cleanup": ["--containerd-registry-config-path"],
+}
+
+
+def test_spegels_flags_are_accepted_and_in_the_migration_table() -> None:
+    parser = build_parser({})
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    migration = doc[doc.index("## Migrating from Spegel") :]
+    migration = migration[: migration.index("\n## ")]
+    for command, flags in SPEGEL_FLAGS.items():
+        options = {o for action in parser._commands[command]._actions for o in action.option_strings}
+        assert not set(flags) - options, command
+        assert not [f for f in flags if f"`{f}`" not in migration and f"{command} {f}`" not in migration]
