@@ -255,15 +255,32 @@ def test_address_in_use(layout: Path, flag: str) -> None:
 
 # Spegel's flags (main.go of spegel-org/spegel, v0.7) that this CLI accepts under the same name and variable.
 SPEGEL_FLAGS = {
-    "registry": (
-        "--metrics-addr --containerd-sock --containerd-namespace --containerd-content-path --data-dir --router-addr "
-        "--registry-addr --mirrored-registries --registry-filters --mirror-resolve-timeout --mirror-resolve-retries "
-        "--debug-web-enabled --bootstrap-kind --dns-bootstrap-domain --http-bootstrap-addr --http-bootstrap-url "
-        "--static-bootstrap-peers"
-    ).split(),
-    "configuration": (
-        "--containerd-registry-config-path --mirrored-registries --mirror-targets --resolve-tags --prepend-existing"
-    ).split(),
+    "registry": [
+        "--metrics-addr",
+        "--containerd-sock",
+        "--containerd-namespace",
+        "--containerd-content-path",
+        "--data-dir",
+        "--router-addr",
+        "--registry-addr",
+        "--mirrored-registries",
+        "--registry-filters",
+        "--mirror-resolve-timeout",
+        "--mirror-resolve-retries",
+        "--debug-web-enabled",
+        "--bootstrap-kind",
+        "--dns-bootstrap-domain",
+        "--http-bootstrap-addr",
+        "--http-bootstrap-url",
+        "--static-bootstrap-peers",
+    ],
+    "configuration": [
+        "--containerd-registry-config-path",
+        "--mirrored-registries",
+        "--mirror-targets",
+        "--resolve-tags",
+        "--prepend-existing",
+    ],
     "cleanup": ["--containerd-registry-config-path"],
 }
 
