@@ -52,6 +52,7 @@ from spegel.store.containerd.ingest import list_ingests, ref_digest
 from spegel.store.containerd.proto import version_grpc
 from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher
+from spegel.tracker import Tracker
 
 LAYERS = 8
 WATCHERS = ["image", "layer", "inflight", "poll-50ms", "poll-200ms"]
@@ -136,7 +137,7 @@ async def watch(kind: str, socket: str, content_root: str) -> None:
         await poll_statuses(store.client, router, interval)
     else:
         async with trio.open_nursery() as nursery:
-            await nursery.start(Watcher(store, router, Mode(kind)).run)
+            await nursery.start(Watcher(store, Tracker(router), Mode(kind)).run)
             print("ready", flush=True)
 
 

@@ -8,9 +8,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
@@ -18,7 +18,7 @@ from spegel import hostsconfig, preflight
 from spegel.advertise import Advertisements
 from spegel.debugweb import DebugView, PeerRow, add_debug_web
 from spegel.metrics import Metrics, RegistryLabels, instrument, tag_registry
-from spegel.mirror.backend import MirrorBackend, MirrorOptions
+from spegel.mirror.backend import InProgressSource, MirrorBackend, MirrorOptions
 from spegel.mirror.inflight import IngestSource
 from spegel.mirror.peers import PeerClient, Timeouts
 from spegel.preflight import Severity, run_preflight
@@ -34,7 +34,8 @@ from spegel.store.base import ContentStore
 from spegel.store.containerd.client import ContainerdError
 from spegel.store.containerd.store import DEFAULT_CONTENT_PATH, DEFAULT_NAMESPACE, DEFAULT_SOCKET, ContainerdStore
 from spegel.store.containerd.watcher import DEFAULT_RELIST_INTERVAL, Mode, Watcher
-from spegel.store.layout import InvalidLayout, OCILayoutStore
+from spegel.store.layout import InvalidLayout, LayoutFeed, OCILayoutStore
+from spegel.tracker import Tracker
 
 if TYPE_CHECKING:
     from spegel.routing.libp2p.router import Libp2pRouter
@@ -77,16 +78,42 @@ class RegistrySettings:
     http: Limits = field(default_factory=Limits)  # the registry port's connections
 
 
-def open_store(settings: RegistrySettings) -> ContentStore:
+class Feed(Protocol):
+    """A task that tells the tracker what its store holds (`started` once the first listing is applied)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
+@dataclass
+class OpenedStore:
+    """A store with what the composition root runs beside it: its feed to the tracker, its in-progress
+    downloads (when it has any), tasks to start with it (checks), and how to close it."""
+
+    content: ContentStore
+    feed: Callable[[Tracker], Feed]
+    in_progress: InProgressSource | None = None
+    tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    close: Callable[[], None] = lambda: None
+
+
+def open_store(settings: RegistrySettings) -> OpenedStore:
     kind, _, location = settings.store.partition(":")
     if settings.store == "containerd":
         c = settings.containerd
-        return ContainerdStore.connect(c.sock, c.namespace, c.content_path)
+        store = ContainerdStore.connect(c.sock, c.namespace, c.content_path)
+        return OpenedStore(
+            store,
+            feed=lambda tracker: Watcher(store, tracker, c.advertise, c.relist_interval),
+            in_progress=IngestSource(store),
+            tasks=[functools.partial(check_containerd, store, c)],
+            close=store.close,
+        )
     if kind == "oci-layout":
         try:
-            return OCILayoutStore(location)
+            layout = OCILayoutStore(location)
         except InvalidLayout as exc:
             raise ConfigurationError(str(exc)) from None
+        return OpenedStore(layout, feed=lambda tracker: LayoutFeed(layout, tracker))
     raise ConfigurationError(f"unknown store {settings.store!r}: want containerd or oci-layout:DIR")
 
 
@@ -97,8 +124,7 @@ def run_registry(settings: RegistrySettings) -> int:
             with contextlib.suppress(KeyboardInterrupt):
                 trio.run(serve_registry, settings, store)
         finally:
-            if isinstance(store, ContainerdStore):
-                store.close()
+            store.close()
     except (ConfigurationError, RouterConfigError, BaseExceptionGroup) as exc:
         error = find_exception(exc, (ConfigurationError, RouterConfigError))
         if error is None:
@@ -131,37 +157,33 @@ async def listen(nursery: trio.Nursery, app: ASGIApp, address: str, limits: Limi
         raise ConfigurationError(f"cannot listen on {address}: {error.strerror or error}") from None
 
 
-async def serve_registry(settings: RegistrySettings, store: ContentStore) -> None:
+async def serve_registry(settings: RegistrySettings, store: OpenedStore) -> None:
     """Serve until SIGINT or SIGTERM. Contexts are entered outside the serving nursery, so that on a signal
     the servers stop first, then the mirror, then the router, each inside the one that started before it."""
     metrics = Metrics(RegistryLabels([*settings.mirrored_registries, settings.default_registry]))
     async with trio.open_nursery() as signals:
         signals.start_soon(_stop_on_signals, signals.cancel_scope)
         async with contextlib.AsyncExitStack() as stack:
-            watcher, peer_name = None, None
+            tracker, peer_name = None, None
             peers: Callable[[], list[PeerRow]] = list
             if settings.router is None:
-                backend: Backend = LocalBackend(store)
+                backend: Backend = LocalBackend(store.content)
             else:
                 router = await stack.enter_async_context(open_router(settings.router, settings.registry_addr))
                 peer_name, peers = router.name, functools.partial(_peer_rows, router)
-                if isinstance(store, ContainerdStore):
-                    advertised = TagFilteringRouter(router, settings.mirror.filters.excludes)
-                    c = settings.containerd
-                    watcher = Watcher(store, advertised, c.advertise, c.relist_interval)
-                    if not settings.mirrored_registries:
-                        held = functools.partial(
-                            _registries_here, watcher.advertisements, settings.containerd.registry_config_path
-                        )
-                        metrics.registry_label = RegistryLabels([settings.default_registry], held)
-                    metrics.export_advertised(watcher.advertisements.state)
-                backend = await stack.enter_async_context(open_mirror(settings, store, router, metrics, watcher))
+                tracker = Tracker(TagFilteringRouter(router, settings.mirror.filters.excludes))
+                if not settings.mirrored_registries:
+                    hosts_dir = settings.containerd.registry_config_path
+                    held = functools.partial(_registries_here, tracker.advertisements, hosts_dir)
+                    metrics.registry_label = RegistryLabels([settings.default_registry], held)
+                metrics.export_advertised(tracker.advertisements.state)
+                backend = await stack.enter_async_context(open_mirror(settings, store, router, metrics, tracker))
             registry_app = instrument(create_app(backend, settings.default_registry), metrics, handler_name)
             async with trio.open_nursery() as nursery:
-                if isinstance(store, ContainerdStore):
-                    nursery.start_soon(check_containerd, store, settings.containerd)
-                if watcher is not None:
-                    nursery.start_soon(watcher.run)
+                for task in store.tasks:
+                    nursery.start_soon(task)
+                if tracker is not None:
+                    nursery.start_soon(store.feed(tracker).run)
                 bound = await listen(nursery, registry_app, settings.registry_addr, settings.http)
                 metrics_app = create_metrics_app(metrics, backend.ready)
                 if settings.debug_web:
@@ -169,7 +191,7 @@ async def serve_registry(settings: RegistrySettings, store: ContentStore) -> Non
                         node=peer_name or "local content only (--router none)",
                         registry_url=_loopback(bound[0]),
                         activity=metrics.activity,
-                        advertised=watcher.advertisements.state if watcher is not None else {},
+                        advertised=tracker.advertisements.state if tracker is not None else {},
                         peers=peers,
                     )
                     add_debug_web(metrics_app, view)
@@ -225,14 +247,13 @@ def _registries_here(advertisements: Advertisements, hosts_dir: str) -> set[str]
 
 @contextlib.asynccontextmanager
 async def open_mirror(
-    settings: RegistrySettings, store: ContentStore, router: Router, metrics: Metrics, watcher: Watcher | None
+    settings: RegistrySettings, store: OpenedStore, router: Router, metrics: Metrics, tracker: Tracker
 ) -> AsyncIterator[MirrorBackend]:
     """The mirror backend the settings describe; in-progress downloads are shared when the store has them, and
-    the watcher (if any) announces the downloads containerd is about to make (claims)."""
-    in_progress = IngestSource(store) if isinstance(store, ContainerdStore) else None
+    the tracker announces the downloads the node is about to make (claims), when its store's feed accepts them."""
     peers = PeerClient(settings.timeouts)
     try:
-        yield MirrorBackend(store, router, peers, metrics, settings.mirror, in_progress, watcher)
+        yield MirrorBackend(store.content, router, peers, metrics, settings.mirror, store.in_progress, tracker)
     finally:
         await peers.aclose()
 

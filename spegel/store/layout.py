@@ -1,23 +1,32 @@
-"""An OCI image layout directory as a content store (`--store oci-layout:DIR`).
+"""An OCI image layout directory as a content store (`--store oci-layout:DIR`), and its feed to the tracker.
 
 Tags come from `index.json`: each top-level descriptor whose `org.opencontainers.image.ref.name` annotation
 is a full reference `registry/repository:tag` is that tag. Blobs are `DIR/blobs/<algorithm>/<hex>`; the path is
 built only from a validated `Digest`, so no request can name a file outside the layout.
+
+With a router, `LayoutFeed` advertises every tag and every blob of the layout at start and again each time
+`index.json` is rewritten (inotify), so that a cluster can be seeded from a layout (air-gapped clusters).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import trio
 
-from spegel.oci.digest import Digest
+from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import REF_NAME_ANNOTATION, Descriptor, Index, InvalidManifest, parse
 from spegel.oci.reference import InvalidReference, Reference
+from spegel.routing.keys import with_digest
+from spegel.store import inotify
 from spegel.store.base import ContentInfo, NotFound, StoredImage
 from spegel.store.files import FileBlobReader
+from spegel.tracker import Listing, Tracker
+
+log = logging.getLogger("spegel.layout")
 
 
 class InvalidLayout(ValueError):
@@ -60,6 +69,17 @@ class OCILayoutStore:
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(str(digest)) from None
 
+    def blob_digests(self) -> list[Digest]:
+        """The digest of every blob file of the layout (files whose name is no valid digest are skipped)."""
+        digests = []
+        for algorithm in sorted(p for p in (self.root / "blobs").glob("*") if p.is_dir()):
+            for path in sorted(algorithm.iterdir()):
+                try:
+                    digests.append(Digest.parse(f"{algorithm.name}:{path.name}"))
+                except InvalidDigest:
+                    continue
+        return digests
+
     def _load_images(self) -> list[StoredImage]:
         index_path = self.root / "index.json"
         stat = index_path.stat()
@@ -68,6 +88,40 @@ class OCILayoutStore:
             self._images = list(_tagged_images(index_path.read_bytes()))
             self._index_stamp = stamp
         return self._images
+
+
+class LayoutFeed:
+    """Tells a `Tracker` what an `OCILayoutStore` holds: a full listing at start (then `started`) and after each
+    rewrite of `index.json`, until cancelled. A listing that fails (index.json invalid meanwhile, files
+    unreadable) is logged and the advertisements are kept as they were."""
+
+    def __init__(self, store: OCILayoutStore, tracker: Tracker) -> None:
+        self.store = store
+        self.tracker = tracker
+
+    async def listing(self) -> Listing:
+        tags = [with_digest(i.reference.tag_key(), str(i.target.digest)) for i in await self.store.images()]
+        digests = await trio.to_thread.run_sync(self.store.blob_digests)
+        return Listing(tags + [str(d) for d in digests])
+
+    async def downloads(self) -> set[str]:
+        return set()  # a layout has no downloads
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with inotify.Inotify() as watcher:
+            watcher.add_watch(self.store.root, inotify.CLOSE_WRITE | inotify.MOVED_TO | inotify.ONLYDIR)
+            await self._relist()
+            task_status.started()
+            while True:
+                events = await watcher.read()
+                if any(e.name == "index.json" or e.mask & inotify.OVERFLOW for e in events):
+                    await self._relist()
+
+    async def _relist(self) -> None:
+        try:
+            await self.tracker.relist(self)
+        except (InvalidLayout, OSError) as exc:
+            log.warning("cannot list the layout: advertisements kept", extra={"error": str(exc)})
 
 
 def _tagged_images(index_json: bytes) -> list[StoredImage]:

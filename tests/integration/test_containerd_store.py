@@ -25,6 +25,7 @@ from spegel.oci.manifest import Descriptor
 from spegel.oci.reference import Reference
 from spegel.store.base import NotFound
 from spegel.store.containerd.client import ContainerdClient, ContainerdUnavailable
+from spegel.store.containerd.content import ContainerdContent
 from spegel.store.containerd.proto import images_pb2
 from spegel.store.containerd.store import ContainerdStore, ContentAPIReader
 from spegel.store.files import FileBlobReader
@@ -60,7 +61,7 @@ async def test_store_after_cri_pull(
 
         host = image.platforms[0]
         held = [image.index, host.manifest, host.config, *host.layers]
-        keys = await store.all_image_keys()
+        keys = await ContainerdContent(store, blobs=False, downloads_too=False).all_image_keys()
         assert keys[0] == f"{Reference.parse(name).tag_key()}@{image.top.digest}"  # a tag carries its digest
         assert set(keys[1:]) == {str(d.digest) for d in held}  # the other platform's manifest is not held
         assert str(image.platforms[1].manifest.digest) not in keys
@@ -198,9 +199,10 @@ async def test_store_answers_not_found_while_containerd_is_away(tmp_path: Path) 
             with pytest.raises(NotFound):
                 await store.resolve(Reference.parse("example.com/a:b"))
             # the watcher's listings: an error, never a partial answer that would withdraw keys
+            content = ContainerdContent(store, blobs=True, downloads_too=True)
             with pytest.raises(ContainerdUnavailable):
-                await store.all_image_keys()
+                await content.listing()
             with pytest.raises(ContainerdUnavailable):
-                await store.walk(Descriptor("application/vnd.oci.image.manifest.v1+json", digest, 1))
+                await content.walk(Descriptor("application/vnd.oci.image.manifest.v1+json", digest, 1))
     finally:
         store.close()

@@ -4,7 +4,8 @@
 - inflight: behind a throttled upstream, a layer is advertised in progress within 250 ms of its download
   starting (its ingest's first bytes on disk: an ingest without data is not advertised, see ingestwatch.py),
   long before its commit, and a reader opened mid-download returns the whole blob;
-- removing an image (CRI RemoveImage, then containerd's garbage collection) withdraws its keys;
+- removing an image (CRI RemoveImage, then containerd's garbage collection) withdraws its keys, but not a blob
+  claimed for a download that has not begun;
 - restarting containerd is survived: the watcher reconnects and keeps advertising.
 """
 
@@ -32,6 +33,7 @@ from spegel.store.containerd.ingest import find_ingest
 from spegel.store.containerd.proto import content_events_pb2, images_pb2
 from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher
+from spegel.tracker import Tracker
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +77,7 @@ async def test_events_are_advertised_in_containerds_order(
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
                 await nursery.start(record_events, store.client, events)
-                await nursery.start(Watcher(store, router, mode).run)
+                await nursery.start(Watcher(store, Tracker(router), mode).run)
                 assert router.calls == []  # nothing to advertise yet
                 await store.client.pull_image(name)
                 await router.wait_for(lambda state: tag in state)
@@ -122,7 +124,7 @@ async def test_inflight_layer_is_advertised_at_once_and_readable_mid_download(
                 await nursery.start(proxy.serve)
                 (containerd.hosts_dir / proxy.address).mkdir()
                 (containerd.hosts_dir / proxy.address / "hosts.toml").write_text(f'server = "http://{proxy.address}"\n')
-                await nursery.start(Watcher(store, router, Mode.INFLIGHT).run)
+                await nursery.start(Watcher(store, Tracker(router), Mode.INFLIGHT).run)
                 first_bytes: list[float] = []
                 await nursery.start(record_first_bytes, containerd.content_root, layer.digest, first_bytes)
                 nursery.start_soon(store.client.pull_image, f"{proxy.address}/w/slow:v1")
@@ -176,7 +178,7 @@ async def test_removed_image_is_withdrawn_after_gc(
             async with trio.open_nursery() as nursery:
                 await store.client.pull_image(kept_name)
                 await store.client.pull_image(gone_name)
-                await nursery.start(Watcher(store, router, Mode.LAYER, gc_delay=1.0).run)
+                await nursery.start(Watcher(store, Tracker(router), Mode.LAYER, gc_delay=1.0).run)
                 assert set(router.state) == kept_keys | gone_keys  # the first re-list found both
 
                 await store.client.remove_image(gone_name)
@@ -187,6 +189,35 @@ async def test_removed_image_is_withdrawn_after_gc(
     finally:
         store.close()
     assert set(router.state) == kept_keys
+
+
+async def test_a_claim_survives_the_relist_after_an_image_delete(
+    upstream_registry: Registry, containerd_factory: Callable[..., Containerd]
+) -> None:
+    """A blob claimed on a miss has no ingest yet (containerd has not begun its download): the re-list that
+    every `/images/delete` runs must keep it in progress, not withdraw it, until its grace ends."""
+    gone, gone_name = await pushed(upstream_registry, ImageSpec((90_000,), seed=607), "w/deleted", "v1")
+    containerd = containerd_factory()
+    plain_http_upstream(containerd, upstream_registry)
+    router = RecordingRouter()
+    store = ContainerdStore(ContainerdClient(str(containerd.socket)), containerd.content_root)
+    tracker = Tracker(router, claim_grace=60.0)  # the claim must outlive both re-lists below on its own
+    watcher = Watcher(store, tracker, Mode.INFLIGHT, gc_delay=0.5)
+    claimed = Digest.of(b"a blob this node is about to download")
+    gone_keys = {Reference.parse(gone_name).tag_key(), *held_digests(gone)}
+    try:
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                await store.client.pull_image(gone_name)
+                await nursery.start(watcher.run)
+                assert await tracker.claim(claimed) is not None
+                await store.client.remove_image(gone_name)
+                await router.wait_for(lambda state: not gone_keys & set(state))  # both re-lists have run
+                nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert router.state.get(str(claimed)) is IN_PROGRESS
+    assert not any(str(claimed) in call.keys for call in router.calls if call.kind == "withdraw")
 
 
 async def test_containerd_restart_is_survived(
@@ -200,7 +231,7 @@ async def test_containerd_restart_is_survived(
     os.symlink(containerd.socket, link)
     router = RecordingRouter()
     store = ContainerdStore(ContainerdClient(str(link)), containerd.content_root)
-    watcher = Watcher(store, router, Mode.INFLIGHT)
+    watcher = Watcher(store, Tracker(router), Mode.INFLIGHT)
     try:
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:

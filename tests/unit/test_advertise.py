@@ -65,6 +65,38 @@ def test_relist_withdraws_what_is_gone_and_advertises_what_changed() -> None:
     assert ads.relist(complete=["kept", "finished", "new"], in_progress=["started"]) == []
 
 
+def test_claim_advertises_in_progress_with_its_time_once() -> None:
+    ads = Advertisements()
+    ads.complete(["held"])
+    assert ads.claim("held", since=5.0, deadline=10.0) == []  # held already: nothing to claim
+    assert ads.claim("new", since=5.0, deadline=10.0) == [Advertise(("new",), IN_PROGRESS, 5.0)]
+    assert ads.claim("new", since=6.0, deadline=11.0) == []
+    assert ads.claim_since("new") == 5.0 and ads.claim_since("held") is None
+
+
+def test_relist_keeps_a_claim_before_its_deadline_or_while_downloading() -> None:
+    """The re-list after `/images/delete` used to withdraw claims: no listing shows a download without bytes."""
+    ads = Advertisements()
+    ads.claim("a", since=1.0, deadline=10.0)
+    ads.claim("b", since=1.0, deadline=10.0)
+    assert ads.relist(complete=["x"], now=9.0) == [Advertise(("x",), COMPLETE)]
+    assert ads.relist(complete=["x"], now=10.0, downloading=["b"]) == [Withdraw(("a",))]
+    assert ads.state == {"x": COMPLETE, "b": IN_PROGRESS}
+
+
+def test_expire_claims_withdraws_due_claims_without_a_download_and_settles_the_others() -> None:
+    ads = Advertisements()
+    ads.claim("gone", since=1.0, deadline=5.0)
+    ads.claim("busy", since=1.0, deadline=5.0)
+    ads.claim("later", since=1.0, deadline=50.0)
+    assert ads.due_claims(4.9) == []
+    assert ads.expire_claims(5.0, downloading={"busy"}) == [Withdraw(("gone",))]
+    assert ads.due_claims(100.0) == ["later"]  # "busy" is settled: its download ends it, not a deadline
+    assert ads.claim_since("busy") == 1.0
+    assert ads.ingest_gone(["busy"]) == [Withdraw(("busy",))]
+    assert ads.claim_since("busy") is None
+
+
 def _apply(model: dict[str, KeyState], actions: list[Action]) -> None:
     for action in actions:
         if isinstance(action, Advertise):

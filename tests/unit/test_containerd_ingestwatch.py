@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from spegel.oci.digest import Digest
-from spegel.store.containerd import inotify
+from spegel.store import inotify
 from spegel.store.containerd.ingestwatch import IngestEnded, IngestEvent, IngestStarted, IngestWatcher
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from spegel.store.containerd import inotify
+from spegel.store import inotify
 from spegel.store.containerd.ingest import Ingest, blob_path, ingest_root, read_ingest
 
 log = logging.getLogger("spegel.containerd")

@@ -1,8 +1,7 @@
 """containerd as a content store (`--store containerd`, the default).
 
 Images and content metadata come from containerd's gRPC API in one namespace. Tags are the image names of the
-form `registry/repository:tag`; an image's content is its target walked through indexes (every platform
-present) and manifests down to configs and layers. Blobs are read straight from the content root
+form `registry/repository:tag`. Blobs are read straight from the content root
 (`<content path>/blobs/<algorithm>/<hex>`) and, when that directory is not mounted here, through the
 Content.Read API. Blobs still downloading are opened from their ingest (`open_ingest`).
 """
@@ -16,8 +15,6 @@ from pathlib import Path
 
 import trio
 
-from spegel.oci import manifest as oci_manifest
-from spegel.oci import mediatypes
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import Descriptor, InvalidManifest
 from spegel.oci.reference import InvalidReference, Reference
@@ -29,7 +26,7 @@ from spegel.store.containerd.ingest import (
     blob_path,
     find_ingest,
 )
-from spegel.store.containerd.proto import images_pb2, types_pb2
+from spegel.store.containerd.proto import types_pb2
 from spegel.store.files import FileBlobReader
 
 log = logging.getLogger("spegel.containerd")
@@ -37,7 +34,6 @@ log = logging.getLogger("spegel.containerd")
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE = "k8s.io"
 DEFAULT_CONTENT_PATH = "/var/lib/containerd/io.containerd.content.v1.content"
-MAX_DOCUMENT_SIZE = 4 << 20  # larger than any manifest or index CNCF distribution accepts
 
 
 def image_reference(name: str) -> Reference | None:
@@ -135,77 +131,6 @@ class ContainerdStore:
         if ingest is None:
             raise NotFound(f"no download of {digest} in progress")
         return await IngestReader.open_ingest(ingest, self.content_path, self.stall_timeout)
-
-    async def read_blob(self, digest: Digest, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
-        """A whole (small) blob: `NotFound` when absent or larger than `limit`, `ContainerdError` when
-        containerd does not answer."""
-        info = await self.client.content_info(str(digest))
-        if info.size > limit:
-            raise NotFound(f"{digest} is larger than {limit} bytes")
-        try:
-            return await trio.to_thread.run_sync(blob_path(self.content_path, digest).read_bytes)
-        except (FileNotFoundError, NotADirectoryError):
-            async with self.client.read_content(str(digest), 0, 0) as pieces:
-                return b"".join([piece async for piece in pieces])
-
-    async def walk(self, root: Descriptor) -> list[Descriptor]:
-        """`root` and every descriptor below it that this namespace holds, parents before children, once each.
-
-        Indexes are followed into every platform's manifest that is present (containerd usually fetches one);
-        absent or unparsable children are skipped, never an error. `NotFound` when `root` itself is absent;
-        `ContainerdError` when containerd does not answer (a partial walk is never returned).
-        """
-        await self.client.content_info(str(root.digest))
-        found: dict[Digest, Descriptor] = {}
-        pending = [root]
-        while pending:
-            descriptor = pending.pop(0)
-            if descriptor.digest in found:
-                continue
-            if descriptor is not root:
-                try:
-                    await self.client.content_info(str(descriptor.digest))
-                except NotFound:
-                    continue
-            found[descriptor.digest] = descriptor
-            if mediatypes.is_index(descriptor.media_type) or mediatypes.is_manifest(descriptor.media_type):
-                try:
-                    document = oci_manifest.parse(await self.read_blob(descriptor.digest), descriptor.media_type)
-                except (NotFound, InvalidManifest, ValueError, OSError) as exc:
-                    log.warning("cannot read manifest", extra={"digest": str(descriptor.digest), "error": str(exc)})
-                    continue
-                pending.extend(oci_manifest.children(document))
-        return list(found.values())
-
-    async def image_keys(self, image: images_pb2.Image) -> list[str]:
-        """The keys an image is advertised under: its tag with its manifest's digest (`registry/repository:tag@
-        sha256:...`, if its name is a tag), then every digest it holds."""
-        reference = image_reference(image.name)
-        try:
-            target = to_descriptor(image.target)
-            content = await self.walk(target)
-        except (NotFound, InvalidManifest):
-            return []  # an image without its content is not served
-        keys = [f"{reference.tag_key()}@{target.digest}"] if reference is not None else []
-        return keys + [str(d.digest) for d in content]
-
-    async def image_keys_by_name(self, name: str) -> list[str]:
-        """`image_keys` of the image called `name`; empty when it is gone."""
-        try:
-            return await self.image_keys(await self.client.get_image(name))
-        except NotFound:
-            return []
-
-    async def all_image_keys(self) -> list[str]:
-        """The keys of every image of the namespace (tags and digests), each once."""
-        keys: dict[str, None] = {}
-        for image in await self.client.list_images():
-            keys.update(dict.fromkeys(await self.image_keys(image)))
-        return list(keys)
-
-    async def all_content_keys(self) -> list[str]:
-        """The digest of every committed blob of the namespace (whether or not an image refers to it)."""
-        return [info.digest for info in await self.client.list_content()]
 
 
 @contextlib.contextmanager

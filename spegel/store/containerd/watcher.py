@@ -5,9 +5,9 @@ Modes:
   (containerd publishes it after the whole image is fetched and unpacked);
 - `layer`: also each digest on `/content/create`, the moment its blob is committed (containerd >= 2.1);
 - `inflight`: also each blob as in progress as soon as its download's first bytes are on disk (inotify, see
-  ingestwatch.py for why not earlier), withdrawn if the download is abandoned; and, through `claim`, a
-  blob the mirror is about to let containerd download (upstream or from a peer's download), before
-  containerd has received anything, with the claim's time.
+  ingestwatch.py for why not earlier), withdrawn if the download is abandoned; and the tracker accepts claims
+  (`Tracker.claim`): a blob the mirror is about to let containerd download (upstream or from a peer's
+  download), before containerd has received anything, with the claim's time.
 
 A session subscribes first, then re-lists everything (so nothing published in between is lost), then applies
 events in containerd's order. Re-listing also runs every `relist_interval` seconds and `gc_delay` seconds after
@@ -17,32 +17,28 @@ starts after a back-off (0.1 s doubling to 5 s) and re-lists: advertisements are
 keeps the content). A mode containerd cannot serve (content events need 2.1) is logged once and the best
 available mode is used instead.
 
-All changes go through one `Advertisements` state under one lock, so a re-list and an event never interleave;
-the resulting actions are applied to the `Router` in order.
+All changes go through the `Tracker` (spegel/tracker.py), the one owner of what the node advertises and claims.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from enum import Enum
 
 import trio
 
-from spegel.advertise import Action, Advertise, Advertisements
 from spegel.oci.digest import Digest, InvalidDigest
-from spegel.routing.base import KeyState, Router
 from spegel.store.containerd.client import ContainerdError, Version
-from spegel.store.containerd.ingest import list_ingests
+from spegel.store.containerd.content import ContainerdContent
 from spegel.store.containerd.ingestwatch import IngestEnded, IngestEvent, IngestStarted, IngestWatcher
 from spegel.store.containerd.proto import content_events_pb2, images_pb2, types_pb2
 from spegel.store.containerd.store import ContainerdStore
+from spegel.tracker import Tracker
 
 log = logging.getLogger("spegel.containerd")
 
 DEFAULT_RELIST_INTERVAL = 60.0
 DEFAULT_GC_DELAY = 2.0
-DEFAULT_MISS_GRACE = 5.0  # seconds a blob announced on a miss stays in progress without a download appearing
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 5.0
 
 
@@ -76,31 +72,26 @@ def effective_mode(requested: Mode, version: Version) -> Mode:
 
 
 class Watcher:
-    """Keeps a `Router`'s advertisements in line with one containerd namespace. Run with `run()`."""
+    """Feeds a `Tracker` what one containerd namespace holds and does. Run with `run()`."""
 
     def __init__(
         self,
         store: ContainerdStore,
-        router: Router,
+        tracker: Tracker,
         mode: Mode = Mode.INFLIGHT,
         relist_interval: float = DEFAULT_RELIST_INTERVAL,
         gc_delay: float = DEFAULT_GC_DELAY,
     ) -> None:
         self.store = store
-        self.router = router
+        self.tracker = tracker
         self.requested_mode = mode
         self.mode: Mode | None = None  # the mode of the current session, once connected
         self.relist_interval = relist_interval
         self.gc_delay = gc_delay
-        self.advertisements = Advertisements()
         self.sessions = 0  # sessions started (a reconnection starts a new one)
-        self._lock = trio.Lock()
         self._relist_requested = trio.Event()
         self._warned: set[tuple[Mode, Mode]] = set()
         self._started = False
-        self.miss_grace = DEFAULT_MISS_GRACE
-        self._expected: dict[str, float] = {}  # key announced on a miss -> when to check for its download
-        self._claims: dict[str, float] = {}  # key claimed and still in progress -> the claim's time
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled, reconnecting when containerd goes away.
@@ -108,19 +99,23 @@ class Watcher:
         `started` after the first session's first re-list has been applied.
         """
         backoff = MIN_BACKOFF
-        while True:
-            sessions = self.sessions
-            try:
-                await self._session(task_status)
-            except* (ContainerdError, OSError) as group:  # containerd away, or its content root unwatchable
-                errors = "; ".join(str(e) for e in group.exceptions)
-                log.warning("containerd watch interrupted", extra={"error": errors, "retry_in": backoff})
-            backoff = MIN_BACKOFF if self.sessions > sessions else min(backoff * 2, MAX_BACKOFF)
-            await trio.sleep(backoff)
+        try:
+            while True:
+                sessions = self.sessions
+                try:
+                    await self._session(task_status)
+                except* (ContainerdError, OSError) as group:  # containerd away, or its content root unwatchable
+                    errors = "; ".join(str(e) for e in group.exceptions)
+                    log.warning("containerd watch interrupted", extra={"error": errors, "retry_in": backoff})
+                backoff = MIN_BACKOFF if self.sessions > sessions else min(backoff * 2, MAX_BACKOFF)
+                await trio.sleep(backoff)
+        finally:
+            self.tracker.accept_claims(False)
 
     async def _session(self, task_status: trio.TaskStatus[None]) -> None:
         version = await self.store.client.version()
         mode = self._choose_mode(version)
+        content = ContainerdContent(self.store, blobs=mode is not Mode.IMAGE, downloads_too=mode is Mode.INFLIGHT)
         async with self.store.client.subscribe(event_filters(mode, self.store.namespace)) as envelopes:
             self.sessions += 1
             self.mode = mode
@@ -129,14 +124,15 @@ class Watcher:
                 if mode is Mode.INFLIGHT:
                     ingests = IngestWatcher(self.store.content_path, self.store.namespace, self._on_ingest)
                     await nursery.start(ingests.run)
-                await self.relist()
+                    nursery.start_soon(self.tracker.expire_claims, content)
+                self.tracker.accept_claims(mode is Mode.INFLIGHT)
+                await self.tracker.relist(content)
                 if not self._started:
                     self._started = True
                     task_status.started()
-                nursery.start_soon(self._relist_periodically)
-                nursery.start_soon(self._expire_misses)
+                nursery.start_soon(self._relist_periodically, content)
                 async for envelope in envelopes:
-                    await self._on_envelope(nursery, envelope)
+                    await self._on_envelope(nursery, content, envelope)
                 raise ContainerdError("containerd closed the event stream")
 
     def _choose_mode(self, version: Version) -> Mode:
@@ -155,41 +151,30 @@ class Watcher:
             )
         return mode
 
-    async def relist(self) -> None:
-        """Replace the advertisements by a full listing of containerd's current state."""
-        async with self._lock:
-            in_progress: list[str] = []
-            if self.mode is Mode.INFLIGHT:  # ingests first: one committed meanwhile is then listed as content
-                ingests = await trio.to_thread.run_sync(list_ingests, self.store.content_path, self.store.namespace)
-                in_progress = [str(i.digest) for i in ingests if i.size() > 0]
-            complete = await self.store.all_image_keys()
-            if self.mode is not Mode.IMAGE:
-                complete += await self.store.all_content_keys()
-            await self._apply(self.advertisements.relist(complete, in_progress))
-
     def request_relist(self) -> None:
         """Ask for a re-list soon (by the periodic task)."""
         self._relist_requested.set()
 
-    async def _relist_periodically(self) -> None:
+    async def _relist_periodically(self, content: ContainerdContent) -> None:
         while True:
             with trio.move_on_after(self.relist_interval):
                 await self._relist_requested.wait()
             self._relist_requested = trio.Event()
-            await self.relist()
+            await self.tracker.relist(content)
 
     async def _relist_later(self, delay: float) -> None:
         await trio.sleep(delay)
         self.request_relist()
 
-    async def _on_envelope(self, nursery: trio.Nursery, envelope: types_pb2.Envelope) -> None:
+    async def _on_envelope(
+        self, nursery: trio.Nursery, content: ContainerdContent, envelope: types_pb2.Envelope
+    ) -> None:
         topic = envelope.topic
         if topic in ("/images/create", "/images/update"):
             payload = images_pb2.ImageCreate.FromString(envelope.event.value)  # ImageUpdate has the same fields
-            async with self._lock:
-                await self._apply(self.advertisements.complete(await self.store.image_keys_by_name(payload.name)))
+            await self.tracker.complete(await content.image_keys_by_name(payload.name))
         elif topic == "/images/delete":
-            await self.relist()
+            await self.tracker.relist(content)
             nursery.start_soon(self._relist_later, self.gc_delay)  # once garbage collection has run
         elif topic in ("/content/create", "/content/delete"):
             digest = content_events_pb2.ContentCreate.FromString(envelope.event.value).digest  # same field 1
@@ -198,57 +183,14 @@ class Watcher:
             except InvalidDigest:
                 log.warning("ignoring content event with an invalid digest", extra={"digest": digest[:200]})
                 return
-            async with self._lock:
-                state = self.advertisements
-                await self._apply(state.complete([key]) if topic == "/content/create" else state.withdraw([key]))
-
-    async def claim(self, digest: Digest) -> float | None:
-        """containerd is about to download `digest`, which no peer holds complete. In inflight mode, advertise
-        it in progress at once, with the claim's time (`time.time()`), so that peers asking in the next
-        moments follow this node's download instead of all going upstream, and return that time; None in
-        other modes, or when the blob is already advertised unclaimed (its download is under way). A claim is
-        withdrawn after `miss_grace` seconds unless the download (an ingest) or the content appears by then."""
-        if self.mode is not Mode.INFLIGHT:
-            return None
-        key = str(digest)
-        async with self._lock:
-            if key not in self.advertisements.state:
-                since = time.time()
-                await self._apply(self.advertisements.in_progress([key], since))
-                self._claims[key] = since
-                self._expected[key] = trio.current_time() + self.miss_grace
-            return self._claims.get(key)
-
-    async def _expire_misses(self) -> None:
-        while True:
-            await trio.sleep(self.miss_grace / 4)
-            now = trio.current_time()
-            due = [key for key, deadline in self._expected.items() if deadline <= now]
-            if not due:
-                continue
-            ingests = await trio.to_thread.run_sync(list_ingests, self.store.content_path, self.store.namespace)
-            downloading = {str(i.digest) for i in ingests}
-            async with self._lock:
-                for key in due:
-                    del self._expected[key]
-                stale = [k for k in due if k not in downloading and self.advertisements.state.get(k) is not None]
-                await self._apply(self.advertisements.ingest_gone(stale))
+            if topic == "/content/create":
+                await self.tracker.complete([key])
+            else:
+                await self.tracker.withdraw([key])
 
     async def _on_ingest(self, event: IngestEvent) -> None:
         key = str(event.ingest.digest)
-        async with self._lock:
-            if isinstance(event, IngestStarted):
-                await self._apply(self.advertisements.in_progress([key]))
-            elif isinstance(event, IngestEnded):
-                committed = [key] if event.committed else []
-                await self._apply(self.advertisements.ingest_gone([key], committed))
-
-    async def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, Advertise):
-                await self.router.advertise(action.keys, action.state, since=action.since)
-            else:
-                await self.router.withdraw(action.keys)
-            if not (isinstance(action, Advertise) and action.state is KeyState.IN_PROGRESS):
-                for key in action.keys:
-                    self._claims.pop(key, None)
+        if isinstance(event, IngestStarted):
+            await self.tracker.download_started(key)
+        elif isinstance(event, IngestEnded):
+            await self.tracker.download_ended(key, event.committed)
