@@ -37,11 +37,22 @@ import httpx
 
 from spegel.store.containerd.client import ContainerdClient
 
-CONTAINERD_BIN = "/var/cache/spegel-py/containerd-2.1.9/usr/bin/containerd"
+# scripts/bootstrap.sh unpacks Debian's containerd (>= 2.1) there ($SPEGEL_CACHE/containerd -> containerd-<version>).
+CONTAINERD_BIN = str(Path(os.environ.get("SPEGEL_CACHE", "/var/cache/spegel-py")) / "containerd/usr/bin/containerd")
 REGISTRY_BIN = "/usr/bin/docker-registry"
 STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 READY_TIMEOUT = 30.0
 POLL_INTERVAL = 0.05
+
+
+def containerd_version(binary: str | None = None) -> str:
+    """`containerd --version` of `binary` (default: the one `Containerd` runs), or why it cannot say."""
+    binary = binary or os.environ.get("SPEGEL_CONTAINERD_BIN") or CONTAINERD_BIN
+    try:
+        result = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return result.stdout.strip() or f"unavailable (exit {result.returncode})"
 
 
 class DaemonError(RuntimeError):
@@ -185,7 +196,7 @@ class Containerd(Daemon):
     Configuration: version 3, NRI disabled, `snapshotter` for CRI and the transfer service, registry hosts
     from `hosts_dir` (CRI `config_path` and the transfer service's), multipart layer fetch with `chunk_size`
     byte chunks (0 turns it off) and `max_concurrent_downloads`.
-    The binary is `binary`, else `$SPEGEL_CONTAINERD_BIN`, else containerd 2.1.9 from the bootstrap cache;
+    The binary is `binary`, else `$SPEGEL_CONTAINERD_BIN`, else the containerd of the bootstrap cache;
     `ctr` is taken from the same directory.
     """
 

@@ -43,7 +43,7 @@ import trio
 
 from benchmark import images, measure
 from benchmark.cluster.base import Cluster, ClusterError, Node
-from benchmark.daemons import DaemonError
+from benchmark.daemons import DaemonError, containerd_version
 from benchmark.progress import Progress
 from benchmark.scenario import PEER_MODES, PHASES, RunKey, Scenario, plan, repository_name
 
@@ -154,7 +154,12 @@ def write_meta(out: Path, scenario: Scenario, phase_images: dict[tuple[str, str]
     meta = {
         "scenario": asdict(scenario),
         "images": {f"{shape}/{phase}": image.describe() for (shape, phase), image in phase_images.items()},
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "containerd": containerd_version(),
+        },
         "commit": _git_commit(),
         **extra,
     }

@@ -17,7 +17,12 @@ from typing import Any
 
 import pytest
 
-from benchmark.daemons import Containerd, Registry, Spegel, free_address
+from benchmark.daemons import Containerd, Registry, Spegel, containerd_version, free_address
+
+
+def pytest_report_header() -> str:
+    """The containerd the tests run (recorded with every test result)."""
+    return f"containerd: {containerd_version()}"
 
 
 @pytest.fixture

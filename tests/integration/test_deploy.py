@@ -467,7 +467,7 @@ def test_command_lines_parse_with_the_real_cli(name: str) -> None:
 
 
 def test_preflight_rejects_containerds_default_config_and_accepts_the_test_instances(tmp_path: Path) -> None:
-    binary = Path(os.environ.get("SPEGEL_CONTAINERD_BIN") or CACHE / "containerd-2.1.9/usr/bin/containerd")
+    binary = Path(os.environ.get("SPEGEL_CONTAINERD_BIN") or CACHE / "containerd/usr/bin/containerd")
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True, timeout=30).stdout
     default = subprocess.run([binary, "config", "default"], capture_output=True, text=True, check=True, timeout=30)
     assert [f.check for f in check_containerd(default.stdout, version)] == ["config-path"]
