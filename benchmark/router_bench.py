@@ -1,4 +1,4 @@
-"""The libp2p router on loopback: N real nodes, each its own process (`spegel.routing.libp2p.node`), full mesh.
+"""The libp2p router on loopback: N real nodes, each its own process (`benchmark.router_node`), full mesh.
 
 Prints, for each cluster size:
 - idle CPU (% of one core) and RSS per node, after meshing;
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import trio
 
-from spegel.routing.libp2p.cluster import NodeProcess, running_cluster
+from benchmark.router_cluster import NodeProcess, running_cluster
 
 MIB = 1024 * 1024
 

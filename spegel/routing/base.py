@@ -15,6 +15,10 @@ from enum import Enum
 from typing import Protocol
 
 
+class RouterConfigError(Exception):
+    """An unusable identity file, key file or address (reported in one line)."""
+
+
 class KeyState(Enum):
     COMPLETE = "complete"
     IN_PROGRESS = "in_progress"

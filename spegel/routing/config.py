@@ -19,16 +19,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from spegel.routing.base import RouterConfigError
+
 if TYPE_CHECKING:
     import multiaddr
 
     from spegel.routing.libp2p.router import Libp2pRouter, RouterSettings
 
 __all__ = ["RouterConfigError", "RouterOptions", "open_router", "router_settings"]
-
-
-class RouterConfigError(Exception):
-    """An unusable identity file, key file or address (reported in one line)."""
 
 
 @dataclass(frozen=True)

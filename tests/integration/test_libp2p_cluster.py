@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from spegel.routing.libp2p.cluster import NodeError, NodeProcess, running_cluster, wait_until_meshed
+from benchmark.router_cluster import NodeError, NodeProcess, running_cluster, wait_until_meshed
 
 pytestmark = pytest.mark.slow
 

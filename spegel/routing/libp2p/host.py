@@ -32,7 +32,7 @@ from libp2p.security.pnet.protector import new_protected_conn
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from spegel.routing.config import RouterConfigError
+from spegel.routing.base import RouterConfigError
 from spegel.routing.libp2p.addresses import IPAddress
 from spegel.routing.libp2p.workarounds import dial_connection_config
 

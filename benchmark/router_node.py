@@ -1,6 +1,6 @@
 """A router node driven over stdin/stdout, for multi-process tests and the benchmark.
 
-    python -m spegel.routing.libp2p.node --registry-address HOST:PORT [router flags, see `spegel registry --help`]
+    python -m benchmark.router_node --registry-address HOST:PORT [router flags, see `spegel registry --help`]
 
 On start it prints one JSON line `{"event": "started", "peer_id": ..., "addrs": [...]}`. Then each stdin line is
 a JSON command `{"id": N, "op": ..., ...}`, answered by one stdout line `{"id": N, ...}` (`"error"` on failure);
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from spegel.cli import add_router_flags, router_options
     from spegel.flags import FlagParser, log_level
 
-    parser = FlagParser(prog="python -m spegel.routing.libp2p.node", environ={})
+    parser = FlagParser(prog="python -m benchmark.router_node", environ={})
     parser.add_argument("--registry-address", required=True, help="HOST:PORT announced as this node's registry")
     parser.add_argument("--log-level", type=log_level, default="warning", help="spegel's own log (libp2p's: warning)")
     add_router_flags(parser)

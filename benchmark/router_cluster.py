@@ -1,4 +1,4 @@
-"""Run router nodes as subprocesses (`spegel.routing.libp2p.node`) and talk to them: for tests and the benchmark.
+"""Run router nodes as subprocesses (`benchmark.router_node`) and talk to them: for tests and the benchmark.
 
 `NodeProcess.start` launches one node and waits for its start line; `request` sends a command and waits (bounded)
 for its answer; `kill` ends it at once (SIGKILL), `close` gently (stdin EOF, then SIGKILL after a grace period).
@@ -50,7 +50,7 @@ class NodeProcess:
         """Launch a node with its identity in `data_dir`, listening on a free loopback port unless told otherwise."""
         data_dir.mkdir(parents=True, exist_ok=True)
         stderr_path = data_dir / "stderr.log"
-        argv = [sys.executable, "-m", "spegel.routing.libp2p.node", "--registry-address", registry_address]
+        argv = [sys.executable, "-m", "benchmark.router_node", "--registry-address", registry_address]
         argv += ["--data-dir", str(data_dir)]
         if "--router-addr" not in router_args:
             argv += ["--router-addr", "127.0.0.1:0"]
