@@ -19,7 +19,6 @@ from spegel.advertise import Advertisements
 from spegel.debugweb import DebugView, PeerRow, add_debug_web
 from spegel.metrics import Metrics, RegistryLabels, instrument, tag_registry
 from spegel.mirror.backend import InProgressSource, MirrorBackend, MirrorOptions
-from spegel.mirror.inflight import IngestSource
 from spegel.mirror.peers import PeerClient, Timeouts
 from spegel.preflight import Severity, run_preflight
 from spegel.registry.app import create_app
@@ -32,6 +31,7 @@ from spegel.routing.config import RouterConfigError, RouterOptions, open_router
 from spegel.routing.filtered import TagFilteringRouter
 from spegel.store.base import ContentStore
 from spegel.store.containerd.client import ContainerdError
+from spegel.store.containerd.downloads import Downloads, IngestSource
 from spegel.store.containerd.store import DEFAULT_CONTENT_PATH, DEFAULT_NAMESPACE, DEFAULT_SOCKET, ContainerdStore
 from spegel.store.containerd.watcher import DEFAULT_RELIST_INTERVAL, Mode, Watcher
 from spegel.store.layout import InvalidLayout, LayoutFeed, OCILayoutStore
@@ -101,10 +101,11 @@ def open_store(settings: RegistrySettings) -> OpenedStore:
     if settings.store == "containerd":
         c = settings.containerd
         store = ContainerdStore.connect(c.sock, c.namespace, c.content_path)
+        downloads = Downloads()
         return OpenedStore(
             store,
-            feed=lambda tracker: Watcher(store, tracker, c.advertise, c.relist_interval),
-            in_progress=IngestSource(store),
+            feed=lambda tracker: Watcher(store, tracker, c.advertise, c.relist_interval, downloads=downloads),
+            in_progress=IngestSource(store.content_path, downloads),
             tasks=[functools.partial(check_containerd, store, c)],
             close=store.close,
         )

@@ -22,7 +22,7 @@ from spegel.store.containerd.ingest import (
     read_ingest,
     ref_digest,
 )
-from spegel.store.files import FileBlobReader
+from tests.support.ingests import Writer, make_ingest
 
 HEX = "ab" * 32
 
@@ -43,22 +43,11 @@ def test_parse_ref_rejects_refs_without_a_valid_digest(ref: str) -> None:
     assert parse_ref(ref) is None
 
 
-def _make_ingest(root: Path, name: str, ref: str, total: int | None, data: bytes | None = None) -> Path:
-    directory = root / "ingest" / name
-    directory.mkdir(parents=True)
-    (directory / "ref").write_text(ref)
-    if total is not None:
-        (directory / "total").write_text(str(total))
-    if data is not None:
-        (directory / "data").write_bytes(data)
-    return directory
-
-
 def test_listing_and_finding_ingests(tmp_path: Path) -> None:
     digest = Digest("sha256", HEX)
-    _make_ingest(tmp_path, "a", f"k8s.io/1/layer-{digest}", 100, b"x" * 10)
-    _make_ingest(tmp_path, "b", f"other/1/layer-{digest}", 100, b"x" * 50)
-    _make_ingest(tmp_path, "c", "k8s.io/upload", 5)
+    make_ingest(tmp_path, "a", f"k8s.io/1/layer-{digest}", 100, b"x" * 10)
+    make_ingest(tmp_path, "b", f"other/1/layer-{digest}", 100, b"x" * 50)
+    make_ingest(tmp_path, "c", "k8s.io/upload", 5)
     (tmp_path / "ingest" / "d").mkdir()  # ref not written yet
     assert {i.path.name for i in list_ingests(tmp_path)} == {"a", "b"}
     [ours] = list_ingests(tmp_path, "k8s.io")
@@ -70,31 +59,6 @@ def test_listing_and_finding_ingests(tmp_path: Path) -> None:
     assert read_ingest(tmp_path / "ingest" / "gone") is None
 
 
-class Writer:
-    """Writes a blob into an ingest like containerd: 1 MiB appends, then commit (fsync, rename, rmdir)."""
-
-    def __init__(self, root: Path, blob: bytes, piece: int = 1 << 20) -> None:
-        self.root, self.blob, self.piece = root, blob, piece
-        self.digest = Digest.of(blob)
-        self.directory = _make_ingest(root, "w", f"k8s.io/1/layer-{self.digest}", len(blob))
-        self.ingest = read_ingest(self.directory)
-
-    async def write(self, upto: int, delay: float = 0.0) -> None:
-        with open(self.directory / "data", "ab") as f:
-            while f.tell() < upto:
-                f.write(self.blob[f.tell() : min(upto, f.tell() + self.piece)])
-                f.flush()
-                await trio.sleep(delay)
-
-    def commit(self) -> None:
-        target = blob_path(self.root, self.digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self.directory / "data", target)
-        for name in os.listdir(self.directory):
-            os.unlink(self.directory / name)
-        self.directory.rmdir()
-
-
 async def _read_all(reader, start: int = 0, end: int | None = None) -> bytes:
     end = reader.size - 1 if end is None else end
     return b"".join([chunk async for chunk in reader.chunks(start, end)])
@@ -104,7 +68,7 @@ async def test_reader_started_mid_download_returns_whole_blob_across_commit(tmp_
     blob = os.urandom(5 * (1 << 20) + 123)
     writer = Writer(tmp_path, blob)
     await writer.write(1 << 20)
-    reader = await IngestReader.open_ingest(writer.ingest, tmp_path, stall_timeout=5)
+    reader = IngestReader.open_data(writer.ingest, stall_timeout=5)
     assert isinstance(reader, IngestReader) and not reader.ranged and reader.size == len(blob)
 
     async def write_then_commit() -> None:
@@ -127,7 +91,7 @@ async def test_reader_serves_a_range_of_a_growing_ingest(tmp_path: Path) -> None
     blob = os.urandom(3 << 20)
     writer = Writer(tmp_path, blob)
     await writer.write(10)
-    reader = await IngestReader.open_ingest(writer.ingest, tmp_path, stall_timeout=5)
+    reader = IngestReader.open_data(writer.ingest, stall_timeout=5)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.write, len(blob), 0.01)
         assert await _read_all(reader, 1000, 2_500_000) == blob[1000:2_500_001]
@@ -137,7 +101,7 @@ async def test_reader_serves_a_range_of_a_growing_ingest(tmp_path: Path) -> None
 async def test_reader_gives_up_on_a_stalled_ingest(tmp_path: Path) -> None:
     writer = Writer(tmp_path, os.urandom(4096))
     await writer.write(1000)
-    reader = await IngestReader.open_ingest(writer.ingest, tmp_path, stall_timeout=0.2)
+    reader = IngestReader.open_data(writer.ingest, stall_timeout=0.2)
     got = b""
     with trio.fail_after(5), pytest.raises(OSError, match="stalled at 1000"):
         async for chunk in reader.chunks(0, 4095):
@@ -149,7 +113,7 @@ async def test_reader_gives_up_on_a_stalled_ingest(tmp_path: Path) -> None:
 async def test_reader_gives_up_when_the_ingest_is_deleted(tmp_path: Path) -> None:
     writer = Writer(tmp_path, os.urandom(4096))
     await writer.write(100)
-    reader = await IngestReader.open_ingest(writer.ingest, tmp_path, stall_timeout=30)
+    reader = IngestReader.open_data(writer.ingest, stall_timeout=30)
     for name in os.listdir(writer.directory):
         os.unlink(writer.directory / name)
     with trio.fail_after(5), pytest.raises(OSError, match="removed at 100"):
@@ -157,38 +121,20 @@ async def test_reader_gives_up_when_the_ingest_is_deleted(tmp_path: Path) -> Non
     await reader.aclose()
 
 
-async def test_open_waits_for_data_and_finds_a_commit_that_came_first(tmp_path: Path) -> None:
-    writer = Writer(tmp_path, os.urandom(2000))
-    async with trio.open_nursery() as nursery:
-
-        async def later() -> None:
-            await trio.sleep(0.1)
-            await writer.write(2000)
-            writer.commit()
-
-        nursery.start_soon(later)
-        with trio.fail_after(5):
-            reader = await IngestReader.open_ingest(writer.ingest, tmp_path, stall_timeout=3, poll_interval=0.3)
-    assert await _read_all(reader) == writer.blob
-    assert isinstance(reader, FileBlobReader)
-    await reader.aclose()
-
-
-async def test_open_gives_up_when_no_data_appears(tmp_path: Path) -> None:
+def test_open_data_is_none_without_data_and_refuses_an_unknown_size(tmp_path: Path) -> None:
     writer = Writer(tmp_path, b"abc")
-    with trio.fail_after(5), pytest.raises(NotFound):
-        await IngestReader.open_ingest(writer.ingest, tmp_path, stall_timeout=0.1)
-    no_total = read_ingest(_make_ingest(tmp_path, "t", f"k8s.io/1/layer-{writer.digest}", None, b"data"))
+    assert IngestReader.open_data(writer.ingest) is None  # no data yet (or the download ended): never waits
+    no_total = read_ingest(make_ingest(tmp_path, "t", f"k8s.io/1/layer-{writer.digest}", None, b"data"))
     with pytest.raises(NotFound, match="no total"):
-        await IngestReader.open_ingest(no_total, tmp_path)
+        IngestReader.open_data(no_total)
 
 
-async def test_open_reads_a_total_written_after_the_ref(tmp_path: Path) -> None:
-    directory = _make_ingest(tmp_path, "late", f"k8s.io/1/layer-sha256:{HEX}", None)
+async def test_open_data_reads_a_total_written_after_the_ref(tmp_path: Path) -> None:
+    directory = make_ingest(tmp_path, "late", f"k8s.io/1/layer-sha256:{HEX}", None)
     ingest = read_ingest(directory)
     assert ingest.total is None
     (directory / "total").write_text("10")
     (directory / "data").write_bytes(b"0123")
-    reader = await IngestReader.open_ingest(ingest, tmp_path)
-    assert reader.size == 10
+    reader = IngestReader.open_data(ingest)
+    assert reader is not None and reader.size == 10
     await reader.aclose()

@@ -58,7 +58,7 @@ class Containerd:
 
 
 async def test_watcher_reports_downloads_from_their_first_bytes_to_their_end(tmp_path: Path) -> None:
-    """From before the content root exists; an ingest counts once its data has bytes."""
+    """From before the content root exists; an ingest is started once its data has bytes."""
     content_root = tmp_path / "io.containerd.content.v1.content"
     events: list[IngestEvent] = []
     changed = trio.Event()
@@ -73,7 +73,7 @@ async def test_watcher_reports_downloads_from_their_first_bytes_to_their_end(tmp
         while len(events) < count:
             await changed.wait()
 
-    kept, dropped, other = Digest.of(b"kept"), Digest.of(b"dropped"), Digest.of(b"other")
+    kept, dropped, other, never = Digest.of(b"kept"), Digest.of(b"dropped"), Digest.of(b"other"), Digest.of(b"0")
     writer = Containerd(content_root)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -82,27 +82,26 @@ async def test_watcher_reports_downloads_from_their_first_bytes_to_their_end(tmp
             first = writer.start("one", f"k8s.io/1/layer-{kept}", b"kept")
             writer.start("two", f"other-ns/1/layer-{other}", b"other")  # another namespace: not reported
             second = writer.start("three", f"k8s.io/2/config-{dropped}")
-            never = writer.start("four", f"k8s.io/3/layer-{Digest.of(b'never')}")  # no byte ever: not reported
-            await until(1)
-            await trio.sleep(0.05)
-            assert len(events) == 1, "an ingest without data is not a download yet"
+            empty = writer.start("four", f"k8s.io/3/layer-{never}")  # no byte ever: created, never started
+            await until(3)
             writer.write(second, b"d")
-            await until(2)
+            await until(4)
             writer.commit(first, kept)
             writer.remove(second)
-            writer.remove(never)
-            await until(4)
-            await trio.sleep(0.05)
+            writer.remove(empty)
+            await until(7)
             assert watcher.known == []
             nursery.cancel_scope.cancel()
 
-    assert [(type(e).__name__, e.ingest.digest) for e in events] == [
-        ("IngestStarted", kept),
-        ("IngestStarted", dropped),
-        ("IngestEnded", kept),
-        ("IngestEnded", dropped),
-    ]
-    assert [e.committed for e in events if isinstance(e, IngestEnded)] == [True, False]
+    def kinds(digest: Digest) -> list[str]:
+        return [type(e).__name__ for e in events if e.ingest.digest == digest]
+
+    assert kinds(kept) == ["IngestStarted", "IngestEnded"]
+    assert kinds(dropped) == ["IngestCreated", "IngestStarted", "IngestEnded"]  # no data: not a download yet
+    assert kinds(never) == ["IngestCreated", "IngestEnded"]
+    assert kinds(other) == []
+    ended = {e.ingest.digest: (e.committed, e.started) for e in events if isinstance(e, IngestEnded)}
+    assert ended == {kept: (True, True), dropped: (False, True), never: (False, False)}
 
 
 async def test_watcher_reports_ingests_present_at_start(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from spegel.oci.digest import Digest, InvalidDigest
-from spegel.store.base import BlobReader, NotFound
+from spegel.store.base import NotFound
 from spegel.store.files import READ_SIZE, FileBlobReader, read_at
 
 DEFAULT_STALL_TIMEOUT = 10.0  # seconds without growth after which a reader gives up on an ingest
@@ -140,37 +140,21 @@ class IngestReader(FileBlobReader):
         self.poll_interval = poll_interval
 
     @classmethod
-    async def open_ingest(
-        cls,
-        ingest: Ingest,
-        content_root: Path,
-        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
-    ) -> BlobReader:
-        """Open the ingest's data, waiting up to `stall_timeout` for it to be created.
-
-        Returns a plain `FileBlobReader` when the blob was committed meanwhile. Raises `NotFound` when neither
-        the data (with its `total` size, written before the data) nor the committed blob appears in time.
-        """
-        committed = blob_path(content_root, ingest.digest)
-        with trio.move_on_after(stall_timeout):
-            while True:
-                try:
-                    fd = os.open(ingest.data_path, os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    pass
-                else:
-                    total = ingest.total if ingest.total is not None else _read_total(ingest.path)
-                    if total is not None:
-                        return cls(fd, total, stall_timeout, poll_interval)
-                    os.close(fd)
-                    raise NotFound(f"ingest of {ingest.digest} has no total size")
-                try:
-                    return await FileBlobReader.open(committed)
-                except FileNotFoundError:
-                    pass
-                await trio.sleep(poll_interval)
-        raise NotFound(f"ingest of {ingest.digest} has no data after {stall_timeout} s")
+    def open_data(
+        cls, ingest: Ingest, stall_timeout: float = DEFAULT_STALL_TIMEOUT, poll_interval: float = DEFAULT_POLL_INTERVAL
+    ) -> IngestReader | None:
+        """A reader of the ingest's data as it is now, or None when the data is gone (the download ended: its
+        blob is committed or abandoned) or not created yet. Raises `NotFound` when the expected size (`total`,
+        written before the data) is unreadable. Never waits."""
+        try:
+            fd = os.open(ingest.data_path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        total = ingest.total if ingest.total is not None else _read_total(ingest.path)
+        if total is None:
+            os.close(fd)
+            raise NotFound(f"ingest of {ingest.digest} has no total size")
+        return cls(fd, total, stall_timeout, poll_interval)
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         offset = start

@@ -38,6 +38,13 @@ log = logging.getLogger("spegel.containerd")
 
 
 @dataclass(frozen=True)
+class IngestCreated:
+    """The ingest exists (its `ref` is written) but has no bytes on disk yet."""
+
+    ingest: Ingest
+
+
+@dataclass(frozen=True)
 class IngestStarted:
     """The ingest has its first bytes on disk."""
 
@@ -46,13 +53,14 @@ class IngestStarted:
 
 @dataclass(frozen=True)
 class IngestEnded:
-    """An ingest reported as started is gone."""
+    """An ingest reported as created or started is gone."""
 
     ingest: Ingest
     committed: bool  # the blob is in the content root now (else the download was abandoned)
+    started: bool = True  # it had been reported as started (else only as created)
 
 
-IngestEvent = IngestStarted | IngestEnded
+IngestEvent = IngestCreated | IngestStarted | IngestEnded
 
 _DIR_EVENTS = inotify.CREATE | inotify.DELETE | inotify.MOVED_FROM | inotify.MOVED_TO | inotify.ONLYDIR
 _NEW_INGEST_EVENTS = inotify.CLOSE_WRITE | inotify.MOVED_TO | inotify.MODIFY | inotify.ONLYDIR  # ref, first data
@@ -65,6 +73,8 @@ class IngestWatcher:
     def __init__(
         self, content_root: str | Path, namespace: str, on_event: Callable[[IngestEvent], Awaitable[None]]
     ) -> None:
+        """`on_event` gets `IngestCreated` (ref written, no bytes), `IngestStarted` (first bytes on disk) and
+        `IngestEnded` of each ingest, in that order (`IngestCreated` only when it is seen without bytes)."""
         self.content_root = Path(content_root)
         self.namespace = namespace
         self.on_event = on_event
@@ -167,7 +177,9 @@ class IngestWatcher:
         if ingest is None or ingest.namespace != self.namespace:
             return
         if ingest.size() == 0:
-            self._pending[name] = ingest  # the first MODIFY of `data` brings us back
+            if name not in self._pending:
+                self._pending[name] = ingest  # the first MODIFY of `data` brings us back
+                await self.on_event(IngestCreated(ingest))
             return
         self._pending.pop(name, None)
         self._known[name] = ingest
@@ -179,7 +191,10 @@ class IngestWatcher:
         wd = self._watches.pop(name, None)
         if wd is not None:
             self._dirs.pop(wd, None)
-        self._pending.pop(name, None)
+        pending = self._pending.pop(name, None)
         ingest = self._known.pop(name, None)
         if ingest is not None:
             await self.on_event(IngestEnded(ingest, blob_path(self.content_root, ingest.digest).exists()))
+        elif pending is not None:
+            committed = blob_path(self.content_root, pending.digest).exists()
+            await self.on_event(IngestEnded(pending, committed, started=False))

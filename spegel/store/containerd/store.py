@@ -3,7 +3,7 @@
 Images and content metadata come from containerd's gRPC API in one namespace. Tags are the image names of the
 form `registry/repository:tag`. Blobs are read straight from the content root
 (`<content path>/blobs/<algorithm>/<hex>`) and, when that directory is not mounted here, through the
-Content.Read API. Blobs still downloading are opened from their ingest (`open_ingest`).
+Content.Read API. Blobs still downloading are served by `downloads.IngestSource`.
 """
 
 from __future__ import annotations
@@ -13,18 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import trio
-
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import Descriptor, InvalidManifest
 from spegel.oci.reference import InvalidReference, Reference
 from spegel.store.base import BlobReader, ContentInfo, NotFound, StoredImage
 from spegel.store.containerd.client import ContainerdClient, ContainerdError, ContainerdUnavailable
 from spegel.store.containerd.ingest import (
-    DEFAULT_STALL_TIMEOUT,
-    IngestReader,
     blob_path,
-    find_ingest,
 )
 from spegel.store.containerd.proto import types_pb2
 from spegel.store.files import FileBlobReader
@@ -61,15 +56,9 @@ class ContainerdStore:
     goes on to its peers instead of failing the request; the other methods let `ContainerdError` through.
     """
 
-    def __init__(
-        self,
-        client: ContainerdClient,
-        content_path: str | Path = DEFAULT_CONTENT_PATH,
-        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
-    ) -> None:
+    def __init__(self, client: ContainerdClient, content_path: str | Path = DEFAULT_CONTENT_PATH) -> None:
         self.client = client
         self.content_path = Path(content_path)
-        self.stall_timeout = stall_timeout
 
     @classmethod
     def connect(
@@ -122,15 +111,6 @@ class ContainerdStore:
             except InvalidManifest:
                 log.warning("skipping image with an invalid target", extra={"image": image.name})
         return images
-
-    # --- beyond ContentStore ---
-
-    async def open_ingest(self, digest: Digest) -> BlobReader:
-        """A reader of a blob still downloading in this namespace; `NotFound` when there is no such ingest."""
-        ingest = await trio.to_thread.run_sync(find_ingest, self.content_path, digest, self.namespace)
-        if ingest is None:
-            raise NotFound(f"no download of {digest} in progress")
-        return await IngestReader.open_ingest(ingest, self.content_path, self.stall_timeout)
 
 
 @contextlib.contextmanager

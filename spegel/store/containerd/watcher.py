@@ -30,6 +30,7 @@ import trio
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.store.containerd.client import ContainerdError, Version
 from spegel.store.containerd.content import ContainerdContent
+from spegel.store.containerd.downloads import Downloads
 from spegel.store.containerd.ingestwatch import IngestEnded, IngestEvent, IngestStarted, IngestWatcher
 from spegel.store.containerd.proto import content_events_pb2, images_pb2, types_pb2
 from spegel.store.containerd.store import ContainerdStore
@@ -81,8 +82,11 @@ class Watcher:
         mode: Mode = Mode.INFLIGHT,
         relist_interval: float = DEFAULT_RELIST_INTERVAL,
         gc_delay: float = DEFAULT_GC_DELAY,
+        downloads: Downloads | None = None,
     ) -> None:
+        """In inflight mode, `downloads` (when given) is fed every ingest event, for `IngestSource`."""
         self.store = store
+        self.downloads = downloads
         self.tracker = tracker
         self.requested_mode = mode
         self.mode: Mode | None = None  # the mode of the current session, once connected
@@ -122,6 +126,8 @@ class Watcher:
             log.info("watching containerd", extra={"version": version.text, "advertise": mode.value})
             async with trio.open_nursery() as nursery:
                 if mode is Mode.INFLIGHT:
+                    if self.downloads is not None:
+                        self.downloads.clear()  # the ingest watcher reports the present ones again
                     ingests = IngestWatcher(self.store.content_path, self.store.namespace, self._on_ingest)
                     await nursery.start(ingests.run)
                     nursery.start_soon(self.tracker.expire_claims, content)
@@ -189,8 +195,10 @@ class Watcher:
                 await self.tracker.withdraw([key])
 
     async def _on_ingest(self, event: IngestEvent) -> None:
+        if self.downloads is not None:
+            self.downloads.update(event)
         key = str(event.ingest.digest)
         if isinstance(event, IngestStarted):
             await self.tracker.download_started(key)
-        elif isinstance(event, IngestEnded):
+        elif isinstance(event, IngestEnded) and event.started:
             await self.tracker.download_ended(key, event.committed)
