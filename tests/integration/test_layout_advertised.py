@@ -11,7 +11,7 @@ import httpx
 import trio
 
 from benchmark.daemons import Spegel, free_address
-from benchmark.images import ImageSpec, build
+from benchmark.images import ImageSpec, SyntheticImage, build
 from spegel.oci.digest import Digest
 from spegel.store.layout import write_layout
 
@@ -23,15 +23,21 @@ def router_flags(tmp_path: Path, name: str, router_addr: str, *bootstrap: str) -
     return flags + [flag for addr in bootstrap for flag in ("--static-bootstrap-peers", f"/ip4/{addr}")]
 
 
-async def pulled(client: httpx.AsyncClient, reference: str) -> httpx.Response:
-    """GET the manifest of `reference` through the mirror until it answers 200 (the advertisement has arrived)."""
+async def served(client: httpx.AsyncClient, reference: str, image: SyntheticImage) -> None:
+    """The mirror serves `image` as `reference`: its manifest once the advertisement has arrived (polled up to
+    30 s), then its layer, from the peer."""
     repository, _, tag = reference.removeprefix("example.com/").partition(":")
-    while True:
-        response = await client.get(f"/v2/{repository}/manifests/{tag}", params={"ns": "example.com"})
-        if response.status_code == 200:
-            return response
-        assert response.status_code == 404, response.text
-        await trio.sleep(0.1)
+    with trio.fail_after(30):
+        while True:
+            manifest = await client.get(f"/v2/{repository}/manifests/{tag}", params={"ns": "example.com"})
+            if manifest.status_code == 200:
+                break
+            assert manifest.status_code == 404, manifest.text
+            await trio.sleep(0.1)
+    assert Digest.of(manifest.content) == image.top.digest
+    layer = image.platforms[0].layers[0].digest
+    blob = await client.get(f"/v2/{repository}/blobs/{layer}", params={"ns": "example.com"})
+    assert blob.status_code == 200 and Digest.of(blob.content) == layer
 
 
 def add_to_layout(layout: Path, staging: Path, reference: str) -> None:
@@ -63,18 +69,7 @@ async def test_a_layout_is_advertised_at_start_and_when_its_index_changes(tmp_pa
         Spegel.registry(f"oci-layout:{tmp_path / 'empty'}", tmp_path / "node.log", router=node_flags) as node,
     ):
         async with httpx.AsyncClient(base_url=node.url, timeout=10) as client:
-            with trio.fail_after(30):
-                manifest = await pulled(client, FIRST)
-            assert Digest.of(manifest.content) == first.top.digest
-            layer = first.platforms[0].layers[0].digest
-            blob = await client.get(f"/v2/seed/app/blobs/{layer}", params={"ns": "example.com"})
-            assert blob.status_code == 200 and Digest.of(blob.content) == layer
-
+            await served(client, FIRST, first)
             second.to_layout(tmp_path / "staging", SECOND)
             add_to_layout(tmp_path / "seed", tmp_path / "staging", SECOND)
-            with trio.fail_after(30):
-                manifest = await pulled(client, SECOND)
-            assert Digest.of(manifest.content) == second.top.digest
-            layer = second.platforms[0].layers[0].digest
-            blob = await client.get(f"/v2/seed/tool/blobs/{layer}", params={"ns": "example.com"})
-            assert blob.status_code == 200 and Digest.of(blob.content) == layer
+            await served(client, SECOND, second)
