@@ -37,11 +37,11 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from benchmark.daemons import Registry, Spegel, free_address, spegel_command, start_loopback_node
 from benchmark.images import ImageSpec, build, push
+from benchmark.router_cluster import NodeProcess
 from spegel.oci.digest import Digest
 from spegel.oci.mediatypes import OCI_MANIFEST
 from spegel.routing.index import Announcement
 from spegel.routing.libp2p import messages
-from spegel.routing.libp2p.cluster import NodeProcess
 from spegel.routing.libp2p.host import build_host, close_host, learn_peer_id
 from spegel.store.layout import write_layout
 
