@@ -24,7 +24,7 @@ from spegel.registry.server import serve_app
 from spegel.routing.base import Holder, KeyState, Router
 from spegel.store.base import NotFound
 from spegel.store.layout import OCILayoutStore, write_layout
-from tests.support.memory import MemoryNetwork
+from spegel.routing.memory import MemoryNetwork
 
 REFERENCE = "example.com/team/app:v1"
 CHUNK = 256 << 10

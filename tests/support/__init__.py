@@ -1,2 +1,2 @@
-"""Code the tests share that is no part of the product: in-memory routers and the like (`pythonpath = ["."]`
-in pyproject.toml makes `tests.support` importable)."""
+"""Code the tests share that is no part of the product (`pythonpath = ["."]` in pyproject.toml makes
+`tests.support` importable)."""

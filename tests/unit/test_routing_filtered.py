@@ -1,7 +1,7 @@
 from spegel.mirror.policy import RegistryFilters
 from spegel.routing.base import KeyState
 from spegel.routing.filtered import TagFilteringRouter
-from tests.support.memory import MemoryNetwork
+from spegel.routing.memory import MemoryNetwork
 
 
 async def test_excluded_tags_are_not_advertised_but_digests_are() -> None:

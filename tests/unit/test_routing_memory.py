@@ -3,7 +3,7 @@
 import pytest
 
 from spegel.routing.base import Holder, KeyState
-from tests.support.memory import MemoryNetwork
+from spegel.routing.memory import MemoryNetwork
 
 
 async def test_routers_see_each_other() -> None:

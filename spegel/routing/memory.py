@@ -1,4 +1,4 @@
-"""An in-memory Router for tests: routers that join one `MemoryNetwork` see each other's keys at once.
+"""An in-memory Router (tests, benchmark.cancel_bench): routers on one `MemoryNetwork` see each other's keys at once.
 
 There is no I/O and no expiry; a router that `leave()`s takes its keys with it.
 """
