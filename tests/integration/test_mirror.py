@@ -22,9 +22,9 @@ from spegel.oci.digest import Digest
 from spegel.registry.app import create_app
 from spegel.registry.server import serve_app
 from spegel.routing.base import Holder, KeyState, Router
+from spegel.routing.memory import MemoryNetwork
 from spegel.store.base import NotFound
 from spegel.store.layout import OCILayoutStore, write_layout
-from spegel.routing.memory import MemoryNetwork
 
 REFERENCE = "example.com/team/app:v1"
 CHUNK = 256 << 10
