@@ -98,6 +98,13 @@ def add_mirror_flags(parser: FlagParser) -> None:
         "peers, e.g. ':latest$' (space-separated or repeated)",
     )
     parser.flag(
+        "--resolve-latest-tag",
+        group=group,
+        boolean_flag=True,
+        default=True,
+        help="Spegel before v0.6: false is --registry-filters ':latest$' (default: true)",
+    )
+    parser.flag(
         "--mirrored-registries",
         group=group,
         type=_checked(hostsconfig.MirroredRegistry.parse),
@@ -221,6 +228,12 @@ def add_router_flags(parser: FlagParser) -> None:
     parser.flag("--http-bootstrap-addr", group=group, help="HOST:PORT to serve this node's multiaddrs on at GET /id")
     parser.flag("--http-bootstrap-url", group=group, help="URL of another node's /id to bootstrap from")
     parser.flag(
+        "--http-bootstrap-peer",
+        group=group,
+        help="base URL of another node's HTTP bootstrap address (/id is appended; Spegel's name, instead of "
+        "--http-bootstrap-url)",
+    )
+    parser.flag(
         "--router-psk-file",
         group=group,
         help="private network key file (libp2p /key/swarm/psk/1.0.0/ format or 64 hex digits, e.g. from "
@@ -301,12 +314,18 @@ def router_options(args: argparse.Namespace) -> RouterOptions:
     for name in ("router_record_ttl", "router_refresh", "router_rejoin"):
         if getattr(args, name) == 0:
             raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} must be longer than 0")
+    url = args.http_bootstrap_url
+    if args.http_bootstrap_peer:
+        if url:
+            raise argparse.ArgumentTypeError("--http-bootstrap-peer and --http-bootstrap-url are mutually exclusive")
+        url = args.http_bootstrap_peer.rstrip("/") + "/id"
     return _options(
         RouterOptions,
         args,
         "router_",
         static_bootstrap_peers=tuple(args.static_bootstrap_peers),
         peer_networks=tuple(args.router_peer_networks),
+        http_bootstrap_url=url,
     )
 
 
@@ -425,7 +444,7 @@ def registry_settings(args: argparse.Namespace) -> RegistrySettings:
     from spegel.app import ContainerdOptions, RegistrySettings
 
     mirrored = tuple(dict.fromkeys(registry.name for registry in args.mirrored_registries))
-    filters = list(args.registry_filters)
+    filters = list(args.registry_filters) + ([] if args.resolve_latest_tag else [":latest$"])
     if mirrored:  # tags of other registries are neither advertised nor resolved, as with Spegel
         filters.append("^(?!(?:" + "|".join(re.escape(name) for name in mirrored) + ")/)")
     return RegistrySettings(

@@ -14,7 +14,7 @@ import pytest
 
 from benchmark.daemons import spegel_command
 from spegel import __version__
-from spegel.cli import build_parser, main, registry_settings
+from spegel.cli import build_parser, main, registry_settings, router_options
 from spegel.flags import duration, env_name
 from spegel.store.containerd.watcher import Mode
 
@@ -188,6 +188,25 @@ def test_mirrored_registries_filter_other_registries_tags() -> None:
     assert excludes("quay.io/a/b:1") and excludes("docker.io.evil/a:1")
 
 
+def test_spegels_old_resolve_latest_tag_is_a_filter() -> None:
+    assert not registry_settings(parse("registry")).mirror.filters.excludes("docker.io/library/nginx:latest")
+    for settings in (
+        registry_settings(parse("registry", "--resolve-latest-tag=false")),
+        registry_settings(parse("registry", environ={"RESOLVE_LATEST_TAG": "false"})),
+    ):
+        assert settings.mirror.filters.excludes("docker.io/library/nginx:latest")
+        assert not settings.mirror.filters.excludes("docker.io/library/nginx:1.27")
+
+
+def test_http_bootstrap_peer_is_a_base_url(capsys: pytest.CaptureFixture[str]) -> None:
+    args = parse("registry", "--bootstrap-kind", "http", "--http-bootstrap-peer", "http://10.0.0.1:5002/")
+    assert router_options(args).http_bootstrap_url == "http://10.0.0.1:5002/id"
+    args = parse("registry", environ={"HTTP_BOOTSTRAP_PEER": "http://10.0.0.1:5002"})
+    assert router_options(args).http_bootstrap_url == "http://10.0.0.1:5002/id"
+    argv = ("registry", "--http-bootstrap-peer", "http://a:1", "--http-bootstrap-url", "http://b:2/id")
+    assert "mutually exclusive" in usage_error(capsys, *argv)
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--version"], {})
@@ -269,6 +288,7 @@ SPEGEL_FLAGS = {
         "--mirror-resolve-retries",
         "--debug-web-enabled",
         "--bootstrap-kind",
+        "--http-bootstrap-peer",
         "--dns-bootstrap-domain",
         "--http-bootstrap-addr",
         "--http-bootstrap-url",
