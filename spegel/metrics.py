@@ -195,7 +195,7 @@ class Metrics:
             self.mirror_bytes.labels(source)
         for outcome in ("found", "not_found"):
             self.resolve_outcomes.labels(outcome)
-        for reason in ("open", "broken"):
+        for reason in ("open", "broken", "digest"):
             self.peer_errors.labels(reason)
         self.resolve_duration.labels(ROUTER)
 

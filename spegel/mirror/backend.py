@@ -9,9 +9,10 @@ falls back to the upstream registry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sized
+from collections.abc import AsyncIterator, Awaitable, Sized
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -20,6 +21,7 @@ import trio
 from spegel.metrics import Metrics
 from spegel.mirror import decide
 from spegel.mirror.blob import PeerBlob
+from spegel.mirror.copies import Copies
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse, first_success
 from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
@@ -58,6 +60,7 @@ class MirrorOptions:
     filters: RegistryFilters = field(default_factory=RegistryFilters)
     miss_settle: float = 0.02  # how long a claim waits for other nodes' claims (see _claim)
     inflight_wait: float = 10.0  # longest wait for the first bytes of a download in progress (see IngestSource)
+    spool_dir: str | None = None  # where copies of peer blobs are held while verified (None: the system's temp dir)
 
 
 class MirrorBackend:
@@ -75,6 +78,7 @@ class MirrorBackend:
         self.options = options
         self.in_progress = in_progress
         self.claims = claims
+        self.copies = Copies(options.spool_dir)
 
     def ready(self) -> bool:
         return self.router.ready()
@@ -114,11 +118,14 @@ class MirrorBackend:
         except NotFound:
             pass
         if request.mirrored:
-            if self.in_progress is None:
-                raise NotFound(str(digest))
-            reader = await self.in_progress.open_in_progress(digest, self.options.inflight_wait)
+            reader = await self._arriving(digest)
             self._count(registry, "inflight")
             return _Counted(reader, self.metrics, "inflight", digest)
+        if not request.head:  # a copy this mirror made (or is making) from a peer serves it again
+            shared = await self.copies.open_verified(digest)
+            if shared is not None:
+                self._count(registry, "peer")
+                return _Counted(shared, self.metrics, "peer", digest)
         holders = await self._lookup(str(digest))
         claims = self.claims
         hedge = self.peers.latency.hedge_delay()
@@ -129,7 +136,7 @@ class MirrorBackend:
         if isinstance(decision, decide.Follow):
             try:
                 blob = await self._open(request, decision)
-            except PeerError as exc:
+            except (PeerError, OSError) as exc:  # OSError: no holder sent bytes that match the digest
                 reason, decision = str(exc), decide.Miss(claim=decision.claim_on_failure)
             else:
                 self._count(registry, "peer")
@@ -139,16 +146,50 @@ class MirrorBackend:
             await claims.claim(digest)  # containerd fetches it upstream now: peers may follow
         raise NotFound(f"{digest}: {reason}")
 
-    async def _open(self, request: BlobRequest, follow: decide.Follow) -> PeerBlob:
-        """A reader over `follow.holders`, opened on the first to answer (staggered by its hedge delay). Raises
-        PeerError when every one fails."""
+    async def _open(self, request: BlobRequest, follow: decide.Follow) -> BlobReader:
+        """For a GET, the blob copied whole from `follow.holders` and verified (`PeerBlob.verified`); for a HEAD,
+        a reader over them. The first holder is the first to answer (staggered by the hedge delay). Raises
+        PeerError when every one fails to answer, OSError when none sends bytes that match the digest."""
         registry, digest, holders = request.registry, request.digest, list(follow.holders)
+        # the whole blob: it is verified whole before containerd gets a byte of it
         attempts = [
-            lambda h=h: self.peers.open_blob(h, registry, request.repository, digest, request.range, request.head)
+            lambda h=h: self.peers.open_blob(h, registry, request.repository, digest, None, request.head)
             for h in holders
         ]
         first = await first_success(attempts, follow.hedge_delay, _close_response)
-        return PeerBlob(self.peers, holders, registry, request.repository, digest, first, self.metrics)
+        blob = PeerBlob(self.peers, holders, registry, request.repository, digest, first, self.metrics)
+        if request.head:
+            return blob
+        try:
+            return await blob.verified(self.copies)
+        finally:
+            await blob.aclose()
+
+    async def _arriving(self, digest: Digest) -> BlobReader:
+        """What this node holds of `digest` while it arrives, for a peer: the copy its mirror is making from a
+        peer, or its containerd's download, whichever shows first (the download within the in-progress
+        source's waits). Raises NotFound when neither does."""
+        copy = self.copies.open(digest)
+        if copy is not None or self.in_progress is None:
+            if copy is None:
+                raise NotFound(str(digest))
+            return copy
+        in_progress = self.in_progress
+        found: list[BlobReader] = []
+        async with trio.open_nursery() as nursery:
+
+            async def first(opening: Awaitable[BlobReader]) -> None:
+                with contextlib.suppress(NotFound):  # no download: then there is nothing to wait for
+                    found.append(await opening)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, self.copies.wait_open(digest))
+            nursery.start_soon(first, in_progress.open_in_progress(digest, self.options.inflight_wait))
+        for extra in found[1:]:
+            await extra.aclose()
+        if not found:
+            raise NotFound(f"no bytes of {digest} here")
+        return found[0]
 
     async def _claim(self, digest: Digest, holders: list[Holder], hedge: float) -> decide.Follow | decide.Miss:
         """Claim the download of `digest`, wait `miss_settle` for the claims of nodes that asked at the same

@@ -1,13 +1,17 @@
-"""A blob served from peers: the first response streamed, and on a break, resumed from another holder."""
+"""A blob served from peers: the first response streamed, on a break resumed from another holder, and for
+containerd copied whole and verified against its digest before a byte is released (`PeerBlob.verified`)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import httpx
 
 from spegel.metrics import Metrics
+from spegel.mirror.copies import Copies, CopyReader
 from spegel.mirror.decide import resume_candidates
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse
 from spegel.oci.digest import Digest
@@ -44,7 +48,50 @@ class PeerBlob:
         self.holder = first.holder
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
-        offset, failed = start, set[str]()
+        async with contextlib.aclosing(self._pieces(start, end, set())) as pieces:
+            async for piece, _ in pieces:
+                yield piece
+
+    async def verified(self, copies: Copies) -> CopyReader:
+        """The whole blob, copied from the holders into an unlinked file (offered to other mirrors in `copies`
+        while it grows) and hashed in order, returned once it hashes to the digest.
+
+        Nothing is released before the whole blob verifies because containerd keeps every byte it is sent in
+        its ingest and checks the digest only at commit: one wrong byte fails the pull (README, "Decisions").
+        When the copy does not match, every holder whose bytes it holds is counted
+        (`peer_errors{reason="digest"}`), logged once and penalized (`PeerClient.bad_bytes_penalty`), and the
+        copy starts again from the next holder. Raises OSError when no holder is left. Cancellation abandons
+        the copy and closes the open peer response."""
+        failed: set[str] = set()
+        while True:
+            copy = copies.start(self._digest, self.size)
+            reader: CopyReader | None = None
+            try:
+                hasher, served_by = hashlib.new(self._digest.algorithm), set[str]()
+                async with contextlib.aclosing(self._pieces(0, self.size - 1, failed)) as pieces:
+                    async for piece, holder in pieces:
+                        hasher.update(piece)
+                        copy.append(piece)
+                        served_by.add(holder)
+                if hasher.hexdigest() == self._digest.hex:
+                    reader = CopyReader(copy)
+            finally:
+                copies.end(self._digest, copy, verified=reader is not None)
+            if reader is not None:
+                return reader
+            failed |= served_by
+            for address in served_by:
+                self._peers.penalize(address, self._peers.bad_bytes_penalty)
+            self._metrics.peer_errors.labels("digest").inc()
+            log.warning(
+                "peer bytes do not match their digest: peer penalized",
+                extra={"peer": ",".join(sorted(served_by)), "digest": str(self._digest)},
+            )
+
+    async def _pieces(self, start: int, end: int, failed: set[str]) -> AsyncGenerator[tuple[bytes, str]]:
+        """Bytes `start..end` with the address of the holder that sent each piece; holders in `failed` (to
+        which those that break are added) are not asked."""
+        offset = start
         try:
             while offset <= end:
                 current = self._current
@@ -54,13 +101,14 @@ class PeerBlob:
                     async for piece in _body_from(current, offset):
                         piece = piece[: end - offset + 1]
                         offset += len(piece)
-                        yield piece
+                        yield piece, current.holder.address
                         if offset > end:
                             break
                     if offset <= end:
                         raise PeerError(f"{current.holder.address}: body ended at {offset}")
                 except (PeerError, httpx.HTTPError) as exc:
                     failed.add(current.holder.address)
+                    self._peers.penalize(current.holder.address)  # a peer that stalls is not asked on every request
                     self._metrics.peer_errors.labels("broken").inc()
                     log.warning(
                         "peer transfer broke",

@@ -26,7 +26,6 @@ from spegel.oci.reference import Reference
 from spegel.registry.backend import MAX_MANIFEST_SIZE, MIRRORED_HEADER, ManifestContent
 from spegel.routing.base import Holder, KeyState
 
-READ_PIECE = 1 << 20
 DISCARD_TIMEOUT = 5.0  # longest a cancelled `first_success` spends closing what its attempts opened
 T = TypeVar("T")
 
@@ -57,7 +56,9 @@ class PeerResponse:
         self._on_close = on_close
 
     async def pieces(self) -> AsyncIterator[bytes]:
-        async for piece in self.response.aiter_raw(READ_PIECE):
+        """The body as it arrives. Not re-chunked: httpx's chunker drops what it holds when the transfer breaks,
+        and a resume must start at the byte after the last one received."""
+        async for piece in self.response.aiter_raw():
             yield piece
 
     async def aclose(self) -> None:
@@ -71,11 +72,14 @@ class PeerClient:
     """A pooled HTTP client to peer mirrors. `load[address]` counts blob requests open per peer, from the moment
     they are sent until their response is closed."""
 
-    def __init__(self, timeouts: Timeouts = Timeouts(), penalty: float = 10.0) -> None:
+    def __init__(
+        self, timeouts: Timeouts = Timeouts(), penalty: float = 10.0, bad_bytes_penalty: float = 300.0
+    ) -> None:
         self.timeouts = timeouts
         self.load: dict[str, int] = {}
         self.penalty = penalty
-        self._failed_at: dict[str, float] = {}
+        self.bad_bytes_penalty = bad_bytes_penalty
+        self._penalized_until: dict[str, float] = {}
         self._rotation = itertools.count()
 
         self._client = httpx.AsyncClient(
@@ -97,10 +101,16 @@ class PeerClient:
         return self.timeouts.first_byte
 
     def usable(self, holder: Holder) -> bool:
-        """False for a peer that failed to answer (connect or first-byte timeout, refused) within the last
-        `penalty` seconds: a silent peer costs its timeout once, not on every request."""
-        failed_at = self._failed_at.get(holder.address)
-        return failed_at is None or time.monotonic() - failed_at > self.penalty
+        """False for a peer that is penalized: it failed to answer (connect or first-byte timeout, refused) or
+        its transfer stalled within the last `penalty` seconds, so a silent peer costs its timeout once, not on
+        every request; or it sent bytes that do not match their digest within the last `bad_bytes_penalty`."""
+        until = self._penalized_until.get(holder.address)
+        return until is None or time.monotonic() >= until
+
+    def penalize(self, address: str, seconds: float | None = None) -> None:
+        """Do not ask `address` for `seconds` (default: `penalty`); a longer penalty already set is kept."""
+        until = time.monotonic() + (self.penalty if seconds is None else seconds)
+        self._penalized_until[address] = max(until, self._penalized_until.get(address, until))
 
     async def _send(self, holder: Holder, request: httpx.Request) -> httpx.Response:
         """Send and wait for the response headers within the first-byte timeout; errors become PeerError."""
@@ -109,12 +119,11 @@ class PeerClient:
             with trio.fail_after(self._first_byte_timeout(holder)):
                 response = await self._client.send(request, stream=True)
         except trio.TooSlowError:
-            self._failed_at[holder.address] = time.monotonic()
+            self.penalize(holder.address)
             raise PeerError(f"{holder.address}: no answer within the first-byte timeout") from None
         except httpx.HTTPError as exc:
-            self._failed_at[holder.address] = time.monotonic()
+            self.penalize(holder.address)
             raise PeerError(f"{holder.address}: {type(exc).__name__}: {exc}") from None
-        self._failed_at.pop(holder.address, None)
         self.latency.observe(time.perf_counter() - started)
         return response
 

@@ -1,0 +1,133 @@
+"""Peer blobs this mirror is copying now, readable by other mirrors while they grow.
+
+A mirror copies a peer blob whole into an unlinked file before its containerd gets a byte (`PeerBlob.verified`).
+While it does, that copy is the most advanced source of the blob on this node: other mirrors that follow this
+node (download claims form chains) read it as it grows, instead of waiting for the copy to be verified and
+sent on to containerd. They get unverified bytes, which is safe: each mirror verifies its own copy before its
+containerd sees any of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator
+
+import trio
+
+from spegel.oci.digest import Digest
+from spegel.store.files import READ_SIZE, read_at
+
+
+class Copy:
+    """One copy in progress: an unlinked file of `size` bytes whose first `written` are filled in. `done` once
+    it is verified or abandoned (`abandoned`), after which `written` no longer grows."""
+
+    def __init__(self, size: int, directory: str | None) -> None:
+        fd, path = tempfile.mkstemp(prefix="spegel-peer-", dir=directory)
+        os.unlink(path)
+        self.fd, self.size, self.written = fd, size, 0
+        self.done, self.abandoned = False, False
+        self._grown = trio.Event()
+
+    def append(self, piece: bytes | memoryview) -> None:
+        """Write `piece` at `written` (a page-cache write; it does not wait for the disk)."""
+        os.pwrite(self.fd, piece, self.written)
+        self.written += len(piece)
+        self._signal()
+
+    def finish(self, abandoned: bool) -> None:
+        self.done, self.abandoned = True, abandoned
+        self._signal()
+
+    async def wait_beyond(self, offset: int) -> None:
+        """Return once more than `offset` bytes are written or the copy is done."""
+        while self.written <= offset and not self.done:
+            await self._grown.wait()
+
+    def _signal(self) -> None:
+        self._grown.set()
+        self._grown = trio.Event()
+
+
+class CopyReader:
+    """A `BlobReader` (not `ranged`) following a `Copy` as it grows, on its own duplicate of the copy's file.
+    Raises OSError when the copy is abandoned before the bytes asked for were written."""
+
+    ranged = False
+
+    def __init__(self, copy: Copy) -> None:
+        self._copy, self._fd, self.size = copy, os.dup(copy.fd), copy.size
+
+    async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
+        offset = start
+        while offset <= end:
+            await self._copy.wait_beyond(offset)
+            if self._copy.written <= offset:
+                raise OSError(f"the copy was abandoned at {self._copy.written} of {self.size} bytes")
+            data = await read_at(self._fd, min(READ_SIZE, self._copy.written - offset, end - offset + 1), offset)
+            offset += len(data)
+            yield data
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Copies:
+    """The copies of this mirror, by digest: the one in progress, or a verified one kept for requests that come
+    soon after (a resume, another client), up to `keep` verified copies, the oldest dropped first. Readers
+    hold their own file descriptor: dropping a copy never cuts a reader short."""
+
+    def __init__(self, directory: str | None = None, keep: int = 4) -> None:
+        self.directory, self.keep = directory, keep
+        self._copies: dict[Digest, Copy] = {}
+        self._started = trio.Event()
+
+    def start(self, digest: Digest, size: int) -> Copy:
+        self._drop(digest)
+        copy = self._copies[digest] = Copy(size, self.directory)
+        self._started.set()
+        self._started = trio.Event()
+        return copy
+
+    def end(self, digest: Digest, copy: Copy, verified: bool) -> None:
+        """`copy` is verified, or abandoned (then dropped: its readers get OSError past what it holds). Its
+        copier calls this on every path, after it opened its own reader of a verified copy."""
+        copy.finish(abandoned=not verified)
+        if not verified or self._copies.get(digest) is not copy:  # abandoned, or replaced by a newer copy
+            if self._copies.get(digest) is copy:
+                del self._copies[digest]
+            os.close(copy.fd)
+            return
+        kept = [d for d, c in self._copies.items() if c.done]
+        for old in kept[: max(0, len(kept) - self.keep)]:
+            self._drop(old)
+
+    def open(self, digest: Digest) -> CopyReader | None:
+        """A reader of the copy of `digest` in progress or verified, None when there is none."""
+        copy = self._copies.get(digest)
+        return CopyReader(copy) if copy is not None else None
+
+    async def wait_open(self, digest: Digest) -> CopyReader:
+        """A reader of the copy of `digest`, waiting (without bound: the caller bounds it) for one to start."""
+        while (copy := self._copies.get(digest)) is None:
+            await self._started.wait()
+        return CopyReader(copy)
+
+    async def open_verified(self, digest: Digest) -> CopyReader | None:
+        """A reader of a verified copy of `digest`, waiting for the one in progress to end; None when there is
+        none or it was abandoned."""
+        copy = self._copies.get(digest)
+        if copy is None:
+            return None
+        await copy.wait_beyond(copy.size)
+        if copy.abandoned or self._copies.get(digest) is not copy:
+            return None
+        return CopyReader(copy)
+
+    def _drop(self, digest: Digest) -> None:
+        copy = self._copies.pop(digest, None)
+        if copy is not None and copy.done:  # one in progress is closed by its copier (`end`)
+            os.close(copy.fd)
