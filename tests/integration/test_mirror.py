@@ -133,15 +133,29 @@ async def test_blob_and_manifest_served_from_a_peer(tmp_path: Path, image) -> No
         nursery.cancel_scope.cancel()
 
 
-async def serve_then_die(listener: trio.SocketListener, data: bytes, digest: Digest, cut: int) -> None:
-    """A peer that answers a blob request with the right headers, sends `cut` bytes, then dies."""
-    stream = await listener.accept()
+async def send_blob_start(stream: trio.SocketStream, data: bytes, digest: Digest, cut: int) -> None:
+    """Read one request and answer it as a peer holding `data` would, up to its first `cut` bytes."""
     await stream.receive_some(65536)
     head = (
         f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nDocker-Content-Digest: {digest}\r\n"
         "Accept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n\r\n"
     ).encode()
     await stream.send_all(head + data[:cut])
+
+
+async def b_behind(nursery: trio.Nursery, tmp_path: Path, layer: Digest, first: str) -> tuple[Metrics, str, Metrics]:
+    """Mirror B serving the layout at tmp_path/b, and mirror C whose router names `first`, then B, as the
+    holders of `layer`. Returns B's metrics, C's address and C's metrics."""
+    b_addr, b_metrics = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
+    table = {str(layer): [Holder(first), Holder(b_addr)]}
+    c_addr, c_metrics = await start_mirror(nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions())
+    return b_metrics, c_addr, c_metrics
+
+
+async def serve_then_die(listener: trio.SocketListener, data: bytes, digest: Digest, cut: int) -> None:
+    """A peer that answers a blob request with the right headers, sends `cut` bytes, then dies."""
+    stream = await listener.accept()
+    await send_blob_start(stream, data, digest, cut)
     await stream.aclose()
 
 
@@ -153,11 +167,7 @@ async def test_transfer_resumes_from_another_holder_when_a_peer_breaks(tmp_path:
     dying_addr = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_then_die, listeners[0], data, layer, (1 << 20) + 12345)
-        b_addr, b_metrics = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
-        table = {str(layer): [Holder(dying_addr), Holder(b_addr)]}
-        c_addr, c_metrics = await start_mirror(
-            nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions()
-        )
+        b_metrics, c_addr, c_metrics = await b_behind(nursery, tmp_path, layer, dying_addr)
         async with httpx.AsyncClient(base_url=f"http://{c_addr}", timeout=10) as client:
             response = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
         assert response.status_code == 200
@@ -267,12 +277,7 @@ async def test_wrong_bytes_from_the_only_holder_are_a_miss(tmp_path: Path, image
 async def serve_slowly(listener: trio.SocketListener, data: bytes, digest: Digest, started: trio.Event) -> None:
     """A peer that answers one blob request with the whole blob in 16 pieces, 50 ms apart."""
     stream = await listener.accept()
-    await stream.receive_some(65536)
-    head = (
-        f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nDocker-Content-Digest: {digest}\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode()
-    await stream.send_all(head)
+    await send_blob_start(stream, data, digest, 0)
     step = len(data) // 16 + 1
     for offset in range(0, len(data), step):
         await stream.send_all(data[offset : offset + step])
@@ -319,12 +324,7 @@ async def serve_then_stall(
 
     async def stall(stream: trio.SocketStream) -> None:
         accepted.append(1)
-        await stream.receive_some(65536)
-        head = (
-            f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nDocker-Content-Digest: {digest}\r\n"
-            "Accept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        await stream.send_all(head + data[:cut])
+        await send_blob_start(stream, data, digest, cut)
         await trio.sleep_forever()
 
     await trio.serve_listeners(stall, [listener])
@@ -342,11 +342,7 @@ async def test_a_stalled_peer_is_resumed_from_the_next_byte_and_not_asked_again(
     accepted: list[int] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(serve_then_stall, listeners[0], data, layer, cut, accepted)
-        b_addr, b_metrics = await start_mirror(nursery, tmp_path / "b", StaticRouter({}), MirrorOptions())
-        table = {str(layer): [Holder(stall_addr), Holder(b_addr)]}
-        c_addr, c_metrics = await start_mirror(
-            nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions()
-        )
+        b_metrics, c_addr, c_metrics = await b_behind(nursery, tmp_path, layer, stall_addr)
         async with httpx.AsyncClient(base_url=f"http://{c_addr}", timeout=10) as client:
             first = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
             assert first.status_code == 200 and first.content == data
