@@ -133,3 +133,51 @@ def test_actions_replayed_on_a_router_reproduce_the_state(operations: list[tuple
             complete, in_progress = args
             assert set(router) == set(complete) | set(in_progress)
             assert all(router[k] is COMPLETE for k in complete)
+
+
+CLAIM_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("complete"), KEYS),
+        st.tuples(st.just("withdraw"), KEYS),
+        st.tuples(st.just("ingest_gone"), KEYS, KEYS),
+        st.tuples(st.just("claim"), st.sampled_from("abcdef"), st.integers(0, 20)),
+        st.tuples(st.just("expire_claims"), st.integers(0, 20), KEYS),
+        st.tuples(st.just("relist"), KEYS, KEYS, st.integers(0, 20), KEYS),
+    ),
+    max_size=30,
+)
+
+
+@given(CLAIM_OPERATIONS)
+def test_claims_end_with_their_key_and_a_relist_withdraws_only_lapsed_claims(operations: list[tuple]) -> None:
+    ads = Advertisements()
+    router: dict[str, KeyState] = {}
+    deadlines: dict[str, int | None] = {}  # the model of open claims (None: its download was seen)
+    for name, *args in operations:
+        if name == "claim":
+            key, deadline = args
+            before = key in ads.state
+            _apply(router, ads.claim(key, since=1.0, deadline=deadline))
+            if not before:
+                deadlines[key] = deadline
+        elif name == "expire_claims":
+            now, downloading = args
+            _apply(router, ads.expire_claims(now, set(downloading)))
+            for key, deadline in deadlines.items():
+                if deadline is not None and deadline <= now and key in downloading:
+                    deadlines[key] = None
+        elif name == "relist":
+            complete, in_progress, now, downloading = args
+            claimed = {
+                k for k, d in deadlines.items() if ads.claim_since(k) is not None and (d > now or k in downloading)
+            }
+            _apply(router, ads.relist(complete, in_progress, now, downloading))
+            assert set(router) == set(complete) | set(in_progress) | claimed
+        else:
+            _apply(router, getattr(ads, name)(*args))
+        assert router == ads.state
+        for key in list(deadlines):
+            if ads.claim_since(key) is None:
+                del deadlines[key]
+            else:
+                assert ads.state.get(key) is IN_PROGRESS, "an open claim is always advertised in progress"
