@@ -10,6 +10,7 @@ With a router, `LayoutFeed` advertises every tag and every blob of the layout at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -108,8 +109,17 @@ class LayoutFeed:
         return set()  # a layout has no downloads
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with inotify.Inotify() as watcher:
-            watcher.add_watch(self.store.root, inotify.CLOSE_WRITE | inotify.MOVED_TO | inotify.ONLYDIR)
+        """Advertise the layout, then follow its index until cancelled. When the layout cannot be watched (no
+        inotify instance or watch left), that is logged and the layout is advertised as it was at start."""
+        with contextlib.ExitStack() as stack:
+            try:
+                watcher = stack.enter_context(inotify.Inotify())
+                watcher.add_watch(self.store.root, inotify.CLOSE_WRITE | inotify.MOVED_TO | inotify.ONLYDIR)
+            except OSError as exc:
+                log.warning("cannot watch the layout: changes will not be advertised", extra={"error": str(exc)})
+                await self._relist()
+                task_status.started()
+                await trio.sleep_forever()
             await self._relist()
             task_status.started()
             while True:
