@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from benchmark.watcher_bench import RecordingRouter
-from spegel.store.containerd.client import Version
+from spegel.store.containerd.client import ContainerdClient, Version
+from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher, effective_mode, event_filters
 from spegel.tracker import Tracker
 
@@ -54,8 +54,8 @@ def test_event_filters_per_mode() -> None:
 
 
 def _watcher(mode: Mode, content_path: Path) -> Watcher:
-    store = SimpleNamespace(content_path=content_path)
-    return Watcher(store, Tracker(RecordingRouter()), mode=mode)  # type: ignore[arg-type]
+    store = ContainerdStore(ContainerdClient("/nonexistent/containerd.sock"), content_path)  # never connects
+    return Watcher(store, Tracker(RecordingRouter()), mode=mode)
 
 
 def test_unavailable_mode_is_logged_once_and_degraded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
