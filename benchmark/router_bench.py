@@ -34,6 +34,7 @@ import trio
 from benchmark.router_cluster import NodeProcess, running_cluster
 
 MIB = 1024 * 1024
+START_TIMEOUT = 300.0  # seconds one node process may take to start while the ones before it mesh (2 busy cores)
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -132,7 +133,8 @@ async def measure(size: int, rounds: int, keys: int, root: Path, router_args: li
     rng = random.Random(size)
     result = Result(size)
     started = time.monotonic()
-    async with running_cluster(root / f"n{size}", size, router_args, mesh_timeout=mesh_timeout(size)) as nodes:
+    cluster = running_cluster(root / f"n{size}", size, router_args, mesh_timeout(size), start_timeout=START_TIMEOUT)
+    async with cluster as nodes:
         print(f"\n== {size} nodes {' '.join(router_args)} (meshed in {time.monotonic() - started:.1f} s)")
         await trio.sleep(5)
         before = await usage(nodes)

@@ -164,17 +164,19 @@ async def wait_until_meshed(nodes: Sequence[NodeProcess], timeout: float) -> Non
 
 @asynccontextmanager
 async def running_cluster(
-    root: Path, count: int, router_args: Sequence[str] = (), mesh_timeout: float = 60.0
+    root: Path, count: int, router_args: Sequence[str] = (), mesh_timeout: float = 60.0, start_timeout: float = 30.0
 ) -> AsyncIterator[list[NodeProcess]]:
     """`count` nodes under `root` (node0 first, then the others a few at a time, bootstrapped from it), meshed;
-    all closed on exit, also on failure.
+    all closed on exit, also on failure. Each node must start within `start_timeout` seconds.
 
     Node i announces registry address `127.0.0.1:<20000 + i>` (never dialled by the router itself).
     """
     nodes: list[NodeProcess] = []
     async with trio.open_nursery() as nursery:
         try:
-            first = await NodeProcess.start(nursery, "node0", root / "node0", "127.0.0.1:20000", router_args)
+            first = await NodeProcess.start(
+                nursery, "node0", root / "node0", "127.0.0.1:20000", router_args, start_timeout
+            )
             nodes.append(first)
             bootstrap = ["--static-bootstrap-peers", first.addrs[0]]
 
@@ -183,7 +185,12 @@ async def running_cluster(
             async def start_one(i: int) -> None:
                 async with starting:
                     node = await NodeProcess.start(
-                        nursery, f"node{i}", root / f"node{i}", f"127.0.0.1:{20000 + i}", [*router_args, *bootstrap]
+                        nursery,
+                        f"node{i}",
+                        root / f"node{i}",
+                        f"127.0.0.1:{20000 + i}",
+                        [*router_args, *bootstrap],
+                        start_timeout,
                     )
                 nodes.append(node)
 
