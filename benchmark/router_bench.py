@@ -64,7 +64,7 @@ class Result:
 
 def mesh_timeout(size: int) -> float:
     """Seconds a cluster of `size` processes may take to mesh on a machine of two cores (every pair connects)."""
-    return 60.0 + 3.0 * size
+    return 60.0 + 6.0 * size
 
 
 async def usage(nodes: list[NodeProcess]) -> list[dict[str, float]]:
