@@ -45,9 +45,11 @@ class NodeProcess:
         data_dir: Path,
         registry_address: str,
         router_args: Sequence[str] = (),
-        timeout: float = 30.0,
+        timeout: float = 90.0,
     ) -> NodeProcess:
-        """Launch a node with its identity in `data_dir`, listening on a free loopback port unless told otherwise."""
+        """Launch a node with its identity in `data_dir`, listening on a free loopback port unless told otherwise.
+
+        `timeout` bounds the start (Python and libp2p imports: about 1 s idle, 10 s and more on a loaded machine)."""
         data_dir.mkdir(parents=True, exist_ok=True)
         stderr_path = data_dir / "stderr.log"
         argv = [sys.executable, "-m", "benchmark.router_node", "--registry-address", registry_address]
