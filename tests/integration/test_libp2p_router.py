@@ -238,3 +238,10 @@ async def test_a_miss_never_waits_when_every_connected_peer_is_heard_even_after_
             assert not scope.cancelled_caught
             assert found == []
             assert b.peer_id in a.connected_peers()
+
+
+@pytest.mark.parametrize(("rate", "limit"), [("1", 30), ("5", 150), ("0.1", 10)])
+async def test_the_dht_takes_three_times_the_provide_rate_from_a_peer(tmp_path: Path, rate: str, limit: int) -> None:
+    """Was 10,000 ADD_PROVIDER per 10 s from any peer: enough for one peer to fill the provider store."""
+    async with router(tmp_path, "a", "--router-dht-provide-rate", rate) as a:
+        assert a.dht is not None and a.dht._provider_rate_max == limit

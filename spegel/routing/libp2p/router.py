@@ -62,6 +62,7 @@ DIAL_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
 MAX_CONCURRENT_DIALS = 8
+MAX_PENDING_DIALS = 64  # peers learnt from peer exchange and not dialled yet: more are ignored until the next State
 MAX_DHT_SEARCHES = 16
 DHT_SEARCH_BOUND = 30.0
 DHT_SEARCH_COUNT = 20
@@ -359,10 +360,11 @@ class Libp2pRouter:
         """Apply one message of `peer`'s; returns how many keys were refused (the peer's limit). Raises
         AddressRefused for a registry address this node will not fetch from."""
         now = trio.current_time()
+        known = self._known_ips()
         if isinstance(message, messages.State):
             self.index.set_address(name, self.addresses.registry_address(message.registry, remote_ip))
             listen = (with_host_multiaddr(addr, remote_ip) for addr in message.listen)
-            addrs = tuple(addr for addr in listen if self._may_dial_text(addr))
+            addrs = tuple(addr for addr in listen if self.addresses.may_dial(addr, known))
             if self._peer_addrs.get(peer) != addrs:
                 self._peer_addrs[peer] = addrs
                 self._introduce(messages.PeerRecord(name, addrs), to_all_but=peer)
@@ -371,7 +373,7 @@ class Libp2pRouter:
             refused = self.index.update(name, message.added, now)
             self.index.remove(name, message.withdrawn)
         for record in message.peers:
-            self._learn_peer(record)
+            self._learn_peer(record, known)
         self._changed.set()
         self._changed = trio.Event()
         return refused
@@ -383,10 +385,13 @@ class Libp2pRouter:
                 link.pending.introduce(record)
                 link.wake.set()
 
-    def _learn_peer(self, record: messages.PeerRecord) -> None:
+    def _learn_peer(self, record: messages.PeerRecord, known: set[IPAddress]) -> None:
+        """Dial the peer `record` names, at its addresses on `known` hosts or in the peer networks."""
+        if len(self._dialing) >= MAX_PENDING_DIALS:
+            return
         try:
             peer = ID.from_base58(record.peer_id)
-            addrs = [multiaddr.Multiaddr(addr) for addr in record.addrs if self._may_dial_text(addr)]
+            addrs = [multiaddr.Multiaddr(addr) for addr in record.addrs if self.addresses.may_dial(addr, known)]
         except Exception:
             log.debug("ignoring a malformed peer record %r", record)
             return
@@ -491,10 +496,9 @@ class Libp2pRouter:
 
     def _may_dial(self, addr: multiaddr.Multiaddr) -> bool:
         """Whether this node dials `addr`: a bootstrap candidate, or passing the address policy (see `addresses`)."""
-        return str(_without_peer_id(addr)) in self._bootstrap_addrs or self._may_dial_text(str(addr))
-
-    def _may_dial_text(self, addr: str) -> bool:
-        return self.addresses.may_dial(addr, self._known_ips())
+        return str(_without_peer_id(addr)) in self._bootstrap_addrs or self.addresses.may_dial(
+            str(addr), self._known_ips()
+        )
 
     def _known_ips(self) -> set[IPAddress]:
         """Hosts known to be in the cluster: the bootstrap candidates' and those of open connections."""
