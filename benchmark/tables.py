@@ -213,9 +213,9 @@ def side_by_side(
 ) -> pd.DataFrame:
     """The headline figures of every peer mode (Spegel's and ours) side by side, one row per figure and image:
     create slowest node (median over repetitions), upstream bytes in create and update (x S), update median
-    pull after the first batch, advertisement latency after commit (median, p95, ms), CPU seconds and peak RSS
-    of the node's mirror process (medians over nodes and repetitions). Columns: `shape` (the image), `figure`,
-    and one per mode present (a mode is named `image`: hence `shape`)."""
+    pull after the first batch, failed pulls, advertisement latency after commit (median, p95, ms), CPU seconds
+    and peak RSS of the node's mirror process (medians over nodes and repetitions). Columns: `shape` (the
+    image), `figure`, and one per mode present (a mode is named `image`: hence `shape`)."""
     modes = [m for m in PEER_COMPARISON if m in set(pulls["mode"])]
     if not modes:
         return pd.DataFrame(columns=["shape", "figure"])
@@ -234,6 +234,10 @@ def side_by_side(
         in_phase = traffic[traffic["phase"] == phase] if not traffic.empty else traffic
         return median(in_phase, image, mode, "upstream_bytes", size) if size else math.nan
 
+    def failed(image: str, mode: str) -> float:
+        runs = done[(done["image"] == image) & (done["mode"] == mode) & done["phase"].isin(["create", "update"])]
+        return float(runs["failed"].sum())
+
     def visible(image: str, mode: str, quantile: float) -> float:
         if seen.empty:
             return math.nan
@@ -245,6 +249,7 @@ def side_by_side(
         ("create: upstream bytes (x S)", lambda i, m: upstream(i, m, "create")),
         ("update: median pull after the first batch (s)", lambda i, m: median(update, i, m, "later_median")),
         ("update: upstream bytes (x S)", lambda i, m: upstream(i, m, "update")),
+        ("create + update: failed pulls, all repetitions", lambda i, m: failed(i, m)),
     ]
     if not seen.empty:
         figures += [
@@ -260,7 +265,7 @@ def side_by_side(
         for image in dict.fromkeys(pulls["image"])
         for figure, value in figures
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).dropna(subset=modes, how="all").reset_index(drop=True)  # e.g. no update phase
 
 
 def _phase_bound(meta: dict[str, Any], image: str, phase: str) -> float:

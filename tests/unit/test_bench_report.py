@@ -359,6 +359,7 @@ def test_side_by_side_puts_spegel_go_beside_our_modes() -> None:
         {"shape": "img", "spegel-go": 3.55, "inflight": 2.05}
     )
     assert values.loc["create: upstream bytes (x S)", "spegel-go"] == pytest.approx(2.1)
+    assert values.loc["create + update: failed pulls, all repetitions"].tolist()[1:] == [2, 2]  # n1's updates
     assert values.loc["mirror process: peak RSS (MiB), median"].tolist()[1:] == [40, 80]
     assert values.loc["mirror process: CPU s per run, median", "spegel-go"] == 0.5
 
