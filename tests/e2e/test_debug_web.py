@@ -38,7 +38,7 @@ def chromium(tmp_path: Path, url: str, *action: str) -> str:
     """Load `url` in a headless Chromium with `action` (`--dump-dom` or `--screenshot=FILE`); its stdout."""
     profile = tmp_path / f"chromium-{os.urandom(4).hex()}"
     argv = [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1800", *action, url]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
@@ -48,7 +48,7 @@ def section(dom: str, name: str) -> str:
     return dom[start : dom.index("</section>", start)]
 
 
-async def wait_until_served(node: LoopbackNode, url_path: str, timeout: float = 30.0) -> None:
+async def wait_until_served(node: LoopbackNode, url_path: str, timeout: float = 90.0) -> None:
     async with httpx.AsyncClient(timeout=5) as client:
         with trio.fail_after(timeout):
             while (await client.head(f"{node.mirror.url}{url_path}")).status_code != 200:
@@ -60,7 +60,7 @@ async def test_debug_page_in_chromium(cluster, upstream: Registry, tmp_path: Pat
     reference = f"{upstream.address}/dbg/app:v1"
     async with httpx.AsyncClient() as client:
         await push(image, client, upstream.url, "dbg/app", "v1")
-    a, b = cluster(2)
+    a, b = cluster(2, "--http-send-timeout", "10m")  # the paused client below is not dropped while Chromium loads
     await a.pull(reference)
     layer = image.platforms[0].layers[0]
     blob_path = f"/v2/dbg/app/blobs/{layer.digest}?ns={upstream.address}"

@@ -58,7 +58,7 @@ def exists(found: list[tuple[str, dict[str, str]]], name: str, labels: dict[str,
     )
 
 
-async def wait_until_served(node: LoopbackNode, url_path: str, timeout: float = 30.0) -> None:
+async def wait_until_served(node: LoopbackNode, url_path: str, timeout: float = 90.0) -> None:
     """Until `node`'s mirror finds `url_path` on a peer (A's advertisements have reached it)."""
     async with httpx.AsyncClient(timeout=5) as client:
         with trio.fail_after(timeout):
