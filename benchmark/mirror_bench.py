@@ -2,11 +2,14 @@
 `spegel registry --store containerd` with the libp2p router) and a CNCF distribution upstream.
 
 Prints, in one run: MB/s of a full GET of a large layer served by node A from its own containerd content
-(the direct local serve) and served by node B through A (the proxy path: B's mirror -> A's mirror -> A's
-containerd content), both with one stream and with 8 parallel 8 MiB ranges; and the time node B takes to
-answer a miss (p50/p99 over bounded requests for digests nobody has).
+(the direct local serve) and served by node B through A (the proxy path: B's mirror copies the layer from
+A's mirror, verifies its digest and serves it), both with one stream and with 8 parallel 8 MiB ranges; the
+SHA-256 rate of one core measured in the same run; the CPU seconds per GB of B's mirror on the proxy path
+against issue 16's goals (via peer >= 0.8 x min(direct, SHA-256); CPU <= SHA-256 s/GB + 0.3); and the time
+node B takes to answer a miss (p50/p99 over bounded requests for digests nobody has). Every proxied round
+uses a layer B has not copied before (B keeps its last verified copies and would serve them locally).
 
-Run: `.venv/bin/python -m benchmark.mirror_bench [--layer-mib 256] [--misses 200]`
+Run: `.venv/bin/python -m benchmark.mirror_bench [--layer-mib 256] [--repeat 3] [--misses 200]`
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import hashlib
+import os
 import statistics
 import tempfile
 import time
@@ -49,6 +53,21 @@ def throughput(url: str, params: dict[str, str], size: int, parallel: bool) -> f
     return size / (time.perf_counter() - started) / 1e6
 
 
+def sha256_rate(size: int = 256 << 20) -> float:
+    """MB/s of SHA-256 on one core, 1 MiB pieces."""
+    data, piece = memoryview(bytes(size)), 1 << 20
+    hasher, started = hashlib.sha256(), time.perf_counter()
+    for offset in range(0, size, piece):
+        hasher.update(data[offset : offset + piece])
+    return size / (time.perf_counter() - started) / 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer-mib", type=int, default=256)
@@ -56,8 +75,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--miss-settle", default="20ms", help="the mirrors' --mirror-miss-settle (default: 20ms)")
     args = parser.parse_args()
-    image = build(ImageSpec(layers=(args.layer_mib << 20,), compression="none", seed=99))
-    layer = image.platforms[0].layers[0]
+    # one layer per proxied round (B serves a layer it copied once from its own verified copy)
+    image = build(ImageSpec(layers=(args.layer_mib << 20,) * (2 * args.repeat), compression="none", seed=99))
+    layers = image.platforms[0].layers
     with tempfile.TemporaryDirectory(prefix="spegel-mirror-bench-") as tmp, Registry(Path(tmp) / "up") as up:
         trio.run(_push, image, up.url)
         with contextlib.ExitStack() as stack:
@@ -67,20 +87,31 @@ def main() -> None:
             reference = f"{up.address}/bench/mirror:v1"
             trio.run(a.pull, reference)
             params = {"ns": up.address}
-            path = f"/v2/bench/mirror/blobs/{layer.digest}"
+            paths = [f"/v2/bench/mirror/blobs/{layer.digest}" for layer in layers]
             deadline = time.monotonic() + 30
-            while httpx.head(b.mirror.url + path, params=params).status_code != 200:
+            while httpx.head(b.mirror.url + paths[-1], params=params).status_code != 200:
                 if time.monotonic() > deadline:
-                    raise SystemExit("node B never found the layer on node A")
+                    raise SystemExit("node B never found the layers on node A")
                 time.sleep(0.1)
-            print(f"layer: {layer.size / 2**20:.0f} MiB; best of {args.repeat}")
+            size = layers[0].size
+            sha = sha256_rate()
+            print(f"layer: {size / 2**20:.0f} MiB; best of {args.repeat}; load {os.getloadavg()[0]:.1f}")
+            print(f"SHA-256, one core: {sha:.0f} MB/s ({1e3 / sha:.2f} s/GB)")
+            unused = iter(paths)
             for parallel in (False, True):
                 label = "8 x 8 MiB ranges" if parallel else "one full GET    "
-                local = max(throughput(a.mirror.url + path, params, layer.size, parallel) for _ in range(args.repeat))
-                proxied = max(throughput(b.mirror.url + path, params, layer.size, parallel) for _ in range(args.repeat))
+                local = max(throughput(a.mirror.url + paths[0], params, size, parallel) for _ in range(args.repeat))
+                rates, cpu = [], 0.0
+                for _ in range(args.repeat):
+                    before = cpu_seconds(b.mirror.pid)
+                    rates.append(throughput(b.mirror.url + next(unused), params, size, parallel))
+                    cpu += cpu_seconds(b.mirror.pid) - before
+                proxied, per_gb = max(rates), cpu / (args.repeat * size / 1e9)
+                goal = 0.8 * min(local, sha)
                 print(
                     f"{label}: local serve {local:7.0f} MB/s | via peer {proxied:7.0f} MB/s "
-                    f"| ratio {proxied / local:.2f}"
+                    f"| ratio {proxied / local:.2f} | goal {goal:.0f} MB/s {'met' if proxied >= goal else 'NOT met'} "
+                    f"| B's CPU {per_gb:.2f} s/GB (goal <= {1e3 / sha + 0.3:.2f})"
                 )
             misses = []
             with httpx.Client(base_url=b.mirror.url, params=params) as client:

@@ -68,12 +68,15 @@ class PeerBlob:
             reader: CopyReader | None = None
             try:
                 hasher, served_by = hashlib.new(self._digest.algorithm), set[str]()
-                async with contextlib.aclosing(self._pieces(0, self.size - 1, failed)) as pieces:
+                async with (
+                    contextlib.aclosing(self._pieces(0, self.size - 1, failed)) as pieces,
+                    copy.filling(hasher) as write,
+                ):
                     async for piece, holder in pieces:
-                        hasher.update(piece)
-                        copy.append(piece)
+                        await write(piece)
                         served_by.add(holder)
                 if hasher.hexdigest() == self._digest.hex:
+                    copy.finish(abandoned=False)  # done: its reader is `ranged`
                     reader = CopyReader(copy)
             finally:
                 copies.end(self._digest, copy, verified=reader is not None)

@@ -9,14 +9,27 @@ containerd sees any of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import trio
 
 from spegel.oci.digest import Digest
-from spegel.store.files import READ_SIZE, read_at
+from spegel.store.files import READ_SIZE, REGION_SIZE, FileRegion, read_at
+
+BATCH = 1 << 20  # bytes hashed and written per worker-thread call
+
+
+class Hasher(Protocol):
+    def update(self, data: memoryview, /) -> None: ...
+
+
+def _hash_and_write(hasher: Hasher, fd: int, data: memoryview, offset: int) -> None:
+    hasher.update(data)
+    os.pwrite(fd, data, offset)
 
 
 class Copy:
@@ -30,11 +43,54 @@ class Copy:
         self.done, self.abandoned = False, False
         self._grown = trio.Event()
 
-    def append(self, piece: bytes | memoryview) -> None:
-        """Write `piece` at `written` (a page-cache write; it does not wait for the disk)."""
-        os.pwrite(self.fd, piece, self.written)
-        self.written += len(piece)
-        self._signal()
+    @contextlib.asynccontextmanager
+    async def filling(self, hasher: Hasher) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
+        """Yield `write(piece)`, which appends to the copy and to `hasher`, in order, in one pass over the bytes.
+
+        Pieces are gathered into two reused `BATCH` buffers; a worker thread hashes and writes one (hashlib and
+        `pwrite` release the GIL) while the caller receives into the other, so hashing runs beside network
+        I/O. `written` grows as batches land. Leaving the block flushes the last batch and waits for it;
+        cancellation waits for the batch in flight (one `BATCH`)."""
+        full_send, full_receive = trio.open_memory_channel[tuple[bytearray, int, int]](1)
+        free_send, free_receive = trio.open_memory_channel[bytearray](2)
+        for _ in range(2):
+            free_send.send_nowait(bytearray(BATCH))
+
+        async def absorb() -> None:
+            async for buffer, count, offset in full_receive:
+                await trio.to_thread.run_sync(_hash_and_write, hasher, self.fd, memoryview(buffer)[:count], offset)
+                self.written = offset + count
+                self._signal()
+                free_send.send_nowait(buffer)
+
+        buffer, count, offset = bytearray(), 0, 0  # the batch being gathered
+
+        async def write(piece: bytes) -> None:
+            nonlocal buffer, count, offset
+            view = memoryview(piece)
+            while view:
+                if not count:
+                    buffer = await free_receive.receive()
+                take = min(len(view), BATCH - count)
+                buffer[count : count + take] = view[:take]
+                count, view = count + take, view[take:]
+                if count == BATCH:
+                    await full_send.send((buffer, BATCH, offset))
+                    offset, count = offset + BATCH, 0
+
+        error: Exception | None = None  # raised by the block: re-raised as itself, not in an ExceptionGroup
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(absorb)
+            try:
+                yield write
+                if count:
+                    await full_send.send((buffer, count, offset))
+            except Exception as exc:
+                error = exc
+            finally:
+                full_send.close()
+        if error is not None:
+            raise error
 
     def finish(self, abandoned: bool) -> None:
         self.done, self.abandoned = True, abandoned
@@ -51,13 +107,18 @@ class Copy:
 
 
 class CopyReader:
-    """A `BlobReader` (not `ranged`) following a `Copy` as it grows, on its own duplicate of the copy's file.
-    Raises OSError when the copy is abandoned before the bytes asked for were written."""
-
-    ranged = False
+    """A `BlobReader` of a `Copy`, on its own duplicate of the copy's file. Of a verified copy it is `ranged`
+    and gives `regions` (sent with `sendfile`); of a copy in progress it is not, and follows the copy as it
+    grows, raising OSError when the copy is abandoned before the bytes asked for were written."""
 
     def __init__(self, copy: Copy) -> None:
         self._copy, self._fd, self.size = copy, os.dup(copy.fd), copy.size
+        self.ranged = copy.done and not copy.abandoned
+
+    async def regions(self, start: int, end: int) -> AsyncIterator[FileRegion]:
+        """Bytes `start..end` of a verified copy as `FileRegion`s, valid until `aclose()`."""
+        for offset in range(start, end + 1, REGION_SIZE):
+            yield FileRegion(self._fd, offset, min(REGION_SIZE, end + 1 - offset))
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
         offset = start
