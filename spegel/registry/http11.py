@@ -23,6 +23,7 @@ Contract, per connection (one trio task each; requests on a connection are answe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -51,6 +52,7 @@ ASGIApp = Callable[..., Awaitable[None]]  # (scope, receive, send)
 _READ_SIZE = 64 << 10
 _SENDFILE_PIECE = 8 << 20  # most bytes one sendfile call may move before other tasks get a turn
 _PIPELINED_LIMIT = 64 << 10  # bytes of a next request read ahead while a response is being sent
+_LINGER = 1.0  # seconds a refused client's further bytes are read and dropped before the close
 _ACCEPT_PAUSE = 0.1
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_LOG_INTERVAL = 10.0
@@ -121,7 +123,8 @@ async def _serve_connection(stream: trio.SocketStream, app: ASGIApp, limits: Lim
         if connection.h11.our_state is h11.SEND_BODY:
             # a response cut short (client not reading, app failure, shutdown): reset the connection rather
             # than leave the kernel sending what is queued to a client that may never read it
-            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(OSError):
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         stream.socket.close()
         slots.release()
 
@@ -165,15 +168,22 @@ class _Connection:
         return cast(h11.Event | type[h11.PAUSED], event)
 
     async def _refuse(self, status: int, detail: str) -> None:
-        """Answer a request h11 could not parse, if a response can still be sent, and close."""
+        """Answer `status` with an OCI error body and close, if a response can still be sent: for a request h11
+        could not parse (400, 431), or one the app failed to answer (500)."""
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = error_body(ErrorCode.UNSUPPORTED, detail)
+        body = error_body(ErrorCode.UNKNOWN if status >= 500 else ErrorCode.UNSUPPORTED, detail)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         headers += [(b"connection", b"close"), (b"date", _http_date())]
         response = h11.Response(status_code=status, headers=headers)
         parts = (self.h11.send(response), self.h11.send(h11.Data(data=body)), self.h11.send(h11.EndOfMessage()))
         await self._write(b"".join(part or b"" for part in parts))
+        # lingering close: drop what the client still sends for a moment, as closing with unread bytes would
+        # reset the connection, and the client could lose the answer
+        with trio.move_on_after(_LINGER):
+            await self.stream.send_eof()
+            while await self.stream.receive_some(_READ_SIZE):
+                pass
 
     async def _answer(self, request: h11.Request) -> None:
         self.head = request.method == b"HEAD"

@@ -36,8 +36,12 @@ async def serve_app(
     for listener in listeners:
         address, bound_port = listener.socket.getsockname()[:2]
         urls.append(f"http://[{address}]:{bound_port}" if ":" in address else f"http://{address}:{bound_port}")
-    task_status.started(urls)
-    await serve(app, listeners, limits or Limits())
+    try:
+        task_status.started(urls)
+        await serve(app, listeners, limits or Limits())
+    finally:
+        for listener in listeners:
+            listener.socket.close()
 
 
 def create_metrics_app(metrics: Metrics, ready: Callable[[], bool]) -> QuartTrio:

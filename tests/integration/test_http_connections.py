@@ -189,3 +189,15 @@ def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path:
         print(f"\nnon-reading client dropped after {time.monotonic() - started:.1f} s")
         assert int(blob_records()[-1]["bytes"]) < BIG_SIZE  # type: ignore[call-overload]
         assert read_until_closed(sock, 10) is not None
+
+
+def test_malformed_http_is_answered_with_an_oci_error_and_closed(tmp_path: Path) -> None:
+    big_head = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (100 << 10) + b"\r\n\r\n"
+    with registry(tmp_path, []) as (daemon, _):
+        for request, status in ((b"NOT HTTP AT ALL\r\n\r\n", 400), (big_head, 431)):
+            with connect(daemon) as sock:
+                sock.sendall(request)
+                answer = read_until_closed(sock, 5)
+            assert answer is not None and answer.startswith(b"HTTP/1.1 %d " % status), answer
+            assert b"content-type: application/json" in answer and b'"errors"' in answer
+        assert httpx.get(f"{daemon.url}/v2/").status_code == 200
