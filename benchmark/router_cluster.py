@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 START_CONCURRENCY = 4  # nodes starting at once: Python start-up is CPU-bound
+START_TIMEOUT = 90.0  # seconds a node may take to start (Python and libp2p imports; 10 s and more when loaded)
 
 
 class NodeError(Exception):
@@ -45,7 +46,7 @@ class NodeProcess:
         data_dir: Path,
         registry_address: str,
         router_args: Sequence[str] = (),
-        timeout: float = 90.0,
+        timeout: float = START_TIMEOUT,
     ) -> NodeProcess:
         """Launch a node with its identity in `data_dir`, listening on a free loopback port unless told otherwise.
 
@@ -166,7 +167,11 @@ async def wait_until_meshed(nodes: Sequence[NodeProcess], timeout: float) -> Non
 
 @asynccontextmanager
 async def running_cluster(
-    root: Path, count: int, router_args: Sequence[str] = (), mesh_timeout: float = 60.0, start_timeout: float = 30.0
+    root: Path,
+    count: int,
+    router_args: Sequence[str] = (),
+    mesh_timeout: float = 60.0,
+    start_timeout: float = START_TIMEOUT,
 ) -> AsyncIterator[list[NodeProcess]]:
     """`count` nodes under `root` (node0 first, then the others a few at a time, bootstrapped from it), meshed;
     all closed on exit, also on failure. Each node must start within `start_timeout` seconds.
