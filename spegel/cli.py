@@ -133,10 +133,10 @@ def add_mirror_flags(parser: FlagParser) -> None:
         "--mirror-miss-settle",
         group=group,
         type=duration,
-        default=0.02,
+        default=0.1,
         help="with --advertise inflight, a blob no peer holds complete is claimed (announced as this node's "
-        "download), then looked up again after this long: the first claimant goes upstream, each later one "
-        "follows the claimant before it (default: 20ms)",
+        "download), then looked up again after this long (keep it above the announce -> visible p99.9): the "
+        "first claimant goes upstream, the later ones follow earlier ones (default: 100ms)",
     )
     parser.flag(
         "--mirror-inflight-wait",

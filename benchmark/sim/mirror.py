@@ -32,6 +32,8 @@ class MirrorConfig:
     settle: float = DEFAULTS.miss_settle
     inflight_wait: float = DEFAULTS.inflight_wait
     claimants_seen: int = CLAIMANTS_SEEN
+    fanout: int = DEFAULTS.follow_fanout
+    chain: int = DEFAULTS.follow_chain
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,10 @@ class MirrorNode:
             def settled() -> None:
                 found = self._lookup(digest, self.config.claimants_seen)
                 mine = (since, self.name)
-                self._act(decide.after_claim(found, mine, retries=self.config.resolve_retries), digest, answer)
+                decision = decide.after_claim(
+                    found, mine, retries=self.config.resolve_retries, fanout=self.config.fanout, chain=self.config.chain
+                )
+                self._act(decision, digest, answer)
 
             self.world.sim.after(settle, settled)
             return

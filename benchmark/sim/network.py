@@ -309,10 +309,7 @@ class PeerTransfer:
         if self in self.sender.active:
             self.reshare()
         else:
-            self.sender.active.add(self)
-            self.receiver.active.add(self)
-            self.sender.changed()
-            self.receiver.changed()
+            self._links(set.add)
 
     def _park(self) -> None:
         self.state = PARKED
@@ -321,10 +318,14 @@ class PeerTransfer:
             self._event = None
         if self in self.sender.active:
             self._set_rate(0.0)
-            self.sender.active.discard(self)
-            self.receiver.active.discard(self)
-            self.sender.changed()
-            self.receiver.changed()
+            self._links(set.discard)
+
+    def _links(self, change: Callable[[set[PeerTransfer], PeerTransfer], None]) -> None:
+        """Join (set.add) or leave (set.discard) both links' active flows; everyone on them reshares."""
+        for link in (self.sender, self.receiver):
+            change(link.active, self)
+        self.sender.changed()
+        self.receiver.changed()
 
     def _finish(self) -> None:
         self.done = True

@@ -88,15 +88,34 @@ def claims_ahead(found: Iterable[Holder], mine: ClaimKey) -> list[Holder]:
     return ahead
 
 
-def after_claim(found: Iterable[Holder], mine: ClaimKey, *, retries: int) -> Follow | Miss:
+def after_claim(
+    found: Iterable[Holder], mine: ClaimKey, *, retries: int, fanout: int = 1, chain: int = 0
+) -> Follow | Miss:
     """This node claimed the blob at `mine` and, after the settle, the router lists `found`. Every node applies
-    one order, so the first claimant alone gets `Miss` (it goes upstream) and every later one follows the
-    claimant just before it (the earlier ones, up to `retries` holders in all, are asked only if it fails: no
-    hedging, which would undo the chain)."""
-    ahead = claims_ahead(found, mine)[:retries]
-    if not ahead:
+    one order, so the first claimant alone gets `Miss` (it goes upstream) and every later one follows a
+    claimant ahead of it. With the claimants ahead numbered 0 (the first) to r - 1, it follows the one at
+    (r - 1) // k, its parent in a k-ary tree laid over the claim order: k = 1 (the claimant just before it,
+    a chain) while the claimants it sees, itself included, are at most `chain`; k = `fanout` beyond (the
+    last node waits behind about log_k(N) hops instead of N - 1). Complete holders come first; the other
+    claimants ahead, nearest first, are fallbacks (up to `retries` holders in all, asked only if the parent
+    fails: no hedging, which would undo the tree). A node that sees fewer claimants than there are still
+    follows one ahead of it: no cycle, only a less even tree."""
+    if fanout < 1:
+        raise ValueError(f"fanout must be at least 1, got {fanout}")
+    listed = list(found)
+    ahead = claims_ahead(listed, mine)
+    complete = [h for h in ahead if h.state is KeyState.COMPLETE]
+    claimants = ahead[len(complete) :]  # nearest first
+    if claimants:
+        seen = 1 + sum(1 for h in listed if h.state is not KeyState.COMPLETE)
+        k = 1 if seen <= chain else fanout
+        parent = claimants[len(claimants) - 1 - (len(claimants) - 1) // k]
+        claimants.remove(parent)
+        claimants.insert(0, parent)
+    chosen = (complete + claimants)[:retries]
+    if not chosen:
         return Miss(claim=False)
-    return Follow(tuple(ahead), math.inf)
+    return Follow(tuple(chosen), math.inf)
 
 
 def order_holders(holders: Iterable[Holder], load: dict[str, int], rotation: int = 0) -> list[Holder]:

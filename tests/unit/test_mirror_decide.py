@@ -2,7 +2,8 @@
 
 import math
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spegel.mirror import decide
@@ -154,3 +155,41 @@ def test_hedge_delay_is_the_clamped_p80_once_there_are_enough_samples() -> None:
         tracker.observe(3.0)
     assert tracker.hedge_delay() == 0.5
     assert decide.hedge_delay([0.0001] * 20, 0.02, 0.002, 0.5) == 0.002
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(2, 200), st.integers(1, 8))
+def test_a_fanout_tree_gives_every_claimant_at_most_fanout_followers_and_log_depth(nodes: int, fanout: int) -> None:
+    """Every node sees every claim: the followers form a `fanout`-ary tree over the claim order, rooted at the
+    first claimant (the only one that goes upstream)."""
+    claims = [claimant(f"n{i:03d}", i * 0.001) for i in range(nodes)]
+    parent: dict[str, str] = {}
+    for me in claims:
+        decision = decide.after_claim(
+            [c for c in claims if c is not me], decide.claim_order(me), retries=3, fanout=fanout
+        )
+        if isinstance(decision, decide.Follow):
+            parent[me.peer] = decision.holders[0].peer
+            assert all(decide.claim_order(h) < decide.claim_order(me) for h in decision.holders)
+    assert len(parent) == nodes - 1  # all but the first follow someone
+    children: dict[str, int] = {}
+    for p in parent.values():
+        children[p] = children.get(p, 0) + 1
+    assert max(children.values()) <= fanout
+    depth = 0
+    for name in parent:
+        hops = 0
+        while name in parent:
+            name, hops = parent[name], hops + 1
+        depth = max(depth, hops)
+    assert depth <= (nodes - 1 if fanout == 1 else math.ceil(math.log(nodes * (fanout - 1) + 1, fanout)))
+
+
+def test_fanout_one_is_the_chain_and_fanout_must_be_positive() -> None:
+    found = [claimant("a", 1.0), claimant("b", 2.0), claimant("c", 3.0)]
+    chain, tree = (decide.after_claim(found, (4.0, "d"), retries=3, fanout=k) for k in (1, 2))
+    assert isinstance(chain, decide.Follow) and isinstance(tree, decide.Follow)
+    assert [h.peer for h in chain.holders] == ["c", "b", "a"]  # the claimant just before, then the others
+    assert [h.peer for h in tree.holders] == ["b", "c", "a"]  # d is 4th: its parent in a binary tree is b
+    with pytest.raises(ValueError):
+        decide.after_claim(found, (4.0, "d"), retries=3, fanout=0)

@@ -1,0 +1,170 @@
+"""Validate the simulator against measured runs: `python -m benchmark.sim.validate REPORT_DIR... --out DIR`.
+
+For every measured report (a netns run's `meta.json` + `data/`), the same scenario is simulated (same nodes,
+links, images, modes, repetitions; `proxy` and `spegel-go` are not simulated) and, per image and mode, the
+`create` phase's slowest node (median over repetitions) and upstream bytes (median, in image sizes) are set
+side by side. The simulated mirror decides as the measured one did (`AS_MEASURED`: a chain over the claim
+order, 20 ms settle, 256 claimants looked at); a second simulation with the mirror's options as they are now
+shows what the current design changes at that scale. Writes `DIR/README.md`, `DIR/validation.png`,
+`DIR/validation.csv` and each simulated run under `DIR/runs/<report>/` and `DIR/runs/<report>-now/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from benchmark import report, tables
+from benchmark.progress import Progress
+from benchmark.scenario import ClusterSpec, ImageShape, Scenario, plan
+from benchmark.sim.cluster import SIMULATED_MODES
+from benchmark.sim.mirror import MirrorConfig
+from benchmark.sim.run import model_of, run
+
+TOLERANCE = 0.10
+AS_MEASURED = MirrorConfig(claims=True, settle=0.02, claimants_seen=256, fanout=1, chain=0)
+
+
+def scenario_of(meta: dict[str, Any]) -> Scenario:
+    """The scenario a measured run recorded in its meta.json, on the simulator, in the modes it simulates."""
+    recorded = meta["scenario"]
+    known = {f.name for f in dataclasses.fields(Scenario)}
+    cluster = {
+        f.name: recorded["cluster"][f.name] for f in dataclasses.fields(ClusterSpec) if f.name in recorded["cluster"]
+    }
+    images = tuple(ImageShape(**{**i, "layers": tuple(i["layers"])}) for i in recorded["images"])
+    values = {k: v for k, v in recorded.items() if k in known}
+    modes = tuple(m for m in recorded["modes"] if m in SIMULATED_MODES)
+    return Scenario(
+        **{
+            **values,
+            "cluster": ClusterSpec(**{**cluster, "backend": "sim"}),
+            "images": images,
+            "modes": modes,
+            "phases": tuple(p for p in recorded["phases"] if p != "advertise"),
+        }
+    )
+
+
+def create_figures(directory: Path) -> pd.DataFrame:
+    """Per image and mode of a run directory: create's slowest node (median over repetitions, and its ratio
+    to the lower bound) and upstream bytes (median x S)."""
+    meta, frames = report.load(directory)
+    done = tables.completion(frames["pulls"])
+    done = done[done["phase"] == "create"]
+    slowest = done.groupby(["image", "mode"])["slowest"].median().rename("slowest")
+    traffic = frames["traffic"]
+    traffic = traffic[traffic["phase"] == "create"].copy()
+    traffic["upstream"] = [r.upstream_bytes / meta["images"][f"{r.image}/create"]["size"] for r in traffic.itertuples()]
+    upstream = traffic.groupby(["image", "mode"])["upstream"].median()
+    figures = pd.concat([slowest, upstream], axis=1).reset_index()
+    figures["bound"] = [tables.Bounds.of(meta, image, "create").lower for image in figures["image"]]
+    return figures[figures["mode"].isin(SIMULATED_MODES)]
+
+
+def validate(measured_dirs: list[Path], out: Path) -> pd.DataFrame:
+    rows = []
+    for measured in measured_dirs:
+        meta = json.loads((measured / "meta.json").read_text())
+        scenario = scenario_of(meta)
+        simulated, now = out / "runs" / measured.name, out / "runs" / f"{measured.name}-now"
+        run(
+            scenario,
+            simulated,
+            Progress(len(plan(scenario))),
+            dataclasses.replace(model_of(scenario), mirror=AS_MEASURED),
+        )
+        run(scenario, now, Progress(len(plan(scenario))))
+        for directory in (simulated, now):
+            report.build(directory)
+        both = create_figures(measured).merge(create_figures(simulated), on=["image", "mode"], suffixes=("", "_sim"))
+        both = both.merge(
+            create_figures(now)[["image", "mode", "slowest", "upstream"]], on=["image", "mode"], suffixes=("", "_now")
+        )
+        rows.append(both.assign(report=measured.name, nodes=scenario.cluster.nodes, commit=meta.get("commit", "")))
+    table = pd.concat(rows, ignore_index=True)
+    table["slowest_error"] = table["slowest_sim"] / table["slowest"] - 1
+    table["upstream_error"] = table["upstream_sim"] / table["upstream"] - 1
+    table["within"] = (table["slowest_error"].abs() <= TOLERANCE) & (table["upstream_error"].abs() <= TOLERANCE)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "validation.csv", index=False)
+    _plot(table, out / "validation.png")
+    (out / "README.md").write_text(_markdown(table))
+    return table
+
+
+def _plot(table: pd.DataFrame, path: Path) -> None:
+    labels = [f"{r.report}\n{r.image}\n{r.mode}" for r in table.itertuples()]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.7 * len(table)), 7), sharex=True)
+    x = range(len(table))
+    for ax, column, title in (
+        (axes[0], "slowest", "create: slowest node (s)"),
+        (axes[1], "upstream", "upstream bytes / S"),
+    ):
+        ax.bar([i - 0.2 for i in x], table[column], width=0.4, label="measured (netns)", color="#1f77b4")
+        ax.bar([i + 0.2 for i in x], table[f"{column}_sim"], width=0.4, label="simulated", color="#ff7f0e")
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    axes[1].set_xticks(list(x), labels, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=report.DPI)
+    plt.close(fig)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    inside = int(table["within"].sum())
+    lines = [
+        "# Simulator validation\n",
+        'The scenario of each measured netns report, simulated (`backend = "sim"`, same nodes, links, images, '
+        "modes, repetitions), beside what was measured. `create`, medians over repetitions: the slowest node's "
+        f"pull time and the upstream bytes in image sizes. Goal: within {TOLERANCE:.0%}. "
+        f"{inside} of {len(table)} rows are within it on both figures. The last two columns: the same scenario "
+        "simulated with the mirror's options as they are now (see `reports/sim-scale/`).\n",
+        "Rebuild: `python -m benchmark.sim.validate reports/default reports/storm reports/suite --out "
+        "reports/sim-validation`.\n",
+        report.markdown_table(
+            table,
+            {
+                "report": "report",
+                "nodes": "N",
+                "image": "image",
+                "mode": "mode",
+                "bound": "bound (s)",
+                "slowest": "slowest, measured (s)",
+                "slowest_sim": "simulated (s)",
+                "slowest_error": "error",
+                "upstream": "upstream, measured x S",
+                "upstream_sim": "simulated x S",
+                "upstream_error": "error",
+                "within": "within 10 %",
+                "slowest_now": "now: slowest (s)",
+                "upstream_now": "now: x S",
+            },
+        ),
+        "![measured and simulated](validation.png)\n",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.sim.validate", description=__doc__)
+    parser.add_argument("reports", type=Path, nargs="+", help="measured report directories (meta.json + data/)")
+    parser.add_argument("--out", type=Path, default=Path("reports/sim-validation"))
+    args = parser.parse_args(argv)
+    table = validate(args.reports, args.out)
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
