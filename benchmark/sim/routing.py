@@ -53,6 +53,23 @@ class DelayModel:
         (m0, p0), (m1, p1) = measured[lower], measured[upper]
         return cls(m0 ** (1 - w) * m1**w, p0 ** (1 - w) * p1**w)
 
+    @classmethod
+    def fit(cls, ages: np.ndarray, visible: np.ndarray) -> DelayModel:
+        """The log-normal most likely to give `visible` (whether a claim was visible to a node that looked when
+        the claim was `ages` seconds old), by a grid search over median and spread."""
+        z = statistics.NormalDist()
+        ages = np.maximum(np.asarray(ages, dtype=float), 1e-6)
+        seen = np.asarray(visible, dtype=bool)
+        best, best_likelihood = cls(0.0, 0.0), -math.inf
+        for median in np.exp(np.linspace(math.log(0.001), math.log(5.0), 50)):
+            for sigma in np.linspace(0.1, 2.5, 25):
+                p = np.array([z.cdf(v) for v in (np.log(ages) - math.log(median)) / sigma])
+                p = np.clip(p, 1e-9, 1 - 1e-9)
+                likelihood = float(np.sum(np.where(seen, np.log(p), np.log(1 - p))))
+                if likelihood > best_likelihood:
+                    best, best_likelihood = cls(float(median), float(median * math.exp(1.6449 * sigma))), likelihood
+        return best
+
     def table(self) -> np.ndarray:
         """Quantiles 0 .. CUT of the distribution, `TABLE_POINTS` evenly spaced in probability."""
         if self.median <= 0:

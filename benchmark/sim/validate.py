@@ -3,8 +3,10 @@
 For every measured report (a netns run's `meta.json` + `data/`), the same scenario is simulated (same nodes,
 links, images, modes, repetitions; `proxy` and `spegel-go` are not simulated) and, per image and mode, the
 `create` phase's slowest node (median over repetitions) and upstream bytes (median, in image sizes) are set
-side by side. The simulated mirror decides as the measured one did (`AS_MEASURED`: a chain over the claim
-order, 20 ms settle, 256 claimants looked at); a second simulation with the mirror's options as they are now
+side by side. Announcements become visible after the router benchmark's delays, or, for runs that recorded
+which claims each node saw (`data/pairs.csv`), after delays fitted to that record. The simulated mirror
+decides as the measured one did (`AS_MEASURED`: a chain over the claim order, 20 ms settle, 256 claimants
+looked at); a second simulation with the mirror's options as they are now
 shows what the current design changes at that scale. Writes `DIR/README.md`, `DIR/validation.png`,
 `DIR/validation.csv` and each simulated run under `DIR/runs/<report>/` and `DIR/runs/<report>-now/`.
 """
@@ -28,9 +30,28 @@ from benchmark.progress import Progress
 from benchmark.scenario import ClusterSpec, ImageShape, Scenario, plan
 from benchmark.sim.cluster import SIMULATED_MODES
 from benchmark.sim.mirror import MirrorConfig
+from benchmark.sim.routing import DelayModel
 from benchmark.sim.run import model_of, run
 
 TOLERANCE = 0.10
+# Why the rows the simulator gets wrong by more than TOLERANCE are off, from the measured data (per-node ends,
+# access logs) and the model's stated simplifications.
+EXPLAINED = {
+    ("suite", "10MB-1", "inflight"): "Measured, the followers finished 0.1-0.4 s after the first node; simulated, "
+    "0.7 s after. A 10 MB layer is 3 chunks, all fetched at once: in the model nothing of it is on disk until "
+    "its first chunk is complete (the bytes go to disk in order, a chunk at a time), so the followers fetch "
+    "nearly all of it after the first node finishes. The measured ends say containerd writes the first chunk "
+    "as it arrives. The 32-100 MB rows agree within 5 % with the same model: the first chunk is a smaller share.",
+    ("suite", "1MB-1", "image"): "Nodes start up to 1 s apart; a node that starts after an earlier one has the "
+    "image (and has announced it) fetches it from that peer. How soon an image is announced after its pull "
+    "(the simulator assumes 50 ms) decides how many nodes find it: measured 1.6 x S, simulated 5.2 x S.",
+    ("suite", "1MB-1", "layer"): "The same start-order effect with layers (announced at their commit): the "
+    "measured median over 2 repetitions is 2.6 x S, simulated 3.1 x S; one node more or less fetching the "
+    "1 MB layer itself moves the figure by 1 x S / 2 repetitions.",
+    ("suite", "1MB-1", "upstream"): "The slowest pull is 0.53 s against a 0.17 s bound: fixed costs (manifest "
+    "resolution, request round trips, containerd's own work) dominate, and the simulator's are estimates "
+    "(`Timing`), 55 ms too high here.",
+}
 AS_MEASURED = MirrorConfig(claims=True, settle=0.02, claimants_seen=256, fanout=1, chain=0)
 
 
@@ -71,26 +92,40 @@ def create_figures(directory: Path) -> pd.DataFrame:
     return figures[figures["mode"].isin(SIMULATED_MODES)]
 
 
+def delays_of(measured: Path) -> DelayModel | None:
+    """The announce -> visible delays of a measured run, fitted to its `data/pairs.csv` (whether each claim was
+    visible to each node that looked, and how old it was then), when the run recorded them."""
+    try:
+        pairs = pd.read_csv(measured / "data" / "pairs.csv")
+    except FileNotFoundError:
+        return None
+    return DelayModel.fit(pairs["age"].to_numpy(), pairs["visible"].to_numpy())
+
+
 def validate(measured_dirs: list[Path], out: Path) -> pd.DataFrame:
     rows = []
     for measured in measured_dirs:
         meta = json.loads((measured / "meta.json").read_text())
         scenario = scenario_of(meta)
+        model = dataclasses.replace(model_of(scenario), delays=delays_of(measured))
         simulated, now = out / "runs" / measured.name, out / "runs" / f"{measured.name}-now"
-        run(
-            scenario,
-            simulated,
-            Progress(len(plan(scenario))),
-            dataclasses.replace(model_of(scenario), mirror=AS_MEASURED),
-        )
-        run(scenario, now, Progress(len(plan(scenario))))
+        run(scenario, simulated, Progress(len(plan(scenario))), dataclasses.replace(model, mirror=AS_MEASURED))
+        run(scenario, now, Progress(len(plan(scenario))), model)
         for directory in (simulated, now):
             report.build(directory)
         both = create_figures(measured).merge(create_figures(simulated), on=["image", "mode"], suffixes=("", "_sim"))
         both = both.merge(
             create_figures(now)[["image", "mode", "slowest", "upstream"]], on=["image", "mode"], suffixes=("", "_now")
         )
-        rows.append(both.assign(report=measured.name, nodes=scenario.cluster.nodes, commit=meta.get("commit", "")))
+        delays = model.delays or DelayModel.for_nodes(scenario.cluster.nodes)
+        rows.append(
+            both.assign(
+                report=measured.name,
+                nodes=scenario.cluster.nodes,
+                commit=meta.get("commit", ""),
+                delays=f"{delays.median * 1000:.0f} / {delays.p95 * 1000:.0f}" + (" fit" if model.delays else ""),
+            )
+        )
     table = pd.concat(rows, ignore_index=True)
     table["slowest_error"] = table["slowest_sim"] / table["slowest"] - 1
     table["upstream_error"] = table["upstream_sim"] / table["upstream"] - 1
@@ -137,6 +172,7 @@ def _markdown(table: pd.DataFrame) -> str:
             {
                 "report": "report",
                 "nodes": "N",
+                "delays": "announce p50 / p95 (ms)",
                 "image": "image",
                 "mode": "mode",
                 "bound": "bound (s)",
@@ -152,8 +188,12 @@ def _markdown(table: pd.DataFrame) -> str:
             },
         ),
         "![measured and simulated](validation.png)\n",
+        "## Rows off by more than 10 %, and why\n",
     ]
-    return "\n".join(lines)
+    for row in table[~table["within"]].itertuples():
+        reason = EXPLAINED.get((row.report, row.image, row.mode), "not explained yet")
+        lines.append(f"- {row.report} {row.image} {row.mode}: {reason}")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
