@@ -44,7 +44,7 @@ EXPLAINED = {
     "as it arrives. The 32-100 MB rows agree within 5 % with the same model: the first chunk is a smaller share.",
     ("suite", "1MB-1", "image"): "Nodes start up to 1 s apart; a node that starts after an earlier one has the "
     "image (and has announced it) fetches it from that peer. How soon an image is announced after its pull "
-    "(the simulator assumes 50 ms) decides how many nodes find it; the simulator assumes it, the runs did not measure it apart.",
+    "(the simulator assumes 50 ms; the runs did not measure it apart) decides how many nodes find it.",
     ("suite", "1MB-1", "layer"): "The same start-order effect with layers (announced at their commit): the "
     "measured median over 2 repetitions is 2.6 x S, simulated 3.1 x S; one node more or less fetching the "
     "1 MB layer itself moves the figure by 1 x S / 2 repetitions.",
