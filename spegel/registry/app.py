@@ -224,6 +224,9 @@ async def _stream(
     except (NotFound, OSError) as exc:
         raise BodyCutShort(f"{route.digest}: {exc}") from None
     finally:
+        close_pieces = getattr(pieces, "aclose", None)  # stop the piece generator now, not when it is collected
+        if close_pieces is not None:
+            await close_pieces()
         if blob in open_blobs:  # else the connection's clean-up closed it already
             open_blobs.remove(blob)
             await blob.aclose()

@@ -58,6 +58,24 @@ class FileRegions(Protocol):
     def regions(self, start: int, end: int) -> AsyncIterator[FileRegion]: ...
 
 
+class _Regions:
+    """The regions of `FileBlobReader.regions`: an iterator object, not a generator, so a consumer that stops
+    early leaves nothing to close."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self._fd, self._offset, self._end = fd, start, end
+
+    def __aiter__(self) -> _Regions:
+        return self
+
+    async def __anext__(self) -> FileRegion:
+        if self._offset > self._end:
+            raise StopAsyncIteration
+        region = FileRegion(self._fd, self._offset, min(REGION_SIZE, self._end + 1 - self._offset))
+        self._offset += region.count
+        return region
+
+
 class FileBlobReader:
     """A `BlobReader` over an open file descriptor of a complete blob of known size.
 
@@ -90,11 +108,10 @@ class FileBlobReader:
             offset += len(data)
             yield data
 
-    async def regions(self, start: int, end: int) -> AsyncIterator[FileRegion]:
+    def regions(self, start: int, end: int) -> AsyncIterator[FileRegion]:
         """Bytes `start..end` (inclusive) as `FileRegion`s of at most `REGION_SIZE`, valid until `aclose()`; a
         sender must still check that the file holds them (it may have been truncated underneath us)."""
-        for offset in range(start, end + 1, REGION_SIZE):
-            yield FileRegion(self._fd, offset, min(REGION_SIZE, end + 1 - offset))
+        return _Regions(self._fd, start, end)
 
     def fileno(self) -> int:
         return self._fd
