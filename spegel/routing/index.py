@@ -172,6 +172,11 @@ class HolderIndex:
         """How many keys `peer` has announced (live or not yet swept)."""
         return len(self._by_peer.get(peer, ()))
 
+    def heard_since(self, peer: str, when: float) -> bool:
+        """Whether `peer` was heard from after `when`."""
+        heard = self._heard.get(peer)
+        return heard is not None and heard > when
+
     def heard(self, peer: str, now: float) -> bool:
         """Whether `peer` was heard from within `ttl` before `now` (its entries count)."""
         heard = self._heard.get(peer)

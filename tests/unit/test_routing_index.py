@@ -139,3 +139,10 @@ def test_withdrawing_a_tag_named_with_an_older_digest_keeps_it() -> None:
         "example.com/app:v1",
         "sha256:x",
     ]
+
+
+def test_heard_since() -> None:
+    index = index_with("a")
+    assert not index.heard_since("a", 0)
+    index.touch("a", now=5)
+    assert index.heard_since("a", 4) and not index.heard_since("a", 5)

@@ -271,9 +271,14 @@ class Libp2pRouter:
                     self._nursery.start_soon(self._forget_later, peer, left)
 
     async def _forget_later(self, peer: ID, left: float) -> None:
-        """Forget `peer` (keys, address, listen addresses) `peer_grace` s after it `left`, unless it is back."""
+        """Forget `peer` (keys, address, listen addresses) `peer_grace` s after it `left`, unless it is back: connected
+        again, or heard from since (a connection closing while another one to the peer opens can look like a
+        departure)."""
         await trio.sleep_until(left + self._settings.peer_grace)
         if self._departed.get(peer) != left or peer in self._links:
+            return
+        if self.host.get_network().get_connections(peer) or self.index.heard_since(str(peer), left):
+            del self._departed[peer]
             return
         del self._departed[peer]
         self._peer_addrs.pop(peer, None)
