@@ -251,7 +251,10 @@ class _Counted:
 
     def _holder(self) -> str | None:
         holder = getattr(self._reader, "holder", None)  # a PeerBlob's current holder
-        return None if holder is None else str(holder.address)
+        if holder is not None:
+            return str(holder.address)
+        peer = getattr(self._reader, "peer", None)  # a copy made from peers: the holders it came from
+        return peer if isinstance(peer, str) else None
 
     async def _count(self, pieces: AsyncIterator[P]) -> AsyncIterator[P]:
         transfer = self._activity.start(self._digest, self._source, self._holder)

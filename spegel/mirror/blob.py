@@ -67,7 +67,7 @@ class PeerBlob:
             copy = copies.start(self._digest, self.size)
             reader: CopyReader | None = None
             try:
-                hasher, served_by = hashlib.new(self._digest.algorithm), set[str]()
+                hasher, served_by = hashlib.new(self._digest.algorithm), copy.sources
                 async with (
                     contextlib.aclosing(self._pieces(0, self.size - 1, failed)) as pieces,
                     copy.filling(hasher) as write,

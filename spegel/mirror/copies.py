@@ -41,6 +41,7 @@ class Copy:
         os.unlink(path)
         self.fd, self.size, self.written = fd, size, 0
         self.done, self.abandoned = False, False
+        self.sources: set[str] = set()  # the addresses of the holders whose bytes it holds
         self._grown = trio.Event()
 
     @contextlib.asynccontextmanager
@@ -114,6 +115,11 @@ class CopyReader:
     def __init__(self, copy: Copy) -> None:
         self._copy, self._fd, self.size = copy, os.dup(copy.fd), copy.size
         self.ranged = copy.done and not copy.abandoned
+
+    @property
+    def peer(self) -> str | None:
+        """The holders the copy's bytes came from (comma-separated addresses), None before the first piece."""
+        return ",".join(sorted(self._copy.sources)) or None
 
     async def regions(self, start: int, end: int) -> AsyncIterator[FileRegion]:
         """Bytes `start..end` of a verified copy as `FileRegion`s, valid until `aclose()`."""
