@@ -34,5 +34,3 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # hypercorn logs every dropped connection with a traceback at error level; they are routine here
-    logging.getLogger("hypercorn.error").setLevel(logging.CRITICAL)

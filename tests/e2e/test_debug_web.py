@@ -14,8 +14,9 @@ import httpx
 import pytest
 import trio
 
-from benchmark.daemons import LoopbackNode, Registry
+from benchmark.daemons import Registry
 from benchmark.images import ImageSpec, build, push
+from tests.support.mirrors import wait_until_served
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium not installed")]
@@ -46,13 +47,6 @@ def chromium(tmp_path: Path, url: str, *action: str) -> str:
 def section(dom: str, name: str) -> str:
     start = dom.index(f'<section id="{name}">')
     return dom[start : dom.index("</section>", start)]
-
-
-async def wait_until_served(node: LoopbackNode, url_path: str, timeout: float = 90.0) -> None:
-    async with httpx.AsyncClient(timeout=5) as client:
-        with trio.fail_after(timeout):
-            while (await client.head(f"{node.mirror.url}{url_path}")).status_code != 200:
-                await trio.sleep(0.1)
 
 
 async def test_debug_page_in_chromium(cluster, upstream: Registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmark.daemons import LoopbackNode, Registry
+from benchmark.daemons import Registry
 from benchmark.images import ImageSpec, build, push
+from tests.support.mirrors import wait_until_served
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json"
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
@@ -56,14 +56,6 @@ def exists(found: list[tuple[str, dict[str, str]]], name: str, labels: dict[str,
         sample_name == name and all(k in got and (v is None or got[k] == v) for k, v in labels.items())
         for sample_name, got in found
     )
-
-
-async def wait_until_served(node: LoopbackNode, url_path: str, timeout: float = 90.0) -> None:
-    """Until `node`'s mirror finds `url_path` on a peer (A's advertisements have reached it)."""
-    async with httpx.AsyncClient(timeout=5) as client:
-        with trio.fail_after(timeout):
-            while (await client.head(f"{node.mirror.url}{url_path}")).status_code != 200:
-                await trio.sleep(0.1)
 
 
 @pytest.mark.slow
