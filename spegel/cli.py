@@ -302,6 +302,14 @@ def add_router_flags(parser: FlagParser) -> None:
         "default: 1)",
     )
     parser.flag(
+        "--router-dht-provide-delay",
+        group=group,
+        type=duration,
+        default=30.0,
+        help="how long after a key is advertised it is provided in the DHT (connected peers have it from the "
+        "announcement at once; deferring the DHT walk keeps it out of pull storms; default: 30s)",
+    )
+    parser.flag(
         "--router-dht",
         group=group,
         boolean_flag=True,

@@ -50,24 +50,32 @@ class Copy:
 
         Pieces are gathered into two reused `BATCH` buffers; a worker thread hashes and writes one (hashlib and
         `pwrite` release the GIL) while the caller receives into the other, so hashing runs beside network
-        I/O. `written` grows as batches land. Leaving the block flushes the last batch and waits for it;
-        cancellation waits for the batch in flight (one `BATCH`)."""
+        I/O. A batch goes to the worker when it is full, or at once when the worker is idle: a slow stream
+        (a download still in progress upstream) lands piece by piece, so mirrors reading this copy as it
+        grows lag by one piece, not by up to `BATCH` bytes per hop of a chain; a fast one lands in full
+        batches. `written` grows as batches land. Leaving the block flushes the last batch and waits for it;
+        cancellation waits for the batch in flight (at most one `BATCH`)."""
         full_send, full_receive = trio.open_memory_channel[tuple[bytearray, int, int]](1)
         free_send, free_receive = trio.open_memory_channel[bytearray](2)
         for _ in range(2):
             free_send.send_nowait(bytearray(BATCH))
 
+        idle = True  # the worker waits for a batch
+
         async def absorb() -> None:
-            async for buffer, count, offset in full_receive:
-                await trio.to_thread.run_sync(_hash_and_write, hasher, self.fd, memoryview(buffer)[:count], offset)
-                self.written = offset + count
+            nonlocal idle
+            async for batch, size, at in full_receive:
+                idle = False
+                await trio.to_thread.run_sync(_hash_and_write, hasher, self.fd, memoryview(batch)[:size], at)
+                self.written = at + size
                 self._signal()
-                free_send.send_nowait(buffer)
+                free_send.send_nowait(batch)
+                idle = True
 
         buffer, count, offset = bytearray(), 0, 0  # the batch being gathered
 
         async def write(piece: bytes) -> None:
-            nonlocal buffer, count, offset
+            nonlocal buffer, count, offset, idle
             view = memoryview(piece)
             while view:
                 if not count:
@@ -75,9 +83,10 @@ class Copy:
                 take = min(len(view), BATCH - count)
                 buffer[count : count + take] = view[:take]
                 count, view = count + take, view[take:]
-                if count == BATCH:
-                    await full_send.send((buffer, BATCH, offset))
-                    offset, count = offset + BATCH, 0
+                if count == BATCH or (idle and not view):
+                    idle = False  # until the worker has taken it: the next piece is gathered
+                    await full_send.send((buffer, count, offset))
+                    offset, count = offset + count, 0
 
         error: Exception | None = None  # raised by the block: re-raised as itself, not in an ExceptionGroup
         async with trio.open_nursery() as nursery:

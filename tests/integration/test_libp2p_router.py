@@ -94,14 +94,21 @@ async def test_miss_returns_empty_within_the_timeout(tmp_path: Path) -> None:
 
 
 async def test_dht_fallback_finds_a_holder_the_index_lost(tmp_path: Path) -> None:
-    async with router(tmp_path, "a") as a, router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0]) as b:
+    delay = 2.0
+    async with (
+        router(tmp_path, "a", "--router-dht-provide-delay", f"{delay}s") as a,
+        router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0]) as b,
+    ):
         await until(lambda: a.ready() and b.ready())
+        advertised = trio.current_time()
         await a.advertise(["sha256:dht"])
         await visible(b, "sha256:dht")
-        # Wait for a's provider record to reach b's DHT store, then make b's index forget a's keys.
-        with trio.fail_after(10):
+        # Wait for a's provider record to reach b's DHT store (not before the provide delay), then make b's
+        # index forget a's keys.
+        with trio.fail_after(delay + 10):
             while not b.dht.provider_store.get_providers(key_multihash("sha256:dht")):
                 await trio.sleep(0.05)
+        assert trio.current_time() - advertised >= delay
         b.index.forget(str(a.peer_id))
         found = await b.lookup("sha256:dht", 3, 0.5)
         assert found == [Holder("127.0.0.1:5000")] and found[0].peer == a.name == str(a.peer_id)
