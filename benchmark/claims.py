@@ -97,13 +97,15 @@ def upstream_fetches(lines: list[str], node_of: dict[str, str]) -> list[dict[str
 @dataclass(frozen=True)
 class Claim:
     """One `claim` log line: `node` claimed `digest` at `since`, looked at `looked` and saw `seen`
-    (address, claim time or None, state) of other holders."""
+    (address, claim time or None, state) of other holders. When the key's owner ordered the claim, `mine` is its
+    place in the owner's order and the `seen` claimants carry theirs instead of a time."""
 
     node: str
     digest: str
     since: float
     looked: float
     seen: tuple[tuple[str, float | None, str], ...]
+    mine: float | None = None
 
 
 def read_mirror_log(lines: list[str], node: str) -> tuple[str, list[Claim], list[dict[str, Any]]]:
@@ -124,7 +126,8 @@ def read_mirror_log(lines: list[str], node: str) -> tuple[str, list[Claim], list
             host = str(record["registry"][0]).removeprefix("http://").rpartition(":")[0]
         elif message == "claim":
             seen = tuple((str(a).rpartition(":")[0], s, str(state)) for a, s, state in record["seen"])
-            claims.append(Claim(node, record["key"], float(record["since"]), rfc3339(record["time"]), seen))
+            mine = float(record["mine"]) if record.get("ordered_by") == "owner" else None
+            claims.append(Claim(node, record["key"], float(record["since"]), rfc3339(record["time"]), seen, mine))
         elif record.get("logger") == "spegel.access" and record.get("status") == 404 and not record.get("mirrored"):
             blob = _BLOB_PATH.search(str(record.get("path", "")))
             if blob is not None and record.get("method") == "GET":
@@ -154,17 +157,18 @@ def chain(claims: list[Claim], node_of: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
     for claim in first.values():
         seen = {node_of.get(address, address): (since, state) for address, since, state in claim.seen}
+        place = claim.since if claim.mine is None else claim.mine
         ahead = sorted(
             (since if since is not None else -math.inf, name)
             for name, (since, state) in seen.items()
-            if state == "complete" or since is None or since < claim.since
+            if state == "complete" or since is None or since < place
         )
         missed = [
             other
             for other in first.values()
             if other.node != claim.node and other.since < claim.since and other.node not in seen
         ]
-        seen_claims = [since for since, _ in seen.values() if since is not None and since < claim.since]
+        seen_claims = [s for s, _ in seen.values() if s is not None and s < claim.since and claim.mine is None]
         rows.append(
             {
                 "node": claim.node,

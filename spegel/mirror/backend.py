@@ -26,7 +26,7 @@ from spegel.mirror.peers import PeerClient, PeerError, PeerResponse, first_succe
 from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
 from spegel.registry.backend import BlobRequest, ManifestContent, ManifestRequest, read_manifest
-from spegel.routing.base import Holder, Router
+from spegel.routing.base import Holder, KeyState, Router
 from spegel.store.base import BlobReader, ContentStore, NotFound
 from spegel.store.files import FileRegions
 
@@ -61,7 +61,8 @@ class MirrorOptions:
     resolve_retries: int = 3
     resolve_tags: bool = True
     filters: RegistryFilters = field(default_factory=RegistryFilters)
-    miss_settle: float = 0.1  # how long a claim waits for other nodes' claims: above the announce p99.9 (_claim)
+    claim_timeout: float = 1.0  # longest wait for the claim's owner to answer (_claim)
+    miss_settle: float = 0.1  # when the owner did not answer: how long a claim waits for other claims (_claim)
     inflight_wait: float = 10.0  # longest wait for the first bytes of a download in progress (see IngestSource)
     spool_dir: str | None = None  # where copies of peer blobs are held while verified (None: the system's temp dir)
     follow_fanout: int = 2  # followers per claimant when more than `follow_chain` claim at once (decide.after_claim)
@@ -197,17 +198,30 @@ class MirrorBackend:
         return found[0]
 
     async def _claim(self, digest: Digest, holders: list[Holder], hedge: float) -> decide.Follow | decide.Miss:
-        """Claim the download of `digest`, wait `miss_settle` for the claims of nodes that asked at the same
-        moment, look again, and let `decide.after_claim` say whom to follow (or 404: this node is the first
-        claimant). When no claim is made (the download is already advertised), follow `holders` as found."""
+        """Claim the download of `digest` and let `decide.after_claim` say whom to follow (or 404: this node is the
+        first claimant). The claim is announced (peers find this node's download as it goes) and placed in order
+        by the key's owner (`Router.order_claim`), whose answer is final; when the owner cannot be asked, this node
+        waits `miss_settle` for the claims of nodes that asked at the same moment and orders the claims it sees
+        by their time. When no claim is made (the download is already advertised), follow `holders` as found."""
         since = await self.claims.claim(digest) if self.claims is not None else None
         if since is None:
             return decide.unclaimed(holders, hedge)
-        await trio.sleep(self.options.miss_settle)
-        found = await self._lookup(str(digest), timeout=0, count=CLAIMANTS_SEEN)
+        key = str(digest)
+        order = await self.router.order_claim(key, self.options.claim_timeout)
+        if order is None:
+            await trio.sleep(self.options.miss_settle)
+            found = await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN)
+            mine = (since, self.router.name)
+        else:  # complete holders as the index knows them, then the claimants ahead in the owner's order
+            complete = [
+                h for h in await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN) if h.state is KeyState.COMPLETE
+            ]
+            found = complete + [h for h in order.ahead if self.peers.usable(h)]
+            mine = (float(order.position), self.router.name)
         seen = [(h.address, h.since, h.state.value) for h in found]
-        log.info("claim", extra={"key": str(digest), "since": since, "seen": seen})  # whom it saw, for benchmark.claims
-        mine = (since, self.router.name)
+        ordered_by = "announcements" if order is None else "owner"
+        # whom it saw, for benchmark.claims
+        log.info("claim", extra={"key": key, "since": since, "seen": seen, "ordered_by": ordered_by, "mine": mine[0]})
         options = self.options
         return decide.after_claim(
             found, mine, retries=options.resolve_retries, fanout=options.follow_fanout, chain=options.follow_chain

@@ -39,6 +39,16 @@ class Holder:
     digest: str | None = None
 
 
+@dataclass(frozen=True)
+class ClaimOrder:
+    """A claim as the key's owner placed it (`spegel.routing.claims`): `position` claimants came before this node;
+    `ahead` are those of them this node can reach, as in-progress holders whose `since` is their position (the
+    first claimant's is 0)."""
+
+    position: int
+    ahead: tuple[Holder, ...] = ()
+
+
 class Router(Protocol):
     name: str  # this node's name among its peers: unique, the same for every peer (a holder's `peer`)
 
@@ -66,6 +76,11 @@ class Router(Protocol):
 
         Returns an empty list when none is found in time; never raises for a miss, never waits past `timeout`.
         """
+        ...
+
+    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
+        """Claim the download of `key` with its owner and learn who claimed it before this node. Returns None when
+        the owner cannot be asked within `timeout` seconds (the caller falls back to the claims announced)."""
         ...
 
     def ready(self) -> bool:

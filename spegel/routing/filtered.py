@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from spegel.routing.base import Holder, KeyState, Router
+from spegel.routing.base import ClaimOrder, Holder, KeyState, Router
 from spegel.routing.keys import split_tag_digest
 
 
@@ -38,6 +38,9 @@ class TagFilteringRouter:
 
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         return await self._router.lookup(key, count, timeout)
+
+    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
+        return await self._router.order_claim(key, timeout)
 
     def ready(self) -> bool:
         return self._router.ready()

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 
 import trio
 
-from spegel.routing.base import Holder, KeyState
+from spegel.routing.base import ClaimOrder, Holder, KeyState
+from spegel.routing.claims import ClaimBook, placed
 from spegel.routing.index import Announcement, HolderIndex, announcements, withdrawals
 
 
@@ -20,6 +21,7 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self.index = HolderIndex(ttl=math.inf)
         self.members: set[str] = set()
+        self.claims = ClaimBook()  # one owner for every key: the network
 
     def join(self, address: str) -> MemoryRouter:
         """A router for the node whose registry is at `address` (`host:port`); each address joins once."""
@@ -61,6 +63,11 @@ class MemoryRouter:
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         await trio.lowlevel.checkpoint()
         return self._network.index.lookup(key, count, 0.0, exclude=self.address)
+
+    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
+        await trio.lowlevel.checkpoint()
+        ahead = self._network.claims.claim(key, self.address, trio.current_time())
+        return placed(ahead, self._network.index.address)
 
     def ready(self) -> bool:
         return len(self._network.members) > 1

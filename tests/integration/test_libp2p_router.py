@@ -12,12 +12,13 @@ import trio
 
 from spegel.cli import add_router_flags, router_options
 from spegel.flags import FlagParser
-from spegel.routing.base import Holder, KeyState
+from spegel.routing.base import ClaimOrder, Holder, KeyState
+from spegel.routing.claims import owner
 from spegel.routing.config import RouterConfigError, RouterOptions, open_router
 from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p.bootstrap import BootstrapError, HttpBootstrapper, serve_id
 from spegel.routing.libp2p.host import IDENTITY_FILE
-from spegel.routing.libp2p.router import Libp2pRouter
+from spegel.routing.libp2p.router import CLAIM, Libp2pRouter
 
 PSK = "/key/swarm/psk/1.0.0/\n/base16/\n" + "ab" * 32 + "\n"
 
@@ -252,3 +253,56 @@ async def test_the_dht_takes_three_times_the_provide_rate_from_a_peer(tmp_path: 
     """Was 10,000 ADD_PROVIDER per 10 s from any peer: enough for one peer to fill the provider store."""
     async with router(tmp_path, "a", "--router-dht-provide-rate", rate) as a:
         assert a.dht is not None and a.dht._provider_rate_max == limit
+
+
+async def test_claims_of_one_key_get_one_order_from_its_owner(tmp_path: Path) -> None:
+    """Three nodes claim the same blobs at the same moment: whatever the announcements did, each blob gets one
+    first claimant (position 0), and each later one is told exactly the claimants before it."""
+    async with (
+        router(tmp_path, "a", registry="127.0.0.1:5001") as a,
+        router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0], registry="127.0.0.1:5002") as b,
+        router(tmp_path, "c", "--static-bootstrap-peers", a.listen_addrs()[0], registry="127.0.0.1:5003") as c,
+    ):
+        nodes = [a, b, c]
+        registry = {a.name: "127.0.0.1:5001", b.name: "127.0.0.1:5002", c.name: "127.0.0.1:5003"}
+        await until(lambda: all(n.index.address(o.name) is not None for n in nodes for o in nodes if o is not n))
+        owners = set()
+        for i in range(8):
+            key = f"sha256:{i:064x}"
+            orders = {}
+
+            async def claim(node: Libp2pRouter, key: str = key, orders: dict = orders) -> None:  # type: ignore[type-arg]
+                orders[node.name] = await node.order_claim(key, 5.0)
+
+            async with trio.open_nursery() as nursery:
+                for node in nodes:
+                    nursery.start_soon(claim, node)
+            assert all(order is not None for order in orders.values())
+            by_position = sorted(orders, key=lambda name: orders[name].position)
+            assert [orders[name].position for name in by_position] == [0, 1, 2]
+            for name in by_position:
+                ahead = orders[name].ahead
+                assert [h.peer for h in ahead] == by_position[: orders[name].position]
+                assert [h.address for h in ahead] == [registry[p] for p in by_position[: orders[name].position]]
+                assert all(h.state is KeyState.IN_PROGRESS for h in ahead)
+            owners |= {n.name for n in nodes if len(n.claim_book)}
+        assert len(owners) >= 2  # 8 keys spread over the three owners (all on one: p = 3 * (1/3)^8)
+
+
+async def test_a_malformed_claim_is_refused_and_the_owner_goes_on(tmp_path: Path) -> None:
+    async with (
+        router(tmp_path, "a", registry="127.0.0.1:5001") as a,
+        router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0], registry="127.0.0.1:5002") as b,
+    ):
+        await until(lambda: a.index.address(b.name) is not None and b.index.address(a.name) is not None)
+        for junk in (b"\x00\x00\x00\x05hello", b'\x00\x00\x00\x0f{"type":"xyz"} ', b"\xff\xff\xff\xff"):
+            stream = await b.host.new_stream(a.peer_id, [CLAIM])
+            await stream.write(junk)
+            with trio.fail_after(10):
+                with contextlib.suppress(Exception):  # the owner resets the stream
+                    assert await stream.read(1024) == b""
+            await stream.reset()
+        key = next(f"sha256:{i:064x}" for i in range(100) if owner(f"sha256:{i:064x}", [a.name, b.name]) == a.name)
+        order = await b.order_claim(key, 5.0)
+        assert order is not None and order.position == 0
+        assert await a.order_claim(key, 5.0) == ClaimOrder(1, (Holder("127.0.0.1:5002", KeyState.IN_PROGRESS),))

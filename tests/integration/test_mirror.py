@@ -48,6 +48,9 @@ class StaticRouter:
         self.lookups.append(key)
         return self.table.get(key, [])[:count]
 
+    async def order_claim(self, key: str, timeout: float) -> None:
+        return None  # no owner to ask: claims are ordered as announced
+
     def ready(self) -> bool:
         return True
 
@@ -466,11 +469,19 @@ class Download:
             return None
 
 
-async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(tmp_path: Path, image) -> None:
-    """Two nodes ask for a blob nobody holds within the announcement latency: both claim it; after the settle
-    each sees the other's claim, and only the earlier claimant answers 404 (its containerd goes upstream);
-    the other follows its download. A third node asking later finds both claims, claims too, and follows
-    the claimant just before it, not the first: a chain."""
+async def no_owner(key: str, timeout: float) -> None:
+    return None
+
+
+@pytest.mark.parametrize("ordered_by", ["owner", "announcements"])
+async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(
+    tmp_path: Path, image, ordered_by: str
+) -> None:
+    """Two nodes ask for a blob nobody holds within the announcement latency: both claim it, and only the
+    earlier claimant answers 404 (its containerd goes upstream); the other follows its download. A third node
+    asking later claims too, and follows the claimant just before it, not the first: a chain. The claim order
+    comes from the key's owner; when the owner cannot be asked, from the claims each node sees after the
+    settle."""
     layer = layer_of(image)
     data = image.read_blob(layer)
     network = MemoryNetwork()
@@ -479,6 +490,8 @@ async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(t
         mirrors = {}
         for name in ("a", "b", "c"):  # router names; their addresses are known once bound
             router = network.join(name)
+            if ordered_by == "announcements":
+                router.order_claim = no_owner  # type: ignore[method-assign]
             claims, download = DelayedClaims(router, nursery, latency=0.1), Download(layer, data)
             address, metrics = await start_mirror(
                 nursery, empty_layout(tmp_path / name), router, options, download, claims
@@ -494,7 +507,10 @@ async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(t
         async with trio.open_nursery() as both:  # within the 100 ms latency of each other
             both.start_soon(get, "b")
             both.start_soon(get, "a")
-        first, second = sorted("ab", key=lambda n: mirrors[n][1].claims[0])
+        if ordered_by == "owner":  # the owner's order: a claim again keeps its place and is told who is ahead
+            first, second = ("b", "a") if network.claims.claim(str(layer), "a", trio.current_time()) else ("a", "b")
+        else:
+            first, second = sorted("ab", key=lambda n: mirrors[n][1].claims[0])
         assert len(mirrors["a"][1].claims) == len(mirrors["b"][1].claims) == 1
         assert answers[first].status_code == 404 and answers[first].json()["errors"][0]["code"] == "BLOB_UNKNOWN"
         assert answers[second].status_code == 200 and answers[second].content == data
@@ -525,8 +541,9 @@ async def test_a_follower_falls_back_to_an_earlier_claimant_when_the_nearest_has
             )
             network.index.set_address(name, address)
             mirrors[name] = (address, claims, download)
-        await routers["a"].advertise([str(layer)], KeyState.IN_PROGRESS, since=time.time() - 2)
-        await routers["b"].advertise([str(layer)], KeyState.IN_PROGRESS, since=time.time() - 1)
+        for name, age in (("a", 2), ("b", 1)):  # claimed with the owner, and announced
+            await routers[name].order_claim(str(layer), 1.0)
+            await routers[name].advertise([str(layer)], KeyState.IN_PROGRESS, since=time.time() - age)
         async with httpx.AsyncClient(base_url=f"http://{mirrors['c'][0]}") as client:
             answer = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
         assert answer.status_code == 200 and answer.content == data

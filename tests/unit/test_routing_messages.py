@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from spegel.routing.base import KeyState
 from spegel.routing.index import Announcement
+from spegel.routing.libp2p import messages
 from spegel.routing.libp2p.messages import (
     Delta,
     FrameDecoder,
@@ -151,3 +152,23 @@ def test_split_keeps_the_meaning_within_the_entry_limit(added: list, withdrawn: 
     assert [a for m in parts for a in m.added] == added
     assert [k for m in parts for k in m.withdrawn] == withdrawn
     assert [p for m in parts for p in m.peers] == list(peers)
+
+
+def test_claim_frames_round_trip_and_refuse_the_wrong_kind() -> None:
+    key = "sha256:" + "ab" * 32
+    (body,) = list(_frames(messages.encode_claim(key)))
+    assert messages.decode_claim(body) == key
+    (body,) = list(_frames(messages.encode_ahead(["peer-a", "peer-b"])))
+    assert messages.decode_ahead(body) == ("peer-a", "peer-b")
+    for bad in (b"[]", b'{"type":"ahead","peers":[]}', b'{"type":"claim","key":""}', b'{"type":"claim"}', b"\xff"):
+        with pytest.raises(ProtocolError):
+            messages.decode_claim(bad)
+    for bad in (b'{"type":"claim","key":"k"}', b'{"type":"ahead","peers":"x"}', b'{"type":"ahead","peers":[1]}'):
+        with pytest.raises(ProtocolError):
+            messages.decode_ahead(bad)
+
+
+def _frames(data: bytes) -> list[bytes]:
+    decoder = FrameDecoder()
+    decoder.feed(data)
+    return list(decoder.frames())

@@ -13,6 +13,10 @@ the digest of its manifest appended (`registry/repository:tag@sha256:...`). Fram
 `MAX_FRAME` bytes and `MAX_ENTRIES` keys (added or withdrawn), peers and addresses each; `split` cuts a larger
 message into a sequence that means the same (a `State`'s remaining keys follow in `Delta`s).
 Any malformed or oversized frame raises `ProtocolError`; the reader then drops the stream, never the process.
+
+The claim protocol (`CLAIM_PROTOCOL`, `spegel.routing.claims`) uses the same frames on a short stream: the
+claimant sends `{"type": "claim", "key": KEY}`, the key's owner answers `{"type": "ahead", "peers": [...]}`, the
+peer ids of the claimants before it, first first.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from spegel.routing.index import Announcement
 from spegel.routing.keys import MAX_KEY_LENGTH, InvalidKey, split_tag_digest, with_digest
 
 ANNOUNCE_PROTOCOL = "/spegel/announce/1.0.0"
+CLAIM_PROTOCOL = "/spegel/claim/1.0.0"
 MAX_FRAME = 4 * 1024 * 1024
 MAX_ENTRIES = 10_000  # keys added, keys withdrawn, peers: each at most this many per frame
 MAX_ADDRS = 16  # listen addresses of one peer
@@ -84,10 +89,47 @@ def encode(message: Message) -> bytes:
             "del": list(message.withdrawn),
             "peers": [[p.peer_id, list(p.addrs)] for p in message.peers],
         }
+    return _frame(body)
+
+
+def encode_claim(key: str) -> bytes:
+    """The frame of a claim of `key`."""
+    return _frame({"type": "claim", "key": key})
+
+
+def decode_claim(data: bytes) -> str:
+    """The key a claim frame body names."""
+    return _key(_body(data, "claim").get("key"))
+
+
+def encode_ahead(peers: Iterable[str]) -> bytes:
+    """The frame of an owner's answer: the peer ids of the claimants ahead, first first."""
+    return _frame({"type": "ahead", "peers": list(peers)})
+
+
+def decode_ahead(data: bytes) -> tuple[str, ...]:
+    """The peer ids an owner's answer names (at most `MAX_ENTRIES`)."""
+    return tuple(_text(peer) for peer in _list(_body(data, "ahead").get("peers")))
+
+
+def _frame(body: dict[str, object]) -> bytes:
     data = json.dumps(body, separators=(",", ":")).encode()
     if len(data) > MAX_FRAME:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return _LENGTH.pack(len(data)) + data
+
+
+def _body(data: bytes, kind: str | None = None) -> dict[str, object]:
+    """The JSON object in a frame body, of type `kind` when given."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"frame is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("message is not an object")
+    if kind is not None and body.get("type") != kind:
+        raise ProtocolError(f"expected a {kind} message, got {_short(body.get('type'))}")
+    return body
 
 
 def split(message: Message, entries: int = MAX_ENTRIES) -> list[Message]:
@@ -110,12 +152,7 @@ def split(message: Message, entries: int = MAX_ENTRIES) -> list[Message]:
 
 def decode(data: bytes) -> Message:
     """The message in one frame body (without the length prefix)."""
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"frame is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ProtocolError("message is not an object")
+    body = _body(data)
     kind = body.get("type")
     try:
         if kind == "state":

@@ -14,7 +14,8 @@ is made to them, and the host refuses every other dial; a peer holds at most `ma
 a peer that disconnects and does not come back within `peer_grace` seconds is forgotten, keys and address.
 
 The DHT: complete keys are provided (one key at a time, in the background, at most `provide_rate` a second, each
-no sooner than `provide_delay` after it was advertised) and republished every `ttl / 2`; records expire `ttl` after their last republish, so a vanished node ages out of both.
+no sooner than `provide_delay` after it was advertised) and republished every `ttl / 2`; records expire `ttl`
+after their last republish, so a vanished node ages out of both.
 A node holding more than `provide_rate * ttl / 2` keys cannot keep all of them in the DHT: the announcement index
 carries everything, the DHT is the backup for connected peers the index has not heard from.
 
@@ -41,7 +42,8 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
-from spegel.routing.base import Holder, KeyState
+from spegel.routing import claims
+from spegel.routing.base import ClaimOrder, Holder, KeyState
 from spegel.routing.index import Announcement, HolderIndex, announcements, withdrawals
 from spegel.routing.keys import key_multihash
 from spegel.routing.libp2p import messages
@@ -58,6 +60,9 @@ from spegel.routing.libp2p.workarounds import (
 log = logging.getLogger("spegel.routing")
 
 ANNOUNCE = TProtocol(messages.ANNOUNCE_PROTOCOL)
+CLAIM = TProtocol(messages.CLAIM_PROTOCOL)
+CLAIM_REQUEST_LIMIT = 4096  # bytes of a claim frame: one key
+CLAIM_READ_TIMEOUT = 5.0
 DIAL_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
@@ -175,6 +180,7 @@ class Libp2pRouter:
         self._to_provide: dict[str, float] = {}  # key -> when it may be provided (trio clock)
         self._provide_wake = trio.Event()
         self._searches = DetachedCalls[list[PeerInfo]](nursery, MAX_DHT_SEARCHES, DHT_SEARCH_BOUND, [])
+        self.claim_book = claims.ClaimBook()  # the claims of the keys this node owns
 
     # The Router contract.
 
@@ -228,6 +234,51 @@ class Libp2pRouter:
                 holders.append(Holder(address, peer=str(info.peer_id)))
         return holders[:count]
 
+    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
+        """See `Router.order_claim`. The owner is chosen among this node and the connected peers whose registry
+        address is known (`claims.owner`); when it is this node, the claim is recorded here without I/O."""
+        members = {str(peer): peer for peer in self._links if self.index.address(str(peer)) is not None}
+        owner = claims.owner(key, [self.name, *members])
+        if owner == self.name:
+            ahead: tuple[str, ...] | list[str] | None = self.claim_book.claim(key, self.name, trio.current_time())
+        else:
+            ahead = None
+            with trio.move_on_after(timeout):
+                try:
+                    ahead = await self._ask_owner(members[str(owner)], key)
+                except Exception as exc:  # the owner broke off, or answered nonsense
+                    log.debug("claim of %s with %s failed: %s", key, owner, exc)
+        if ahead is None:
+            return None
+        return claims.placed(ahead, self.index.address)
+
+    async def _ask_owner(self, owner: ID, key: str) -> tuple[str, ...]:
+        stream = await self.host.new_stream(owner, [CLAIM])
+        try:
+            await stream.write(messages.encode_claim(key))
+            return messages.decode_ahead(await _read_frame(stream, messages.MAX_FRAME))
+        finally:
+            await _reset(stream)
+
+    async def _answer_claim(self, stream: INetStream) -> None:
+        """Record the claim `stream`'s peer makes (for itself only: the peer is who the connection proves it is)
+        and answer with the claimants ahead of it."""
+        claimant = str(stream.muxed_conn.peer_id)
+        try:
+            with trio.fail_after(CLAIM_READ_TIMEOUT):
+                key = messages.decode_claim(await _read_frame(stream, CLAIM_REQUEST_LIMIT))
+            key_multihash(key)  # refuse keys that are not Spegel's
+            ahead = self.claim_book.claim(key, claimant, trio.current_time())
+            with trio.fail_after(WRITE_TIMEOUT):
+                await stream.write(messages.encode_ahead(ahead))
+            await stream.close()
+        except (messages.ProtocolError, ValueError) as exc:
+            log.warning("refusing a claim from %s: %s", claimant, exc)
+            await _reset(stream)
+        except Exception as exc:
+            log.debug("claim stream from %s ended: %s", claimant, exc)
+            await _reset(stream)
+
     def ready(self) -> bool:
         if self._alone:
             return True
@@ -251,6 +302,7 @@ class Libp2pRouter:
     def start(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
         restrict_dials(self.host, self._may_dial)
         self.host.set_stream_handler(ANNOUNCE, self._receive)
+        self.host.set_stream_handler(CLAIM, self._answer_claim)
         self._nursery.start_soon(self._follow_connections, events)
         self._nursery.start_soon(self._bootstrap)
         self._nursery.start_soon(self._expire)
@@ -322,8 +374,7 @@ class Libp2pRouter:
                 with trio.fail_after(WRITE_TIMEOUT):
                     await stream.write(frame)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.reset()
+            await _reset(stream)
 
     def _encode_delta(self, delta: messages.Delta) -> bytes:
         """The frame of `delta`; the same changes usually go to every peer, so the last one is kept."""
@@ -361,8 +412,7 @@ class Libp2pRouter:
         except Exception as exc:
             log.debug("announce stream from %s ended: %s", peer, exc)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.reset()
+            await _reset(stream)
 
     def _apply(self, peer: ID, name: str, remote_ip: str | None, message: messages.Message) -> int:
         """Apply one message of `peer`'s; returns how many keys were refused (the peer's limit). Raises
@@ -486,12 +536,13 @@ class Libp2pRouter:
             now = trio.current_time()
             if now >= next_republish:
                 next_republish = now + self._settings.republish_interval
-                for key, item in self._held.items():
+                for held, item in self._held.items():
                     if item.state is KeyState.COMPLETE:
-                        self._to_provide[key] = min(self._to_provide.get(key, now), now)
-            key = min(self._to_provide, key=self._to_provide.__getitem__, default=None)
-            if key is None or self._to_provide[key] > now:
+                        self._to_provide[held] = min(self._to_provide.get(held, now), now)
+            first = min(self._to_provide, key=self._to_provide.__getitem__, default=None)
+            if first is None or self._to_provide[first] > now:
                 continue
+            key = first
             del self._to_provide[key]
             multihash = key_multihash(key)
             pace = now + 1 / self._settings.provide_rate
@@ -564,6 +615,21 @@ async def _run_service(service: KadDHT, *, task_status: trio.TaskStatus[None] = 
     async with background_trio_service(service):
         task_status.started()
         await trio.sleep_forever()
+
+
+async def _read_frame(stream: INetStream, limit: int) -> bytes:
+    """The body of the first frame `stream` sends (at most `limit` bytes); ProtocolError when it ends first."""
+    decoder = messages.FrameDecoder(limit)
+    while data := await stream.read(READ_CHUNK):
+        decoder.feed(data)
+        for frame in decoder.frames():
+            return frame
+    raise messages.ProtocolError("the stream ended before a whole frame")
+
+
+async def _reset(stream: INetStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1):
+        await stream.reset()
 
 
 def _without_peer_id(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:

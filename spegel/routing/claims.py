@@ -1,0 +1,93 @@
+"""Download claims put in one order by one owner per key (pure: no I/O, no clock).
+
+When no peer holds a blob complete, every node that wants it claims it; the first claimant downloads it upstream
+and every later one follows a claimant ahead of it (`spegel.mirror.decide.after_claim`). Announced to every peer,
+a claim becomes visible to all of them only after 0.2-1.1 s in a pull storm on a busy machine
+(reports/scale/README.md), longer than any settle a miss can afford, so nodes missed each other's claims and several
+went upstream at once. Here the order is decided in one place: the key's owner, the member with the highest
+rendezvous score for the key (`owner`; every member whose membership view agrees picks the same one), records
+claimants in the order their claims reach it (`ClaimBook`) and answers each one, at once and for good, with the
+claimants ahead of it. One request to one node replaces waiting for N - 1 announcements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from spegel.routing.base import ClaimOrder, Holder, KeyState
+
+
+def rendezvous_score(key: str, member: str) -> bytes:
+    """`member`'s score for `key` (highest random weight hashing): uniform, and independent of the other members."""
+    return hashlib.sha256(f"{key}\0{member}".encode()).digest()
+
+
+def owner(key: str, members: Iterable[str]) -> str | None:
+    """The member that orders the claims of `key`: the highest `rendezvous_score`; None when there are no members.
+    Adding or removing a member moves only the keys that member owns (1/N of them)."""
+    return max(members, key=lambda member: rendezvous_score(key, member), default=None)
+
+
+def placed(ahead: Sequence[str], address: Callable[[str], str | None]) -> ClaimOrder:
+    """The `ClaimOrder` of a claim with the claimants `ahead` (first first), each a holder at its registry
+    `address` (claimants without a known address are left out; the others keep their place)."""
+    holders = []
+    for place, name in enumerate(ahead):
+        registry = address(name)
+        if registry is not None:
+            holders.append(Holder(registry, KeyState.IN_PROGRESS, since=float(place), peer=name))
+    return ClaimOrder(len(ahead), tuple(holders))
+
+
+@dataclass
+class _Claims:
+    order: list[str] = field(default_factory=list)  # claimants, first first
+    position: dict[str, int] = field(default_factory=dict)
+    last: float = 0.0  # when the latest claim arrived
+
+
+class ClaimBook:
+    """The claim order of the keys this node owns.
+
+    `claim(key, claimant, now)` records `claimant` after those before it and returns them, first first; a
+    claimant that claims again keeps its place. A key's record is dropped `hold` seconds after its latest claim
+    (by then its first claimants are done or failed: later nodes find complete holders and do not claim). At most
+    `max_keys` keys are kept (the least recently claimed are dropped first) and `max_claimants` per key (a claimant
+    beyond them is told all of them and not recorded: it follows, and no one follows it)."""
+
+    def __init__(self, hold: float = 120.0, max_keys: int = 4096, max_claimants: int = 4096) -> None:
+        if hold <= 0 or max_keys < 1 or max_claimants < 1:
+            raise ValueError("hold, max_keys and max_claimants must be positive")
+        self.hold, self.max_keys, self.max_claimants = hold, max_keys, max_claimants
+        self._keys: OrderedDict[str, _Claims] = OrderedDict()  # least recently claimed first
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def claim(self, key: str, claimant: str, now: float) -> list[str]:
+        self._expire(now)
+        claims = self._keys.get(key)
+        if claims is None:
+            claims = self._keys[key] = _Claims()
+            while len(self._keys) > self.max_keys:
+                self._keys.popitem(last=False)
+        self._keys.move_to_end(key)
+        claims.last = now
+        place = claims.position.get(claimant)
+        if place is None:
+            place = len(claims.order)
+            if place >= self.max_claimants:
+                return list(claims.order)
+            claims.order.append(claimant)
+            claims.position[claimant] = place
+        return claims.order[:place]
+
+    def _expire(self, now: float) -> None:
+        while self._keys:
+            key, claims = next(iter(self._keys.items()))
+            if now - claims.last < self.hold:
+                return
+            del self._keys[key]
