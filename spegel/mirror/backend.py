@@ -212,11 +212,10 @@ class MirrorBackend:
             await trio.sleep(self.options.miss_settle)
             found = await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN)
             mine = (since, self.router.name)
-        else:  # complete holders as the index knows them, then the claimants ahead in the owner's order
-            complete = [
-                h for h in await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN) if h.state is KeyState.COMPLETE
-            ]
-            found = complete + [h for h in order.ahead if self.peers.usable(h)]
+        else:  # holders that need no order (complete, or downloading without a claim), then the owner's order
+            listed = await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN)
+            unordered = [h for h in listed if h.state is KeyState.COMPLETE or h.since is None]
+            found = unordered + [h for h in order.ahead if self.peers.usable(h)]
             mine = (float(order.position), self.router.name)
         seen = [(h.address, h.since, h.state.value) for h in found]
         ordered_by = "announcements" if order is None else "owner"
