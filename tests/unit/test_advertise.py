@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from spegel.advertise import Action, Advertise, Advertisements, Withdraw
@@ -149,6 +149,7 @@ CLAIM_OPERATIONS = st.lists(
 
 
 @given(CLAIM_OPERATIONS)
+@example([("claim", "a", 5), ("expire_claims", 5, ["a"]), ("relist", [], [], 10, [])])  # download seen, then gone
 def test_claims_end_with_their_key_and_a_relist_withdraws_only_lapsed_claims(operations: list[tuple]) -> None:
     ads = Advertisements()
     router: dict[str, KeyState] = {}
@@ -169,7 +170,9 @@ def test_claims_end_with_their_key_and_a_relist_withdraws_only_lapsed_claims(ope
         elif name == "relist":
             complete, in_progress, now, downloading = args
             claimed = {
-                k for k, d in deadlines.items() if ads.claim_since(k) is not None and (d > now or k in downloading)
+                k
+                for k, d in deadlines.items()
+                if ads.claim_since(k) is not None and ((d is not None and d > now) or k in downloading)
             }
             _apply(router, ads.relist(complete, in_progress, now, downloading))
             assert set(router) == set(complete) | set(in_progress) | claimed
