@@ -123,6 +123,20 @@ def _phases(frame: pd.DataFrame) -> list[str]:
     return [p for p in ("create", "update") if p in present]
 
 
+def _panels(frame: pd.DataFrame, phases: list[str]) -> tuple[Any, list[tuple[Any, str, str, pd.DataFrame]]]:
+    """A figure of panels, a row per image of `frame` and a column per phase in `phases`, each titled
+    `image: phase`; with each panel's axes, image, phase and the rows of `frame` it shows."""
+    images = list(dict.fromkeys(frame["image"]))
+    fig, axes = plt.subplots(len(images), len(phases), figsize=(7 * len(phases), 3.4 * len(images)), squeeze=False)
+    panels = []
+    for row, image in enumerate(images):
+        for col, phase in enumerate(phases):
+            axes[row][col].set_title(f"{image}: {phase}")
+            rows = frame[(frame["image"] == image) & (frame["phase"] == phase)]
+            panels.append((axes[row][col], image, phase, rows))
+    return fig, panels
+
+
 def _save(fig: Any, directory: Path, name: str, caption: str) -> tuple[str, str]:
     fig.tight_layout()
     fig.savefig(directory / name, dpi=DPI, bbox_inches="tight")
@@ -149,54 +163,45 @@ def bound_lines(meta: dict[str, Any], image: str, phase: str) -> list[tuple[floa
 
 
 def _pull_times(directory: Path, pulls: pd.DataFrame, meta: dict[str, Any]) -> tuple[str, str]:
-    images, phases = list(dict.fromkeys(pulls["image"])), _phases(pulls)
-    fig, axes = plt.subplots(len(images), len(phases), figsize=(7 * len(phases), 3.4 * len(images)), squeeze=False)
-    for row, image in enumerate(images):
-        for col, phase in enumerate(phases):
-            ax = axes[row][col]
-            data = pulls[(pulls["image"] == image) & (pulls["phase"] == phase)]
-            modes = _modes(data)
-            for x, mode in enumerate(modes):
-                values = data[data["mode"] == mode]
-                jitter = [(hash((x, i)) % 100 - 50) / 250 for i in range(len(values))]
-                ok = values["ok"].astype(bool).to_numpy()
-                ax.scatter(
-                    [x + j for j in jitter],
-                    values["duration"],
-                    s=14,
-                    alpha=0.75,
-                    color=COLORS.get(mode, "C0"),
-                    marker="o",
-                    edgecolors=["none" if good else "k" for good in ok],
-                )
-                if len(values):
-                    ax.hlines(values["duration"].median(), x - 0.3, x + 0.3, color="k", linewidth=1.5)
-            _bound_lines(ax, meta, image, phase)
-            ax.set_xticks(range(len(modes)), modes)
-            ax.set_ylabel("pull time per node (s)")
-            ax.set_ylim(bottom=0)
-            ax.set_title(f"{image}: {phase}")
-            ax.legend(**LEGEND)
+    fig, panels = _panels(pulls, _phases(pulls))
+    for ax, image, phase, data in panels:
+        modes = _modes(data)
+        for x, mode in enumerate(modes):
+            values = data[data["mode"] == mode]
+            jitter = [(hash((x, i)) % 100 - 50) / 250 for i in range(len(values))]
+            ok = values["ok"].astype(bool).to_numpy()
+            ax.scatter(
+                [x + j for j in jitter],
+                values["duration"],
+                s=14,
+                alpha=0.75,
+                color=COLORS.get(mode, "C0"),
+                marker="o",
+                edgecolors=["none" if good else "k" for good in ok],
+            )
+            if len(values):
+                ax.hlines(values["duration"].median(), x - 0.3, x + 0.3, color="k", linewidth=1.5)
+        _bound_lines(ax, meta, image, phase)
+        ax.set_xticks(range(len(modes)), modes)
+        ax.set_ylabel("pull time per node (s)")
+        ax.set_ylim(bottom=0)
+        ax.legend(**LEGEND)
     return _save(fig, directory, "pull_times.png", "Pull time of every node (dots; bar = median) beside the bounds")
 
 
 def _cdf(directory: Path, pulls: pd.DataFrame, meta: dict[str, Any]) -> tuple[str, str]:
-    images, phases = list(dict.fromkeys(pulls["image"])), _phases(pulls)
-    fig, axes = plt.subplots(len(images), len(phases), figsize=(7 * len(phases), 3.4 * len(images)), squeeze=False)
-    for row, image in enumerate(images):
-        for col, phase in enumerate(phases):
-            ax = axes[row][col]
-            data = pulls[(pulls["image"] == image) & (pulls["phase"] == phase) & pulls["ok"].astype(bool)]
-            for mode in _modes(data):
-                values = data[data["mode"] == mode]["duration"].sort_values().to_numpy()
-                fraction = [(i + 1) / len(values) for i in range(len(values))]
-                ax.step(values, fraction, where="post", label=mode, color=COLORS.get(mode))
-            _bound_lines(ax, meta, image, phase, vertical=True)
-            ax.set_xlabel("pull time per node (s)")
-            ax.set_ylabel("fraction of pulls")
-            ax.set_xlim(left=0)
-            ax.set_title(f"{image}: {phase}")
-            ax.legend(**LEGEND)
+    fig, panels = _panels(pulls, _phases(pulls))
+    for ax, image, phase, data in panels:
+        data = data[data["ok"].astype(bool)]
+        for mode in _modes(data):
+            values = data[data["mode"] == mode]["duration"].sort_values().to_numpy()
+            fraction = [(i + 1) / len(values) for i in range(len(values))]
+            ax.step(values, fraction, where="post", label=mode, color=COLORS.get(mode))
+        _bound_lines(ax, meta, image, phase, vertical=True)
+        ax.set_xlabel("pull time per node (s)")
+        ax.set_ylabel("fraction of pulls")
+        ax.set_xlim(left=0)
+        ax.legend(**LEGEND)
     return _save(fig, directory, "cdf.png", "Cumulative distribution of per-node pull times")
 
 
@@ -270,28 +275,22 @@ def _advertisement(directory: Path, latency: pd.DataFrame) -> tuple[str, str]:
 
 def _upstream(directory: Path, traffic: pd.DataFrame, meta: dict[str, Any]) -> tuple[str, str]:
     table = tables.traffic_table(traffic, meta)
-    images, phases = list(dict.fromkeys(table["image"])), [p for p in ("create", "update") if p in set(table["phase"])]
-    phases = phases or list(dict.fromkeys(table["phase"]))
-    fig, axes = plt.subplots(len(images), len(phases), figsize=(7 * len(phases), 3.4 * len(images)), squeeze=False)
+    fig, panels = _panels(table, _phases(table) or list(dict.fromkeys(table["phase"])))
     nodes = meta["scenario"]["cluster"]["nodes"]
-    for row, image in enumerate(images):
-        for col, phase in enumerate(phases):
-            ax = axes[row][col]
-            data = table[(table["image"] == image) & (table["phase"] == phase)]
-            modes = list(data["mode"])
-            ax.bar(
-                range(len(modes)),
-                data["median"],
-                color=[COLORS.get(m, "C0") for m in modes],
-                yerr=[data["median"] - data["min"], data["max"] - data["median"]],
-                capsize=3,
-            )
-            ax.axhline(1, color="k", linestyle="--", linewidth=1, label="1 x S (ideal)")
-            ax.axhline(nodes, color="k", linestyle=":", linewidth=1, label=f"{nodes} x S (no sharing)")
-            ax.set_xticks(range(len(modes)), modes)
-            ax.set_ylabel("upstream bytes / image size")
-            ax.set_title(f"{image}: {phase}")
-            ax.legend(**LEGEND)
+    for ax, _, _, data in panels:
+        modes = list(data["mode"])
+        ax.bar(
+            range(len(modes)),
+            data["median"],
+            color=[COLORS.get(m, "C0") for m in modes],
+            yerr=[data["median"] - data["min"], data["max"] - data["median"]],
+            capsize=3,
+        )
+        ax.axhline(1, color="k", linestyle="--", linewidth=1, label="1 x S (ideal)")
+        ax.axhline(nodes, color="k", linestyle=":", linewidth=1, label=f"{nodes} x S (no sharing)")
+        ax.set_xticks(range(len(modes)), modes)
+        ax.set_ylabel("upstream bytes / image size")
+        ax.legend(**LEGEND)
     return _save(fig, directory, "upstream_bytes.png", "Bytes sent by the upstream (median, min-max), in image sizes")
 
 

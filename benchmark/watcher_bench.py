@@ -58,30 +58,13 @@ LAYERS = 8
 WATCHERS = ["image", "layer", "inflight", "poll-50ms", "poll-200ms"]
 
 
-@dataclass(frozen=True)
-class Call:
-    """One router call: wall-clock time (time.time()), `advertise` or `withdraw`, keys, state, claim time."""
+class EchoRouter:
+    """A `Router` that prints each call as a JSON line on stdout (`at` wall-clock time, `kind` advertise or
+    withdraw, `keys`, `state`: what the driver reads) and keeps the key states advertised (`state`)."""
 
-    at: float
-    kind: str
-    keys: tuple[str, ...]
-    state: KeyState | None
-    since: float | None = None
-
-
-class RecordingRouter:
-    """A `Router` that records every call with its wall-clock time and keeps the resulting key states.
-
-    `wait_for(predicate)` waits (bounded by the caller's cancel scope) until the state satisfies `predicate`.
-    `echo` also prints each call as a JSON line on stdout (the benchmark's watcher process does).
-    """
-
-    def __init__(self, echo: bool = False) -> None:
-        self.name = "recording"
-        self.calls: list[Call] = []
+    def __init__(self) -> None:
+        self.name = "echo"
         self.state: dict[str, KeyState] = {}
-        self.echo = echo
-        self._changed = trio.Event()
 
     async def advertise(
         self,
@@ -90,13 +73,15 @@ class RecordingRouter:
         available: int | None = None,
         since: float | None = None,
     ) -> None:
-        self._record(Call(time.time(), "advertise", tuple(keys), state, since))
-        self.state.update(dict.fromkeys(self.calls[-1].keys, state))
+        keys = tuple(keys)
+        self.state.update(dict.fromkeys(keys, state))
+        self._echo("advertise", keys, state.value)
 
     async def withdraw(self, keys: Iterable[str]) -> None:
-        self._record(Call(time.time(), "withdraw", tuple(keys), None))
-        for key in self.calls[-1].keys:
+        keys = tuple(keys)
+        for key in keys:
             self.state.pop(key, None)
+        self._echo("withdraw", keys, None)
 
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         return []
@@ -104,24 +89,8 @@ class RecordingRouter:
     def ready(self) -> bool:
         return True
 
-    def _record(self, call: Call) -> None:
-        self.calls.append(call)
-        if self.echo:
-            state = call.state.value if call.state else None
-            print(json.dumps({"at": call.at, "kind": call.kind, "keys": call.keys, "state": state}), flush=True)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, predicate) -> None:
-        while not predicate(self.state):
-            await self._changed.wait()
-
-    def first(self, kind: str, key: str, state: KeyState | None = None) -> Call | None:
-        """The first call of `kind` that names `key` (with `state`, when given)."""
-        for call in self.calls:
-            if call.kind == kind and key in call.keys and (state is None or call.state is state):
-                return call
-        return None
+    def _echo(self, kind: str, keys: tuple[str, ...], state: str | None) -> None:
+        print(json.dumps({"at": time.time(), "kind": kind, "keys": keys, "state": state}), flush=True)
 
 
 # --- the watcher process ---
@@ -129,7 +98,7 @@ class RecordingRouter:
 
 async def watch(kind: str, socket: str, content_root: str) -> None:
     """Run one watcher until killed, printing `ready` once it is, then its router calls as JSON lines."""
-    router = RecordingRouter(echo=True)
+    router = EchoRouter()
     store = ContainerdStore(ContainerdClient(socket), content_root)
     if kind.startswith("poll-"):
         interval = float(kind.removeprefix("poll-").removesuffix("ms")) / 1000
@@ -141,7 +110,7 @@ async def watch(kind: str, socket: str, content_root: str) -> None:
             print("ready", flush=True)
 
 
-async def poll_statuses(client: ContainerdClient, router: RecordingRouter, interval: float) -> None:
+async def poll_statuses(client: ContainerdClient, router: EchoRouter, interval: float) -> None:
     """The alternative to inotify: list the namespace's ingests every `interval` s, report new ones."""
     while True:
         for status in await client.list_statuses():

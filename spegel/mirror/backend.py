@@ -27,7 +27,7 @@ from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
 from spegel.registry.backend import BlobRequest, ManifestContent, ManifestRequest, read_manifest
 from spegel.routing.base import Holder, KeyState, Router
-from spegel.store.base import BlobReader, ContentStore, NotFound
+from spegel.store.base import BlobReader, ContentStore, NotFound, closing
 from spegel.store.files import FileRegions
 
 log = logging.getLogger("spegel.mirror")
@@ -272,10 +272,11 @@ class _Counted:
     async def _count(self, pieces: AsyncIterator[P]) -> AsyncIterator[P]:
         transfer = self._activity.start(self._digest, self._source, self._holder)
         try:
-            async for piece in pieces:
-                self._bytes.inc(len(piece))
-                self._activity.sent(transfer, len(piece))
-                yield piece
+            async with closing(pieces):
+                async for piece in pieces:
+                    self._bytes.inc(len(piece))
+                    self._activity.sent(transfer, len(piece))
+                    yield piece
         finally:
             self._activity.end(transfer)
 

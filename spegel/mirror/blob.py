@@ -16,6 +16,7 @@ from spegel.mirror.decide import resume_candidates
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse
 from spegel.oci.digest import Digest
 from spegel.routing.base import Holder
+from spegel.store.base import closing
 
 log = logging.getLogger("spegel.mirror")
 
@@ -101,12 +102,13 @@ class PeerBlob:
                 if current is None or current.closed or not current.start <= offset or current.end < end:
                     current = await self._reopen(offset, end, failed)
                 try:
-                    async for piece in _body_from(current, offset):
-                        piece = piece[: end - offset + 1]
-                        offset += len(piece)
-                        yield piece, current.holder.address
-                        if offset > end:
-                            break
+                    async with closing(_body_from(current, offset)) as body:
+                        async for piece in body:
+                            piece = piece[: end - offset + 1]
+                            offset += len(piece)
+                            yield piece, current.holder.address
+                            if offset > end:
+                                break
                     if offset <= end:
                         raise PeerError(f"{current.holder.address}: body ended at {offset}")
                 except (PeerError, httpx.HTTPError) as exc:
@@ -160,12 +162,13 @@ class PeerBlob:
 async def _body_from(response: PeerResponse, offset: int) -> AsyncIterator[bytes]:
     """The response body from `offset` on, skipping what lies before it."""
     position = response.start
-    async for piece in response.pieces():
-        if position + len(piece) <= offset:
+    async with closing(response.pieces()) as pieces:
+        async for piece in pieces:
+            if position + len(piece) <= offset:
+                position += len(piece)
+                continue
+            if position < offset:
+                piece = piece[offset - position :]
+                position = offset
             position += len(piece)
-            continue
-        if position < offset:
-            piece = piece[offset - position :]
-            position = offset
-        position += len(piece)
-        yield piece
+            yield piece

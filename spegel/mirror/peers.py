@@ -25,6 +25,7 @@ from spegel.oci.manifest import detect_media_type
 from spegel.oci.reference import Reference
 from spegel.registry.backend import MAX_MANIFEST_SIZE, MIRRORED_HEADER, ManifestContent
 from spegel.routing.base import Holder, KeyState
+from spegel.store.base import closing
 
 DISCARD_TIMEOUT = 5.0  # longest a cancelled `first_success` spends closing what its attempts opened
 T = TypeVar("T")
@@ -58,14 +59,19 @@ class PeerResponse:
     async def pieces(self) -> AsyncIterator[bytes]:
         """The body as it arrives. Not re-chunked: httpx's chunker drops what it holds when the transfer breaks,
         and a resume must start at the byte after the last one received."""
-        async for piece in self.response.aiter_raw():
-            yield piece
+        async with closing(self.response.aiter_raw()) as raw:
+            async for piece in raw:
+                yield piece
 
     async def aclose(self) -> None:
+        """Close the response (its connection goes back to the pool, or is dropped when the body was not read to
+        its end). Shielded from the caller's cancellation, bounded by `DISCARD_TIMEOUT`: a cancelled transfer still
+        closes its response."""
         if not self.closed:
             self.closed = True
             self._on_close()
-            await self.response.aclose()
+            with trio.move_on_after(DISCARD_TIMEOUT, shield=True):
+                await self.response.aclose()
 
 
 class PeerClient:
@@ -151,10 +157,11 @@ class PeerClient:
             if response.status_code != 200:
                 raise PeerError(f"{holder.address}: manifest answered {response.status_code}")
             data = bytearray()
-            async for piece in response.aiter_raw():
-                data += piece
-                if len(data) > MAX_MANIFEST_SIZE:
-                    raise PeerError(f"{holder.address}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
+            async with closing(response.aiter_raw()) as raw:
+                async for piece in raw:
+                    data += piece
+                    if len(data) > MAX_MANIFEST_SIZE:
+                        raise PeerError(f"{holder.address}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
         except httpx.HTTPError as exc:
             raise PeerError(f"{holder.address}: {type(exc).__name__}: {exc}") from None
         finally:

@@ -31,7 +31,7 @@ from spegel.oci.reference import InvalidReference, Reference, validate_registry
 from spegel.registry.backend import MIRRORED_HEADER, Backend, BlobRequest, ManifestRequest
 from spegel.registry.http11 import ZERO_COPY
 from spegel.registry.routes import BaseRoute, BlobRoute, ManifestRoute, RouteError, parse_route
-from spegel.store.base import BlobReader, NotFound
+from spegel.store.base import BlobReader, NotFound, closing
 from spegel.store.files import FileRegion, FileRegions
 
 log = logging.getLogger("spegel.registry")
@@ -219,14 +219,12 @@ async def _stream(
     error after the headers went out can only cut the body short (the client sees a truncated transfer and
     resumes with a Range request): the server drops the connection and logs it in one line."""
     try:
-        async for piece in pieces:
-            yield piece
+        async with closing(pieces):
+            async for piece in pieces:
+                yield piece
     except (NotFound, OSError) as exc:
         raise BodyCutShort(f"{route.digest}: {exc}") from None
     finally:
-        close_pieces = getattr(pieces, "aclose", None)  # stop the piece generator now, not when it is collected
-        if close_pieces is not None:
-            await close_pieces()
         if blob in open_blobs:  # else the connection's clean-up closed it already
             open_blobs.remove(blob)
             await blob.aclose()

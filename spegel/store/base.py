@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from spegel.oci.digest import Digest
 from spegel.oci.manifest import Descriptor
 from spegel.oci.reference import Reference
+
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -49,6 +52,19 @@ class BlobReader(Protocol):
     def chunks(self, start: int, end: int) -> AsyncIterator[bytes]: ...
 
     async def aclose(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def closing(pieces: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """`pieces` (a `BlobReader.chunks` or `regions` iterator), closed on leaving the block however it is left
+    (exhausted, broken off, an error, cancelled) when it is an async generator: its `finally` runs then, not
+    when the garbage collector finds it unexhausted (trio warns of each such generator). Like
+    `contextlib.aclosing`, for iterators that may not be generators."""
+    try:
+        yield pieces
+    finally:
+        if isinstance(pieces, AsyncGenerator):
+            await pieces.aclose()
 
 
 class ContentStore(Protocol):

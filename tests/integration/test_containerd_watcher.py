@@ -24,7 +24,6 @@ from containerd_harness import held_digests, plain_http_upstream, pushed
 from benchmark.daemons import Containerd, Registry
 from benchmark.images import ImageSpec
 from benchmark.throttle import ThrottledProxy
-from benchmark.watcher_bench import RecordingRouter
 from spegel.oci.digest import Digest
 from spegel.oci.reference import Reference
 from spegel.routing.base import KeyState
@@ -34,6 +33,7 @@ from spegel.store.containerd.proto import content_events_pb2, images_pb2
 from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher
 from spegel.tracker import Tracker
+from tests.support.routers import RecordingRouter
 
 pytestmark = pytest.mark.slow
 

@@ -14,14 +14,7 @@ import pytest
 from benchmark.daemons import Containerd, Daemon, DaemonError, Registry, Spegel, free_port, parse_access_line
 from benchmark.images import ImageSpec, build, push
 from spegel.store.layout import write_layout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+from tests.support.processes import alive
 
 
 def test_free_port_is_bindable() -> None:
@@ -43,7 +36,7 @@ def test_containerd_answers_and_stops(tmp_path: Path) -> None:
         assert any(line.split()[:2] == ["io.containerd.grpc.v1", "cri"] for line in plugins.splitlines())
         assert daemon.content_root == daemon.root / "io.containerd.content.v1.content"
         pid, state = daemon.pid, daemon.state
-    assert not _alive(pid)
+    assert not alive(pid)
     assert not state.exists()
 
 
@@ -54,7 +47,7 @@ def test_registry_answers_and_logs_access(tmp_path: Path) -> None:
         pid = registry.pid
         entries = registry.access_log()
     assert ("/v2/nothing/manifests/here", 404) in [(e.path, e.status) for e in entries]
-    assert not _alive(pid)
+    assert not alive(pid)
 
 
 def test_access_line_parsing() -> None:
@@ -72,7 +65,7 @@ def test_spegel_registry_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert httpx.get(f"{spegel.url}/v2/").status_code == 200
         assert httpx.get(f"http://{spegel.metrics_addr}/metrics").status_code == 200
         pid = spegel.pid
-    assert not _alive(pid)
+    assert not alive(pid)
     assert spegel.process is not None and spegel.process.returncode in (0, -signal.SIGTERM)
 
 
@@ -131,4 +124,4 @@ def test_a_process_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
     finally:
         code = daemon.stop(grace=0.5)
     assert code == -signal.SIGKILL
-    assert not _alive(pid)
+    assert not alive(pid)

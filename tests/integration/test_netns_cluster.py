@@ -19,6 +19,7 @@ from benchmark.cluster.netns import NetnsCluster, check_environment
 from benchmark.images import ImageSpec, build, push
 from benchmark.measure import pull
 from benchmark.scenario import ClusterSpec
+from tests.support.processes import alive
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
@@ -31,14 +32,6 @@ def _namespaces() -> set[str]:
         for line in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.splitlines()
         if line
     }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.slow
@@ -66,7 +59,7 @@ async def test_two_nodes_come_up_pull_and_go_down(tmp_path: Path, mode: str) -> 
             cluster.start_nodes(mode, tmp_path / "work" / "run")
         usage = cluster.stop_nodes()
         assert {u.process for u in usage} >= {"containerd"} and all(u.peak_rss_bytes > 0 for u in usage)
-        assert not any(_alive(pid) for pid in pids)
+        assert not any(alive(pid) for pid in pids)
     assert not ours & _namespaces()
     assert cluster.upstream is None
     assert not (tmp_path / "work" / "upstream" / "storage").exists()
@@ -81,22 +74,27 @@ def test_latency_without_netem_is_refused_clearly() -> None:
         check_environment(latency=0.005)
 
 
+def _run_ci_scenario(out: Path, workdir: Path) -> list[str]:
+    """The command that runs scenarios/ci.toml on the netns cluster, writing its report to `out`."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmark",
+        "run",
+        str(SCENARIOS / "ci.toml"),
+        "--out",
+        str(out),
+        "--workdir",
+        str(workdir),
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.root
 def test_ci_scenario_end_to_end_writes_data_and_report(tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmark",
-            "run",
-            str(SCENARIOS / "ci.toml"),
-            "--out",
-            str(out),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
+        _run_ci_scenario(out, tmp_path / "work"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -147,7 +145,7 @@ def test_cleanup_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     assert len(left) == 4  # upstream, cache, 2 nodes: nobody tore them down
     state = (tmp_path / "cluster.json").read_text()
     pids = [int(p) for p in json.loads(state)["processes"]]
-    assert len(pids) == 5 and all(_alive(p) for p in pids)  # upstream, 2 containerd, 2 spegel
+    assert len(pids) == 5 and all(alive(p) for p in pids)  # upstream, 2 containerd, 2 spegel
     result = subprocess.run(
         [sys.executable, "-m", "benchmark", "cleanup", str(tmp_path)], capture_output=True, text=True, timeout=60
     )
@@ -155,7 +153,7 @@ def test_cleanup_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     assert not {n for n in _namespaces() if n.startswith(prefix + "-")}
     for pid in pids:  # killed; reap is by init, so allow a moment
         for _ in range(50):
-            if not _alive(pid) or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            if not alive(pid) or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
                 break
             time.sleep(0.1)
         else:
@@ -169,17 +167,7 @@ def test_cleanup_removes_what_a_killed_run_left(tmp_path: Path) -> None:
 def test_a_signal_mid_run_tears_everything_down(tmp_path: Path, sig: signal.Signals) -> None:
     work = tmp_path / "work"
     runner = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmark",
-            "run",
-            str(SCENARIOS / "ci.toml"),
-            "--out",
-            str(tmp_path / "out"),
-            "--workdir",
-            str(work),
-        ],
+        _run_ci_scenario(tmp_path / "out", work),
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -200,4 +188,4 @@ def test_a_signal_mid_run_tears_everything_down(tmp_path: Path, sig: signal.Sign
     assert runner.returncode == 130, err[-2000:]
     assert "interrupted; the cluster is torn down" in err
     assert not {n for n in _namespaces() if n.startswith(state["prefix"] + "-")}
-    assert not any(_alive(int(pid)) for pid in state["processes"])
+    assert not any(alive(int(pid)) for pid in state["processes"])

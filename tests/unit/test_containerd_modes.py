@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.watcher_bench import RecordingRouter
 from spegel.store.containerd.client import ContainerdClient, Version
 from spegel.store.containerd.store import ContainerdStore
 from spegel.store.containerd.watcher import Mode, Watcher, effective_mode, event_filters
 from spegel.tracker import Tracker
+from tests.support.routers import RecordingRouter
 
 
 @pytest.mark.parametrize(

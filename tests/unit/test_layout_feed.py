@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import trio
 
-from benchmark.watcher_bench import RecordingRouter
 from spegel.oci.digest import Digest
 from spegel.oci.manifest import Descriptor
 from spegel.routing.base import KeyState
 from spegel.store import inotify
 from spegel.store.layout import LayoutFeed, OCILayoutStore, write_layout
 from spegel.tracker import Tracker
+from tests.support.routers import RecordingRouter
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 

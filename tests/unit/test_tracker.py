@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import trio
 
-from benchmark.watcher_bench import RecordingRouter
 from spegel.oci.digest import Digest
 from spegel.routing.base import KeyState
 from spegel.tracker import Listing, Tracker
+from tests.support.routers import RecordingRouter
 
 IN_PROGRESS = KeyState.IN_PROGRESS
 
