@@ -1,4 +1,4 @@
-"""A loopback TCP proxy that slows a server's answers down to a fixed rate: a slow upstream for tests.
+"""A loopback TCP proxy that slows a server's answers down to a fixed rate: a slow upstream (watcher_bench, tests).
 
 `ThrottledProxy(target, rate)` listens on a free 127.0.0.1 port and forwards every connection to `target`
 (`host:port`). Requests go through at full speed; answers share one token bucket of `rate` bytes a second

@@ -23,7 +23,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
 from spegel.routing.keys import key_multihash
-from spegel.routing.libp2p.host import build_host
+from spegel.routing.libp2p.host import build_host, close_host
 from spegel.routing.libp2p.workarounds import (
     DHT_LOGGER,
     LIBRARY_PROVIDER_RECORD_TTL,
@@ -48,6 +48,7 @@ async def running(*hosts: IHost) -> AsyncIterator[None]:
                 async with host.run(LOOPBACK):
                     done.set()
                     await stop.wait()
+                    await close_host(host)  # leaving run() leaves the connections open, as the router knows
 
             nursery.start_soon(run)
             await done.wait()
