@@ -133,14 +133,15 @@ time.sleep(120)
 @pytest.mark.slow
 @pytest.mark.root
 def test_cleanup_removes_what_a_killed_run_left(tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_CLUSTER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None
-        prefix = holder.stdout.readline().strip()
-        assert prefix, "the cluster did not come up"
-    finally:
-        holder.kill()
-        holder.wait()
+    with subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CLUSTER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    ) as holder:  # leaving closes its pipe and waits
+        try:
+            assert holder.stdout is not None
+            prefix = holder.stdout.readline().strip()
+            assert prefix, "the cluster did not come up"
+        finally:
+            holder.kill()
     left = {n for n in _namespaces() if n.startswith(prefix + "-")}
     assert len(left) == 4  # upstream, cache, 2 nodes: nobody tore them down
     state = (tmp_path / "cluster.json").read_text()
