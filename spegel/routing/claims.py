@@ -55,14 +55,16 @@ class ClaimBook:
     `claim(key, claimant, now)` records `claimant` after those before it and returns them, first first; a
     claimant that claims again keeps its place. A key's record is dropped `hold` seconds after its latest claim
     (by then its first claimants are done or failed: later nodes find complete holders and do not claim). At most
-    `max_keys` keys are kept (the least recently claimed are dropped first) and `max_claimants` per key (a claimant
-    beyond them is told all of them and not recorded: it follows, and no one follows it)."""
+    `max_entries` claimants are recorded over all keys (the least recently claimed keys are dropped first) and
+    `max_claimants` per key (a claimant beyond them is told all of them and not recorded: it follows, and no one
+    follows it)."""
 
-    def __init__(self, hold: float = 120.0, max_keys: int = 4096, max_claimants: int = 4096) -> None:
-        if hold <= 0 or max_keys < 1 or max_claimants < 1:
-            raise ValueError("hold, max_keys and max_claimants must be positive")
-        self.hold, self.max_keys, self.max_claimants = hold, max_keys, max_claimants
+    def __init__(self, hold: float = 120.0, max_entries: int = 1 << 18, max_claimants: int = 1 << 16) -> None:
+        if hold <= 0 or max_entries < 1 or max_claimants < 1:
+            raise ValueError("hold, max_entries and max_claimants must be positive")
+        self.hold, self.max_entries, self.max_claimants = hold, max_entries, max_claimants
         self._keys: OrderedDict[str, _Claims] = OrderedDict()  # least recently claimed first
+        self._entries = 0  # claimants recorded over all keys
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -72,8 +74,6 @@ class ClaimBook:
         claims = self._keys.get(key)
         if claims is None:
             claims = self._keys[key] = _Claims()
-            while len(self._keys) > self.max_keys:
-                self._keys.popitem(last=False)
         self._keys.move_to_end(key)
         claims.last = now
         place = claims.position.get(claimant)
@@ -83,6 +83,9 @@ class ClaimBook:
                 return list(claims.order)
             claims.order.append(claimant)
             claims.position[claimant] = place
+            self._entries += 1
+            while self._entries > self.max_entries and len(self._keys) > 1:
+                self._drop(next(iter(self._keys)))
         return claims.order[:place]
 
     def _expire(self, now: float) -> None:
@@ -90,4 +93,7 @@ class ClaimBook:
             key, claims = next(iter(self._keys.items()))
             if now - claims.last < self.hold:
                 return
-            del self._keys[key]
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        self._entries -= len(self._keys.pop(key).order)

@@ -49,14 +49,14 @@ def test_a_key_is_forgotten_hold_seconds_after_its_last_claim() -> None:
     assert len(book) == 1
 
 
-def test_the_book_is_bounded_in_keys_and_claimants() -> None:
-    book = ClaimBook(max_keys=3, max_claimants=2)
+def test_the_book_is_bounded_in_entries_and_claimants() -> None:
+    book = ClaimBook(max_entries=3, max_claimants=2)
     for i in range(5):
         book.claim(f"k{i}", "a", float(i))
     assert len(book) == 3
     assert book.claim("k0", "b", 5.0) == []  # k0 was dropped (least recently claimed): b comes first now
-    book.claim("k4", "b", 6.0)
-    assert book.claim("k4", "c", 7.0) == ["a", "b"]  # beyond the bound: told all, not recorded
+    book.claim("k4", "b", 6.0)  # 4 entries: the least recently claimed key goes
+    assert len(book) == 2 and book.claim("k4", "c", 7.0) == ["a", "b"]  # beyond max_claimants: told all, not kept
     assert book.claim("k4", "d", 8.0) == ["a", "b"]
     with pytest.raises(ValueError):
         ClaimBook(hold=0)
