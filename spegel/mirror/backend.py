@@ -117,6 +117,13 @@ class MirrorBackend:
 
     async def blob(self, request: BlobRequest) -> BlobReader:
         registry, digest = request.registry, request.digest
+        if not request.mirrored and not request.head:
+            # containerd fetches a blob this mirror just copied and verified in chunks: each chunk from the copy,
+            # without asking containerd's content store (a gRPC call per chunk) for what it cannot have yet
+            copied = self.copies.open_done(digest)
+            if copied is not None:
+                self._count(registry, "peer")
+                return _Counted(copied, self.metrics, "peer", digest)
         try:
             reader = await self.store.open(digest)
             self._count(registry, "local")

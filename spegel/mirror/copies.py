@@ -199,9 +199,12 @@ class Copies:
         if copy is None:
             return None
         await copy.wait_beyond(copy.size)
-        if copy.abandoned or self._copies.get(digest) is not copy:
-            return None
-        return CopyReader(copy)
+        return self.open_done(digest) if self._copies.get(digest) is copy else None
+
+    def open_done(self, digest: Digest) -> CopyReader | None:
+        """A reader of the verified copy of `digest`, None when there is none (yet)."""
+        copy = self._copies.get(digest)
+        return CopyReader(copy) if copy is not None and copy.done and not copy.abandoned else None
 
     def _drop(self, digest: Digest) -> None:
         copy = self._copies.pop(digest, None)
