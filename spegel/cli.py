@@ -142,9 +142,9 @@ def add_mirror_flags(parser: FlagParser) -> None:
         "--mirror-inflight-wait",
         group=group,
         type=duration,
-        default=10.0,
+        default=30.0,
         help="longest wait for the first bytes, or the next bytes, of a download in progress on a peer (a "
-        "download that has not begun after 1s is not waited for; default: 10s)",
+        "download that has not begun after 1s is not waited for; default: 30s)",
     )
 
 

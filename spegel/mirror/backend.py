@@ -63,7 +63,7 @@ class MirrorOptions:
     filters: RegistryFilters = field(default_factory=RegistryFilters)
     claim_timeout: float = 1.0  # longest wait for the claim's owner to answer (_claim)
     miss_settle: float = 0.1  # when the owner did not answer: how long a claim waits for other claims (_claim)
-    inflight_wait: float = 10.0  # longest wait for the first bytes of a download in progress (see IngestSource)
+    inflight_wait: float = 30.0  # longest wait for the first bytes of a download in progress (see IngestSource)
     spool_dir: str | None = None  # where copies of peer blobs are held while verified (None: the system's temp dir)
     follow_fanout: int = 2  # followers per claimant when more than `follow_chain` claim at once (decide.after_claim)
     follow_chain: int = 16  # up to this many claimants form a chain

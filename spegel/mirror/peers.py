@@ -40,7 +40,7 @@ class Timeouts:
     connect: float = 0.5
     first_byte: float = 2.0  # for complete holders; in-progress holders get `first_byte + inflight_wait`
     read: float = 5.0  # for complete holders; in-progress holders get `read + inflight_wait`
-    inflight_wait: float = 10.0
+    inflight_wait: float = 30.0
 
 
 class PeerResponse:

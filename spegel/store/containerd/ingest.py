@@ -21,7 +21,11 @@ from spegel.oci.digest import Digest, InvalidDigest
 from spegel.store.base import NotFound
 from spegel.store.files import READ_SIZE, FileBlobReader, read_at
 
-DEFAULT_STALL_TIMEOUT = 10.0  # seconds without growth after which a reader gives up on an ingest
+# Seconds without growth after which a reader gives up on an ingest; as the mirror's --mirror-inflight-wait. containerd
+# writes a chunk only once it is complete, and in a 12-node storm (16 Mbit/s upstream shared by 4 downloads of 3
+# chunks each) a 1 MiB chunk took 6 s on average and over 10 s at times: with 10 s, followers gave up on live
+# downloads and went upstream themselves, which slowed every chunk further (reports/scale/README.md).
+DEFAULT_STALL_TIMEOUT = 30.0
 DEFAULT_POLL_INTERVAL = 0.01  # seconds between size checks while waiting for the writer
 
 _REF_DIGEST = re.compile(r"(?:^|[/-])(?P<digest>[a-z0-9]+:[a-f0-9]+)$")
