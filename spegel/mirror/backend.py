@@ -214,7 +214,7 @@ class MirrorBackend:
         if since is None:
             return decide.unclaimed(holders, hedge)
         key = str(digest)
-        order = await self.router.order_claim(key, self.options.claim_timeout)
+        order = await self.router.order_claim(key, self.options.claim_timeout, since)
         if order is None:
             await trio.sleep(self.options.miss_settle)
             found = await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN)

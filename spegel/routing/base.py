@@ -78,9 +78,10 @@ class Router(Protocol):
         """
         ...
 
-    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
-        """Claim the download of `key` with its owner and learn who claimed it before this node. Returns None when
-        the owner cannot be asked within `timeout` seconds (the caller falls back to the claims announced)."""
+    async def order_claim(self, key: str, timeout: float, since: float) -> ClaimOrder | None:
+        """Claim the download of `key` (claimed at wall-clock time `since`) with its owner and learn who claimed it
+        before this node. Returns None when the owner cannot be asked within `timeout` seconds (the caller falls
+        back to the claims announced)."""
         ...
 
     def ready(self) -> bool:

@@ -39,8 +39,8 @@ class TagFilteringRouter:
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         return await self._router.lookup(key, count, timeout)
 
-    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
-        return await self._router.order_claim(key, timeout)
+    async def order_claim(self, key: str, timeout: float, since: float) -> ClaimOrder | None:
+        return await self._router.order_claim(key, timeout, since)
 
     def ready(self) -> bool:
         return self._router.ready()

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import trio
 
 from spegel.routing.base import ClaimOrder, Holder, KeyState
-from spegel.routing.claims import ClaimBook, placed
+from spegel.routing.claims import ClaimBook, placed, take_place
 from spegel.routing.index import Announcement, HolderIndex, announcements, withdrawals
 
 
@@ -64,9 +64,8 @@ class MemoryRouter:
         await trio.lowlevel.checkpoint()
         return self._network.index.lookup(key, count, 0.0, exclude=self.address)
 
-    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
-        await trio.lowlevel.checkpoint()
-        ahead = self._network.claims.claim(key, self.address, trio.current_time())
+    async def order_claim(self, key: str, timeout: float, since: float) -> ClaimOrder | None:
+        ahead = await take_place(self._network.claims, key, self.address, since)
         return placed(ahead, self._network.index.address)
 
     def ready(self) -> bool:

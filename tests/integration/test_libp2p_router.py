@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -272,7 +273,7 @@ async def test_claims_of_one_key_get_one_order_from_its_owner(tmp_path: Path) ->
             orders = {}
 
             async def claim(node: Libp2pRouter, key: str = key, orders: dict = orders) -> None:  # type: ignore[type-arg]
-                orders[node.name] = await node.order_claim(key, 5.0)
+                orders[node.name] = await node.order_claim(key, 5.0, time.time())
 
             async with trio.open_nursery() as nursery:
                 for node in nodes:
@@ -303,6 +304,8 @@ async def test_a_malformed_claim_is_refused_and_the_owner_goes_on(tmp_path: Path
                     assert await stream.read(1024) == b""
             await stream.reset()
         key = next(f"sha256:{i:064x}" for i in range(100) if owner(f"sha256:{i:064x}", [a.name, b.name]) == a.name)
-        order = await b.order_claim(key, 5.0)
+        order = await b.order_claim(key, 5.0, time.time())
         assert order is not None and order.position == 0
-        assert await a.order_claim(key, 5.0) == ClaimOrder(1, (Holder("127.0.0.1:5002", KeyState.IN_PROGRESS),))
+        assert await a.order_claim(key, 5.0, time.time()) == ClaimOrder(
+            1, (Holder("127.0.0.1:5002", KeyState.IN_PROGRESS),)
+        )

@@ -51,7 +51,7 @@ class StaticRouter:
         self.lookups.append(key)
         return self.table.get(key, [])[:count]
 
-    async def order_claim(self, key: str, timeout: float) -> None:
+    async def order_claim(self, key: str, timeout: float, since: float) -> None:
         return None  # no owner to ask: claims are ordered as announced
 
     def ready(self) -> bool:
@@ -481,7 +481,7 @@ class Download:
             return None
 
 
-async def no_owner(key: str, timeout: float) -> None:
+async def no_owner(key: str, timeout: float, since: float) -> None:
     return None
 
 
@@ -520,7 +520,7 @@ async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(
             both.start_soon(get, "b")
             both.start_soon(get, "a")
         if ordered_by == "owner":  # the owner's order: a claim again keeps its place and is told who is ahead
-            first, second = ("b", "a") if network.claims.claim(str(layer), "a", trio.current_time()) else ("a", "b")
+            first, second = ("b", "a") if network.claims.ahead(str(layer), "a", trio.current_time()) else ("a", "b")
         else:
             first, second = sorted("ab", key=lambda n: mirrors[n][1].claims[0])
         assert len(mirrors["a"][1].claims) == len(mirrors["b"][1].claims) == 1
@@ -554,7 +554,7 @@ async def test_a_follower_falls_back_to_an_earlier_claimant_when_the_nearest_has
             network.index.set_address(name, address)
             mirrors[name] = (address, claims, download)
         for name, age in (("a", 2), ("b", 1)):  # claimed with the owner, and announced
-            await routers[name].order_claim(str(layer), 1.0)
+            await routers[name].order_claim(str(layer), 1.0, time.time() - age)
             await routers[name].advertise([str(layer)], KeyState.IN_PROGRESS, since=time.time() - age)
         async with httpx.AsyncClient(base_url=f"http://{mirrors['c'][0]}") as client:
             answer = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})

@@ -156,11 +156,12 @@ def test_split_keeps_the_meaning_within_the_entry_limit(added: list, withdrawn: 
 
 def test_claim_frames_round_trip_and_refuse_the_wrong_kind() -> None:
     key = "sha256:" + "ab" * 32
-    (body,) = list(_frames(messages.encode_claim(key)))
-    assert messages.decode_claim(body) == key
+    (body,) = list(_frames(messages.encode_claim(key, 1796197891.75)))
+    assert messages.decode_claim(body) == (key, 1796197891.75)
     (body,) = list(_frames(messages.encode_ahead(["peer-a", "peer-b"])))
     assert messages.decode_ahead(body) == ("peer-a", "peer-b")
-    for bad in (b"[]", b'{"type":"ahead","peers":[]}', b'{"type":"claim","key":""}', b'{"type":"claim"}', b"\xff"):
+    claims = (b'{"type":"claim","key":"k"}', b'{"type":"claim","key":"k","since":"1"}', b'{"type":"claim","since":1}')
+    for bad in (b"[]", b'{"type":"ahead","peers":[]}', b'{"type":"claim","key":"","since":1}', b"\xff", *claims):
         with pytest.raises(ProtocolError):
             messages.decode_claim(bad)
     for bad in (b'{"type":"claim","key":"k"}', b'{"type":"ahead","peers":"x"}', b'{"type":"ahead","peers":[1]}'):

@@ -15,8 +15,8 @@ message into a sequence that means the same (a `State`'s remaining keys follow i
 Any malformed or oversized frame raises `ProtocolError`; the reader then drops the stream, never the process.
 
 The claim protocol (`CLAIM_PROTOCOL`, `spegel.routing.claims`) uses the same frames on a short stream: the
-claimant sends `{"type": "claim", "key": KEY}`, the key's owner answers `{"type": "ahead", "peers": [...]}`, the
-peer ids of the claimants before it, first first.
+claimant sends `{"type": "claim", "key": KEY, "since": CLAIM_TIME}`, the key's owner answers
+`{"type": "ahead", "peers": [...]}`, the peer ids of the claimants before it, first first.
 """
 
 from __future__ import annotations
@@ -92,14 +92,18 @@ def encode(message: Message) -> bytes:
     return _frame(body)
 
 
-def encode_claim(key: str) -> bytes:
-    """The frame of a claim of `key`."""
-    return _frame({"type": "claim", "key": key})
+def encode_claim(key: str, since: float) -> bytes:
+    """The frame of a claim of `key` made at wall-clock time `since`."""
+    return _frame({"type": "claim", "key": key, "since": since})
 
 
-def decode_claim(data: bytes) -> str:
-    """The key a claim frame body names."""
-    return _key(_body(data, "claim").get("key"))
+def decode_claim(data: bytes) -> tuple[str, float]:
+    """The key a claim frame body names, and when it was claimed."""
+    body = _body(data, "claim")
+    since = body.get("since")
+    if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
+        raise ProtocolError(f"bad claim time {_short(since)}")
+    return _key(body.get("key")), float(since)
 
 
 def encode_ahead(peers: Iterable[str]) -> bytes:

@@ -234,28 +234,28 @@ class Libp2pRouter:
                 holders.append(Holder(address, peer=str(info.peer_id)))
         return holders[:count]
 
-    async def order_claim(self, key: str, timeout: float) -> ClaimOrder | None:
+    async def order_claim(self, key: str, timeout: float, since: float) -> ClaimOrder | None:
         """See `Router.order_claim`. The owner is chosen among this node and the connected peers whose registry
         address is known (`claims.owner`); when it is this node, the claim is recorded here without I/O."""
         members = {str(peer): peer for peer in self._links if self.index.address(str(peer)) is not None}
         owner = claims.owner(key, [self.name, *members])
         if owner == self.name:
-            ahead: tuple[str, ...] | list[str] | None = self.claim_book.claim(key, self.name, trio.current_time())
+            ahead: tuple[str, ...] | list[str] | None = await claims.take_place(self.claim_book, key, self.name, since)
         else:
             ahead = None
             with trio.move_on_after(timeout):
                 try:
-                    ahead = await self._ask_owner(members[str(owner)], key)
+                    ahead = await self._ask_owner(members[str(owner)], key, since)
                 except Exception as exc:  # the owner broke off, or answered nonsense
                     log.debug("claim of %s with %s failed: %s", key, owner, exc)
         if ahead is None:
             return None
         return claims.placed(ahead, self.index.address)
 
-    async def _ask_owner(self, owner: ID, key: str) -> tuple[str, ...]:
+    async def _ask_owner(self, owner: ID, key: str, since: float) -> tuple[str, ...]:
         stream = await self.host.new_stream(owner, [CLAIM])
         try:
-            await stream.write(messages.encode_claim(key))
+            await stream.write(messages.encode_claim(key, since))
             return messages.decode_ahead(await _read_frame(stream, messages.MAX_FRAME))
         finally:
             await _reset(stream)
@@ -266,9 +266,9 @@ class Libp2pRouter:
         claimant = str(stream.muxed_conn.peer_id)
         try:
             with trio.fail_after(CLAIM_READ_TIMEOUT):
-                key = messages.decode_claim(await _read_frame(stream, CLAIM_REQUEST_LIMIT))
+                key, since = messages.decode_claim(await _read_frame(stream, CLAIM_REQUEST_LIMIT))
             key_multihash(key)  # refuse keys that are not Spegel's
-            ahead = self.claim_book.claim(key, claimant, trio.current_time())
+            ahead = await claims.take_place(self.claim_book, key, claimant, since)
             with trio.fail_after(WRITE_TIMEOUT):
                 await stream.write(messages.encode_ahead(ahead))
             await stream.close()
