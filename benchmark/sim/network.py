@@ -40,7 +40,7 @@ class NodeLink:
 
     def __init__(self, capacity: float) -> None:
         self.capacity = capacity
-        self.active: set[PeerTransfer] = set()
+        self.active: dict[PeerTransfer, None] = {}  # in the order they joined (a set's would vary run to run)
         self.upstream = 0
 
     def share(self) -> float:
@@ -309,7 +309,7 @@ class PeerTransfer:
         if self in self.sender.active:
             self.reshare()
         else:
-            self._links(set.add)
+            self._links(join=True)
 
     def _park(self) -> None:
         self.state = PARKED
@@ -318,12 +318,15 @@ class PeerTransfer:
             self._event = None
         if self in self.sender.active:
             self._set_rate(0.0)
-            self._links(set.discard)
+            self._links(join=False)
 
-    def _links(self, change: Callable[[set[PeerTransfer], PeerTransfer], None]) -> None:
-        """Join (set.add) or leave (set.discard) both links' active flows; everyone on them reshares."""
+    def _links(self, join: bool) -> None:
+        """Join or leave both links' active flows; everyone on them reshares."""
         for link in (self.sender, self.receiver):
-            change(link.active, self)
+            if join:
+                link.active[self] = None
+            else:
+                link.active.pop(self, None)
         self.sender.changed()
         self.receiver.changed()
 

@@ -9,7 +9,8 @@ then the most bytes available, then by router name, at most `count`.
 
 Draws are a hash of (seed, announcement, observer): reproducible, and none is made for pairs never asked
 about. Announcements older than the cut are visible everywhere and are kept in sorted lists, so a lookup
-costs the recent announcements (vectorised) plus `count`.
+costs the recent announcements (vectorised) plus `count`. A claimant's decision over every claimant
+(`Router.after_claim`) costs arrays over the nodes instead of a holder per claimant.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import bisect
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from spegel.mirror.decide import ClaimKey, Follow, Miss
 from spegel.routing.base import Holder, KeyState
 
 # benchmark.router_bench, README (every node its own process, full mesh, 2 cores): nodes -> (p50, p95) seconds.
@@ -91,74 +94,159 @@ def uniforms(seed: int, ids: np.ndarray, observer: int) -> np.ndarray:
 
 
 class _Book:
-    """The announcements of one key, in time order, and the state every node sees for the old ones."""
+    """The announcements of one key, in time order (arrays that grow), and the state every node sees for the
+    old ones (settled: visible everywhere)."""
 
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.times: list[float] = []
-        self.nodes: list[int] = []
-        self.complete: list[bool] = []
+    def __init__(self, nodes: int) -> None:
+        self.size = 0
+        self.ids = np.empty(16, dtype=np.int64)
+        self.times = np.empty(16)
+        self.nodes = np.empty(16, dtype=np.int64)
+        self.complete = np.empty(16, dtype=bool)
+        self.order = np.empty(16)  # a claim's time in claim order (-inf: announced without one)
         self.since: list[float | None] = []
         self.settled = 0  # announcements before this index are visible everywhere
-        self.complete_nodes: set[int] = set()  # settled complete holders
-        self.complete_sorted: list[tuple[str, int]] = []  # the same as (name, node), sorted
+        self.complete_nodes = np.zeros(nodes, dtype=bool)  # settled complete holders
+        self.complete_ranks: list[int] = []  # their ranks (`Router.rank`), sorted
         self.claims: dict[int, float | None] = {}  # settled in-progress holders -> claim time
-        self.claims_sorted: list[tuple[str, int]] = []
+        self.claim_order = np.full(nodes, np.nan)  # the same, in claim order; nan: no settled claim
+        self.claim_ranks: list[int] = []
+
+    def append(self, id_: int, time: float, node: int, complete: bool, since: float | None) -> None:
+        if self.size == len(self.ids):
+            for name in ("ids", "times", "nodes", "complete", "order"):
+                array = getattr(self, name)
+                setattr(self, name, np.concatenate([array, np.empty_like(array)]))
+        i = self.size
+        self.ids[i], self.times[i], self.nodes[i], self.complete[i] = id_, time, node, complete
+        self.order[i] = -math.inf if since is None else since
+        self.since.append(since)
+        self.size += 1
+
+
+@dataclass
+class _Window:
+    """What one observer sees of a key's announcements that are not settled yet: the nodes whose completion it
+    sees (sorted, unique), and the nodes whose claim it sees (sorted, unique) with the index of the latest."""
+
+    complete: np.ndarray
+    claimants: np.ndarray
+    claims: np.ndarray
 
 
 class Router:
-    """Announcements of every node and what each node's lookups see (see the module docstring)."""
+    """Announcements of every node and what each node's lookups see (see the module docstring). Node names
+    and addresses are unique."""
 
     def __init__(self, names: list[str], addresses: list[str], delays: DelayModel, seed: int = 0) -> None:
+        if len(set(names)) != len(names) or len(set(addresses)) != len(addresses):
+            raise ValueError("router names and addresses must be unique")
         self.names, self.addresses, self.seed = names, addresses, seed
         self._table = delays.table()
         self.cut = float(self._table[-1])
         self._books: dict[str, _Book] = {}
         self._next_id = 0
         self._holders: dict[tuple[int, bool, float | None], Holder] = {}
+        self._by_rank = sorted(range(len(names)), key=lambda n: names[n])  # nodes in name order
+        self._sorted_names = [names[n] for n in self._by_rank]
+        self.rank = np.empty(len(names), dtype=np.int64)  # a node's place in name order
+        self.rank[self._by_rank] = np.arange(len(names))
 
     def announce(self, now: float, node: int, key: str, complete: bool, since: float | None = None) -> None:
-        """`node` holds `key` (complete, or in progress claimed at `since`) from `now` on."""
-        book = self._books.setdefault(key, _Book())
-        book.ids.append(self._next_id)
+        """`node` holds `key` (complete, or in progress claimed at `since`) from `now` on (`now` never goes
+        back)."""
+        book = self._books.get(key)
+        if book is None:
+            book = self._books[key] = _Book(len(self.names))
+        book.append(self._next_id, now, node, complete, since)
         self._next_id += 1
-        book.times.append(now)
-        book.nodes.append(node)
-        book.complete.append(complete)
-        book.since.append(since)
 
     def lookup(self, now: float, observer: int, key: str, count: int) -> list[Holder]:
-        """What `observer`'s router answers at `now` for `key` (see the module docstring)."""
+        """What `observer`'s router answers at `now` for `key` (see the module docstring); lookups come with
+        `now` never going back."""
         book = self._books.get(key)
         if book is None or count <= 0:
             return []
-        self._settle(book, now - self.cut)
-        complete: set[int] = set()
-        claims: dict[int, float | None] = {}
-        end = bisect.bisect_right(book.times, now, lo=book.settled)
-        if end > book.settled:
-            ids = np.array(book.ids[book.settled : end])
-            delays = self._table[(uniforms(self.seed, ids, observer) * len(self._table)).astype(np.int64)]
-            seen = np.array(book.times[book.settled : end]) + delays <= now
-            for i in np.nonzero(seen)[0].tolist():
-                j = book.settled + i
-                if book.complete[j]:
-                    complete.add(book.nodes[j])
-                else:
-                    claims[book.nodes[j]] = book.since[j]
-        names = self.names
-        skip = {observer}
-        ranked = _first(book.complete_sorted, skip, count)
-        ranked = sorted({*ranked, *(n for n in complete - skip)}, key=lambda n: (names[n], n))[:count]
-        holders = [self._holder(n, True, None) for n in ranked]
+        window = self._window(book, now, observer)
+        by_rank = self._by_rank
+        ranks = self.rank[window.complete[window.complete != observer]]
+        ranked = _first(book.complete_ranks, by_rank, lambda n: n == observer, count)
+        ranked = sorted({*ranked, *np.sort(ranks)[:count].tolist()})[:count]
+        holders = [self._holder(by_rank[r], True, None) for r in ranked]
         if len(holders) < count:
-            skip |= complete | book.complete_nodes
             wanted = count - len(holders)
-            window = {n: since for n, since in claims.items() if n not in skip}
-            ranked = _first(book.claims_sorted, skip | set(window), wanted)
-            ranked = sorted([*ranked, *window], key=lambda n: (names[n], n))[:wanted]
-            holders += [self._holder(n, False, window[n] if n in window else book.claims[n]) for n in ranked]
+            shown = ~book.complete_nodes[window.claimants] & ~np.isin(window.claimants, window.complete)
+            shown &= window.claimants != observer
+            claimants, claims = window.claimants[shown], window.claims[shown]
+            excluded = np.zeros(len(self.names), dtype=bool)
+            excluded[window.complete] = True
+            excluded[claimants] = True  # listed with the claim this observer sees, not the settled one
+            excluded[observer] = True
+            ranked = _first(book.claim_ranks, by_rank, lambda n: bool(excluded[n]), wanted)
+            nearest = np.argsort(self.rank[claimants])[:wanted]
+            since = {int(self.rank[claimants[i]]): book.since[claims[i]] for i in nearest}
+            ranked = sorted([*ranked, *since])[:wanted]
+            holders += [
+                self._holder(by_rank[r], False, since[r] if r in since else book.claims[by_rank[r]]) for r in ranked
+            ]
         return holders
+
+    def after_claim(
+        self, now: float, observer: int, key: str, mine: ClaimKey, *, retries: int, fanout: int, chain: int
+    ) -> Follow | Miss:
+        """`decide.after_claim(lookup(now, observer, key, count), mine, ...)` for any `count` of at least the
+        number of nodes (nothing left out), in any order of the holders: the same decision, without making a
+        holder of every claimant (the list's order does not matter, as names are unique). `observer`'s own
+        name is `mine[1]`."""
+        if fanout < 1:
+            raise ValueError(f"fanout must be at least 1, got {fanout}")
+        book = self._books.get(key)
+        if book is None:
+            return Miss(claim=False)
+        window = self._window(book, now, observer)
+        complete = book.complete_nodes.copy()
+        complete[window.complete] = True
+        complete[observer] = False
+        order = book.claim_order.copy()
+        order[window.claimants] = book.order[window.claims]
+        claiming = ~np.isnan(order) & ~complete
+        claiming[observer] = False
+        complete_ranks = np.sort(self.rank[complete])[::-1][:retries]  # claim_order puts them in name order
+        chosen = [self._holder(self._by_rank[r], True, None) for r in complete_ranks.tolist()]
+        if len(chosen) < retries:
+            since, name = mine
+            mine_rank = bisect.bisect_left(self._sorted_names, name)
+            ahead = np.nonzero(claiming & ((order < since) | ((order == since) & (self.rank < mine_rank))))[0]
+            if len(ahead):
+                ahead = ahead[np.lexsort((self.rank[ahead], order[ahead]))]  # claim order, the first first
+                k = 1 if 1 + int(np.count_nonzero(claiming)) <= chain else fanout
+                parent = (len(ahead) - 1) // k
+                picks = [parent, *(i for i in range(len(ahead) - 1, -1, -1) if i != parent)]
+                for i in picks[: retries - len(chosen)]:
+                    node = int(ahead[i])
+                    found = np.searchsorted(window.claimants, node)
+                    if found < len(window.claimants) and window.claimants[found] == node:
+                        claimed = book.since[window.claims[found]]
+                    else:
+                        claimed = book.claims[node]
+                    chosen.append(self._holder(node, False, claimed))
+        if not chosen:
+            return Miss(claim=False)
+        return Follow(tuple(chosen), math.inf)
+
+    def _window(self, book: _Book, now: float, observer: int) -> _Window:
+        """Settle what is older than the cut, then what `observer` sees of the rest at `now`."""
+        self._settle(book, now - self.cut)
+        start = book.settled
+        end = start + int(np.searchsorted(book.times[start : book.size], now, side="right"))
+        if end == start:
+            return _Window(_NONE, _NONE, _NONE)
+        delays = self._table[(uniforms(self.seed, book.ids[start:end], observer) * len(self._table)).astype(np.int64)]
+        seen = np.nonzero(book.times[start:end] + delays <= now)[0] + start
+        done = book.complete[seen]
+        claims = seen[~done][::-1]  # the latest first
+        claimants, first = np.unique(book.nodes[claims], return_index=True)
+        return _Window(np.unique(book.nodes[seen[done]]), claimants, claims[first])
 
     def _holder(self, node: int, complete: bool, since: float | None) -> Holder:
         key = (node, complete, since)
@@ -170,30 +258,36 @@ class Router:
         return holder
 
     def _settle(self, book: _Book, before: float) -> None:
-        while book.settled < len(book.times) and book.times[book.settled] <= before:
-            j = book.settled
-            node = book.nodes[j]
-            entry = (self.names[node], node)
+        start = book.settled
+        end = start + int(np.searchsorted(book.times[start : book.size], before, side="right"))
+        for j in range(start, end):
+            node = int(book.nodes[j])
+            rank = int(self.rank[node])
             if book.complete[j]:
                 if node in book.claims:
                     del book.claims[node]
-                    book.claims_sorted.remove(entry)
-                if node not in book.complete_nodes:
-                    book.complete_nodes.add(node)
-                    bisect.insort(book.complete_sorted, entry)
-            elif node not in book.complete_nodes:
+                    book.claim_order[node] = np.nan
+                    book.claim_ranks.remove(rank)
+                if not book.complete_nodes[node]:
+                    book.complete_nodes[node] = True
+                    bisect.insort(book.complete_ranks, rank)
+            elif not book.complete_nodes[node]:
                 if node not in book.claims:
-                    bisect.insort(book.claims_sorted, entry)
+                    bisect.insort(book.claim_ranks, rank)
                 book.claims[node] = book.since[j]
-            book.settled += 1
+                book.claim_order[node] = book.order[j]
+        book.settled = end
 
 
-def _first(entries: list[tuple[str, int]], skip: set[int], count: int) -> list[int]:
-    """The first `count` nodes of sorted `entries` not in `skip`."""
+_NONE = np.empty(0, dtype=np.int64)
+
+
+def _first(ranks: list[int], by_rank: list[int], skip: Callable[[int], bool], count: int) -> list[int]:
+    """The first `count` of sorted `ranks` whose node (`by_rank[rank]`) is not to `skip`."""
     found: list[int] = []
-    for _, node in entries:
+    for rank in ranks:
         if len(found) == count:
             break
-        if node not in skip:
-            found.append(node)
+        if not skip(by_rank[rank]):
+            found.append(rank)
     return found

@@ -37,7 +37,7 @@ class Download:
         self.stream_offset = 0
         self.complete = False
         self._waiters: list[Callable[[], None]] = []
-        self._readers: set[PeerTransfer] = set()
+        self._readers: dict[PeerTransfer, None] = {}  # in the order they came (a set's order is by address)
 
     def prefix(self) -> float:
         if self.complete:
@@ -50,10 +50,10 @@ class Download:
         return self.stream.rate if self.stream is not None and not self.complete else 0.0
 
     def watch(self, transfer: PeerTransfer) -> None:
-        self._readers.add(transfer)
+        self._readers[transfer] = None
 
     def unwatch(self, transfer: PeerTransfer) -> None:
-        self._readers.discard(transfer)
+        self._readers.pop(transfer, None)
 
     def when_bytes(self, action: Callable[[], None]) -> None:
         """Run `action` once the first bytes are on disk (now, if they are)."""

@@ -2,7 +2,9 @@
 whole simulated pulls against the arithmetic they must reproduce."""
 
 import math
+import random
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -12,9 +14,10 @@ from benchmark.sim.cluster import ClusterModel, SimCluster
 from benchmark.sim.containerd import Blob
 from benchmark.sim.events import Simulation
 from benchmark.sim.network import NodeLink, PeerTransfer, SharedLink
-from benchmark.sim.routing import DelayModel, Router
+from benchmark.sim.routing import DelayModel, Router, uniforms
 from benchmark.sim.world import Timing
-from spegel.routing.base import KeyState
+from spegel.mirror import decide
+from spegel.routing.base import Holder, KeyState
 
 
 def test_events_run_in_time_order_ties_in_schedule_order_and_cancelled_ones_never() -> None:
@@ -158,6 +161,84 @@ def test_lookup_ranks_complete_holders_first_then_by_name() -> None:
         ("b", KeyState.IN_PROGRESS),
         ("d", KeyState.IN_PROGRESS),
     ]
+
+
+def random_storm(rng: random.Random) -> tuple[Router, list[tuple[float, int, bool, float | None]], DelayModel]:
+    """A router over a few nodes (names sharing prefixes, in no node order) and a storm of claims (some at one
+    instant, some without a claim time) and completions on key "k", in time order."""
+    n = rng.randint(2, 12)
+    names = rng.sample([a + b for a in "abc" for b in "xyz0"], n)
+    delays = DelayModel(rng.choice([0.0, 0.005, 0.02]), 0.05)
+    router = Router(names, [f"n{i}:1" for i in range(n)], delays, seed=rng.randint(0, 99))
+    times = sorted(rng.choice([0.0, 0.01, 0.02]) + rng.uniform(0, 0.2) for _ in range(rng.randint(0, 3 * n)))
+    announcements = []
+    for t in times:
+        complete = rng.random() < 0.3
+        since = None if complete else rng.choice([None, t, round(t, 1), 0.0])
+        announcements.append((t, rng.randrange(n), complete, since))
+    return router, announcements, delays
+
+
+def visible_state(
+    router: Router, delays: DelayModel, announcements: list, now: float, observer: int
+) -> tuple[list[int], dict[int, float | None]]:
+    """The module docstring's visibility, by brute force: (complete holders, claimant -> claim time)."""
+    table = delays.table()
+    complete, claims = set(), {}
+    for i, (t, node, done, since) in enumerate(announcements):
+        delay = table[int(uniforms(router.seed, np.array([i]), observer)[0] * len(table))]
+        if node == observer or t > now or (t > now - table[-1] and t + delay > now):
+            continue
+        if done:
+            complete.add(node)
+        else:
+            claims[node] = since
+    return sorted(complete), {n: since for n, since in claims.items() if n not in complete}
+
+
+def test_lookup_lists_what_the_observer_sees_complete_first_then_claims_by_name_at_most_count() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        router, announcements, delays = random_storm(rng)
+        made = 0
+        for now in sorted(rng.uniform(0, 0.4) for _ in range(8)):
+            while made < len(announcements) and announcements[made][0] <= now:
+                router.announce(*announcements[made][:2], "k", announcements[made][2], announcements[made][3])
+                made += 1
+            observer, count = rng.randrange(len(router.names)), rng.randint(1, 5)
+            complete, claims = visible_state(router, delays, announcements[:made], now, observer)
+            name = router.names.__getitem__
+            expected = [(n, KeyState.COMPLETE, None) for n in sorted(complete, key=name)][:count]
+            expected += [(n, KeyState.IN_PROGRESS, claims[n]) for n in sorted(claims, key=name)]
+            got = [(int(h.address[1:-2]), h.state, h.since) for h in router.lookup(now, observer, "k", count)]
+            assert got == expected[:count]
+
+
+def test_the_routers_claim_decision_is_decide_after_claim_over_every_holder_listed() -> None:
+    def described(decision: decide.Follow | decide.Miss) -> tuple:
+        if isinstance(decision, decide.Miss):
+            return ("miss", decision.claim)
+        return ("follow", decision.hedge_delay, [(h.address, h.state, h.since, h.peer) for h in decision.holders])
+
+    rng = random.Random(7)
+    follows = 0
+    for _ in range(300):
+        router, announcements, _ = random_storm(rng)
+        made = 0
+        for now in sorted(rng.uniform(0, 0.4) for _ in range(8)):
+            while made < len(announcements) and announcements[made][0] <= now:
+                router.announce(*announcements[made][:2], "k", announcements[made][2], announcements[made][3])
+                made += 1
+            observer = rng.randrange(len(router.names))
+            mine = (rng.choice([now, round(now, 1), 0.0]), router.names[observer])
+            options = {"retries": rng.randint(0, 4), "fanout": rng.randint(1, 3), "chain": rng.randint(0, 6)}
+            listed: list[Holder] = router.lookup(now, observer, "k", len(router.names))
+            load = {h.address: rng.randint(0, 2) for h in listed}
+            ordered = decide.order_holders(listed, load, rng.randint(0, 5))
+            expected = decide.after_claim(ordered, mine, **options)
+            assert described(router.after_claim(now, observer, "k", mine, **options)) == described(expected)
+            follows += isinstance(expected, decide.Follow) and len(expected.holders) > 1
+    assert follows > 100  # the storms gave decisions with fallbacks, not only misses
 
 
 def simulate(mode: str, nodes: int, layer: int = 40_000_000, jitter: float = 0.0) -> tuple[list[float], float]:
