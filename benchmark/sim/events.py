@@ -6,10 +6,15 @@ O(1); the heap keeps it until then).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import math
 from collections.abc import Callable
+
+# Objects allocated between two young-generation garbage collections while events run (Python's default is 700):
+# at 1,000 nodes the collector took ~20 % of the CPU time of a storm, and found ~300 cycles.
+GC_THRESHOLD = 200_000
 
 
 class Event:
@@ -54,12 +59,17 @@ class Simulation:
         `until`), or `stop()`."""
         queue = self._queue
         self._stopped = False
-        while queue and queue[0][0] <= until and not self._stopped:
-            time, _, event = heapq.heappop(queue)
-            if event.cancelled:
-                continue
-            self.now = time
-            self.events_run += 1
-            event.action()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(GC_THRESHOLD, *thresholds[1:])  # a run makes millions of objects, hardly any cycles
+        try:
+            while queue and queue[0][0] <= until and not self._stopped:
+                time, _, event = heapq.heappop(queue)
+                if event.cancelled:
+                    continue
+                self.now = time
+                self.events_run += 1
+                event.action()
+        finally:
+            gc.set_threshold(*thresholds)
         if not self._stopped and math.isfinite(until):
             self.now = max(self.now, until)

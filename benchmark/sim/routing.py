@@ -16,6 +16,7 @@ costs the recent announcements (vectorised) plus `count`. A claimant's decision 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import statistics
 from collections.abc import Callable
@@ -221,8 +222,8 @@ class Router:
                 ahead = ahead[np.lexsort((self.rank[ahead], order[ahead]))]  # claim order, the first first
                 k = 1 if 1 + int(np.count_nonzero(claiming)) <= chain else fanout
                 parent = (len(ahead) - 1) // k
-                picks = [parent, *(i for i in range(len(ahead) - 1, -1, -1) if i != parent)]
-                for i in picks[: retries - len(chosen)]:
+                nearest = (i for i in range(len(ahead) - 1, -1, -1) if i != parent)
+                for i in [parent, *itertools.islice(nearest, retries)][: retries - len(chosen)]:
                     node = int(ahead[i])
                     found = np.searchsorted(window.claimants, node)
                     if found < len(window.claimants) and window.claimants[found] == node:
