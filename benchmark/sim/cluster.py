@@ -13,7 +13,7 @@ from benchmark.sim.containerd import Blob, Containerd
 from benchmark.sim.events import Simulation
 from benchmark.sim.mirror import MirrorConfig, MirrorNode
 from benchmark.sim.network import NodeLink, SharedLink
-from benchmark.sim.routing import DelayModel, Router
+from benchmark.sim.routing import ClaimOwners, DelayModel, Router
 from benchmark.sim.world import Timing, World
 
 MIRROR_MODES = ("image", "layer", "inflight")
@@ -54,13 +54,15 @@ class SimCluster:
         node_rate = payload_rate(model.node_bandwidth)
         names = [f"{self.rng.getrandbits(64):016x}" for _ in range(n)]  # router names sort in no node order
         addresses = [f"n{i}:5000" for i in range(n)]
-        router = Router(names, addresses, model.delays or DelayModel.for_nodes(n), seed)
+        delays = model.delays or DelayModel.for_nodes(n)
+        router = Router(names, addresses, delays, seed)
         self.world = World(
             self.sim,
             SharedLink(self.sim, payload_rate(model.upstream_bandwidth), model.share_spread, seed),
             [NodeLink(node_rate) for _ in range(n)],
             [NodeLink(node_rate) for _ in range(n)],
             router,
+            ClaimOwners(self.sim, names, delays, seed),
             model.timing,
         )
         claims = mode == "inflight"

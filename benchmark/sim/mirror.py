@@ -2,10 +2,13 @@
 
 `MirrorNode.open(digest, offset, answer)` is containerd asking its own mirror for a blob from `offset` on. As
 in `MirrorBackend.blob`: look the blob up (`Router.lookup`, ordered by `decide.order_holders` with this
-node's open requests per peer), `decide.after_lookup`; on CLAIM announce the claim, wait the settle, look
-again and `decide.after_claim`; on `Follow` ask the holders staggered by the hedge delay, the next when one
-fails; on `Miss` answer None (404) after claiming when told to. A complete holder answers after a round
-trip; an in-progress holder once its download has bytes on disk, and fails after `inflight_wait` without.
+node's open requests per peer), `decide.after_lookup`; on CLAIM announce the claim and have the key's owner place
+it (`routing.ClaimOwners`), then `decide.after_claim` over the complete holders listed and the claimants ahead
+(`routing.after_owner`); when the owner's answer does not come within `claim_timeout` (or with `ordered` off, the
+design before the owner), wait the settle, look again and `decide.after_claim` over the claims seen; on `Follow`
+ask the holders staggered by the hedge delay, the next when one fails; on `Miss` answer None (404) after claiming
+when told to. A complete holder answers after a round trip; an in-progress holder once its download has bytes on
+disk, and fails after `inflight_wait` without.
 `transfer(...)` then moves the bytes from the holder that answered.
 """
 
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark.sim.network import PeerTransfer
+from benchmark.sim.routing import after_owner
 from benchmark.sim.world import World
 from spegel.mirror import decide
 from spegel.mirror.backend import CLAIMANTS_SEEN, MirrorOptions
@@ -29,9 +33,11 @@ DEFAULTS = MirrorOptions()
 class MirrorConfig:
     claims: bool  # --advertise inflight: downloads are claimed and shared while in progress
     resolve_retries: int = DEFAULTS.resolve_retries
+    ordered: bool = True  # claims are placed by the key's owner (Router.order_claim); False: the settle alone
+    claim_timeout: float = DEFAULTS.claim_timeout
     settle: float = DEFAULTS.miss_settle
     inflight_wait: float = DEFAULTS.inflight_wait
-    claimants_seen: int = CLAIMANTS_SEEN
+    claimants_seen: int = CLAIMANTS_SEEN  # after the settle (an owner's answer is read with every holder listed)
     fanout: int = DEFAULTS.follow_fanout
     chain: int = DEFAULTS.follow_chain
 
@@ -64,20 +70,39 @@ class MirrorNode:
         decision = decide.after_lookup(holders, head=False, claims=self.config.claims, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
             since = self._claim(digest)
-            settle = self.config.settle
-
-            def settled() -> None:
-                mine, config, router = (since, self.name), self.config, self.world.router
-                options = {"retries": config.resolve_retries, "fanout": config.fanout, "chain": config.chain}
-                if config.claimants_seen >= len(router.names):  # every claimant listed: the same decision, faster
-                    next(self._rotation)  # as `_lookup` would have
-                    decision = router.after_claim(self.world.sim.now, self.node, digest, mine, **options)
-                else:
-                    decision = decide.after_claim(self._lookup(digest, config.claimants_seen), mine, **options)
-                self._act(decision, digest, answer)
-
-            self.world.sim.after(settle, settled)
+            if self.config.ordered:
+                timeout = self.config.claim_timeout
+                self.world.owners.order(
+                    self.node, digest, timeout, lambda ahead: self._placed(digest, since, ahead, answer)
+                )
+            else:
+                self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer))
             return
+        self._act(decision, digest, answer)
+
+    def _placed(
+        self, digest: str, since: float, ahead: list[str] | None, answer: Callable[[PeerAnswer | None], None]
+    ) -> None:
+        """The owner placed this node's claim after `ahead` (None: it did not answer in time, so the settle)."""
+        if ahead is None:
+            self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer))
+            return
+        config, router = self.config, self.world.router
+        next(self._rotation)  # as the mirror's lookup of the complete holders would have
+        complete = router.complete_last(self.world.sim.now, self.node, digest, config.resolve_retries)
+        options = {"retries": config.resolve_retries, "fanout": config.fanout, "chain": config.chain}
+        decision = after_owner(complete, ahead, lambda place: router.placed(ahead[place], place), **options)
+        self._act(decision, digest, answer)
+
+    def _settled(self, digest: str, since: float, answer: Callable[[PeerAnswer | None], None]) -> None:
+        """After the settle: `decide.after_claim` over the claims this node sees, its own at `since`."""
+        mine, config, router = (since, self.name), self.config, self.world.router
+        options = {"retries": config.resolve_retries, "fanout": config.fanout, "chain": config.chain}
+        if config.claimants_seen >= len(router.names):  # every claimant listed: the same decision, faster
+            next(self._rotation)  # as `_lookup` would have
+            decision = router.after_claim(self.world.sim.now, self.node, digest, mine, **options)
+        else:
+            decision = decide.after_claim(self._lookup(digest, config.claimants_seen), mine, **options)
         self._act(decision, digest, answer)
 
     def _lookup(self, digest: str, count: int) -> list[Holder]:

@@ -11,6 +11,9 @@ Draws are a hash of (seed, announcement, observer): reproducible, and none is ma
 about. Announcements older than the cut are visible everywhere and are kept in sorted lists, so a lookup
 costs the recent announcements (vectorised) plus `count`. A claimant's decision over every claimant
 (`Router.after_claim`) costs arrays over the nodes instead of a holder per claimant.
+
+Claims are also ordered by each key's owner (`ClaimOwners`, as `spegel.routing.claims`), and `after_owner` is the
+decision a claimant makes from the owner's answer, making holders only for the claimants it picks.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ import bisect
 import itertools
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from benchmark.sim.events import Simulation
 from spegel.mirror.decide import ClaimKey, Follow, Miss
+from spegel.routing import claims
 from spegel.routing.base import Holder, KeyState
 
 # benchmark.router_bench, README (every node its own process, full mesh, 2 cores): nodes -> (p50, p95) seconds.
@@ -152,6 +157,7 @@ class Router:
         self._sorted_names = [names[n] for n in self._by_rank]
         self.rank = np.empty(len(names), dtype=np.int64)  # a node's place in name order
         self.rank[self._by_rank] = np.arange(len(names))
+        self._node_of = {name: node for node, name in enumerate(names)}
 
     def announce(self, now: float, node: int, key: str, complete: bool, since: float | None = None) -> None:
         """`node` holds `key` (complete, or in progress claimed at `since`) from `now` on (`now` never goes
@@ -205,9 +211,7 @@ class Router:
         if book is None:
             return Miss(claim=False)
         window = self._window(book, now, observer)
-        complete = book.complete_nodes.copy()
-        complete[window.complete] = True
-        complete[observer] = False
+        complete = self._complete(book, window, observer)
         order = book.claim_order.copy()
         order[window.claimants] = book.order[window.claims]
         claiming = ~np.isnan(order) & ~complete
@@ -234,6 +238,28 @@ class Router:
         if not chosen:
             return Miss(claim=False)
         return Follow(tuple(chosen), math.inf)
+
+    def complete_last(self, now: float, observer: int, key: str, count: int) -> list[Holder]:
+        """The last `count` in name order of the complete holders of `key` that `observer` sees at `now` (itself
+        left out), the last first: the complete holders `decide.claims_ahead` puts first when every one is listed
+        (they have no claim time)."""
+        book = self._books.get(key)
+        if book is None or count <= 0:
+            return []
+        complete = self._complete(book, self._window(book, now, observer), observer)
+        ranks = np.sort(self.rank[complete])[::-1][:count]
+        return [self._holder(self._by_rank[r], True, None) for r in ranks.tolist()]
+
+    def placed(self, name: str, place: int) -> Holder:
+        """The holder `claims.placed` makes of the claimant `name` at `place` in its key's claim order."""
+        return Holder(self.addresses[self._node_of[name]], KeyState.IN_PROGRESS, since=float(place), peer=name)
+
+    def _complete(self, book: _Book, window: _Window, observer: int) -> np.ndarray:
+        """Per node: whether `observer` sees it hold the key complete (never `observer` itself)."""
+        complete = book.complete_nodes.copy()
+        complete[window.complete] = True
+        complete[observer] = False
+        return complete
 
     def _window(self, book: _Book, now: float, observer: int) -> _Window:
         """Settle what is older than the cut, then what `observer` sees of the rest at `now`."""
@@ -281,6 +307,97 @@ class Router:
 
 
 _NONE = np.empty(0, dtype=np.int64)
+
+
+def after_owner(
+    complete: Sequence[Holder],
+    ahead: Sequence[str],
+    claimant: Callable[[int], Holder],
+    *,
+    retries: int,
+    fanout: int,
+    chain: int,
+) -> Follow | Miss:
+    """What `MirrorBackend._claim` decides when the key's owner placed this node's claim after the claimants
+    `ahead` (first first; each has an address, none is this node): `decide.after_claim(complete + [claimant(place)
+    for every place], (len(ahead), name), ...)`, where `claimant(place)` is the holder `claims.placed` makes of
+    `ahead[place]` (`Router.placed`) and `complete` are the complete holders listed (no claim time), the last in
+    name order first, all of them or at least `retries` (`Router.complete_last`; the simulated mirrors announce no
+    download without a claim). The same decision, with holders made only for the claimants chosen."""
+    if fanout < 1:
+        raise ValueError(f"fanout must be at least 1, got {fanout}")
+    chosen = list(complete[:retries])
+    if ahead and len(chosen) < retries:
+        k = 1 if 1 + len(ahead) <= chain else fanout  # every claimant listed is one ahead, and this node
+        parent = (len(ahead) - 1) // k
+        nearest = (place for place in range(len(ahead) - 1, -1, -1) if place != parent)
+        chosen += [claimant(place) for place in [parent, *itertools.islice(nearest, retries)][: retries - len(chosen)]]
+    if not chosen:
+        return Miss(claim=False)
+    return Follow(tuple(chosen), math.inf)
+
+
+# Offsets the seed of the claim messages' delays, so that they are drawn apart from the announcements' delays.
+CLAIM_SEED = 1 << 20
+
+
+class ClaimOwners:
+    """Claims ordered by each key's owner, as the libp2p router's `order_claim` does when every node is a connected
+    member: the owner of a key is `claims.owner(key, names)`, whose `claims.ClaimBook` records claimants in the
+    order their claims reach it. A node's claim of a key it owns is answered at once. Another node's claim reaches
+    the owner after a one-way delay and the answer comes back after a second one, each drawn from the announce ->
+    visible distribution (a message through a loaded node's event loop, as an announcement is: an assumption, the
+    claim's round trip was not measured apart), reproducibly per message. An answer later than the claimant's
+    `timeout` is lost (the claimant falls back; the owner has recorded the claim all the same)."""
+
+    def __init__(self, sim: Simulation, names: list[str], delays: DelayModel, seed: int = 0) -> None:
+        self.sim, self.names, self.seed = sim, names, seed + CLAIM_SEED
+        self._table = delays.table()
+        self._books: dict[int, claims.ClaimBook] = {}
+        self._owners: dict[str, int] = {}
+        self._node_of = {name: node for node, name in enumerate(names)}
+        self._messages = 0
+        self.asked = 0  # claims sent to an owner (not the claimant itself)
+        self.late = 0  # of which answered after the claimant's timeout
+
+    def owner(self, key: str) -> int:
+        node = self._owners.get(key)
+        if node is None:
+            name = claims.owner(key, self.names)
+            assert name is not None  # a cluster has nodes
+            node = self._owners[key] = self._node_of[name]
+        return node
+
+    def order(self, node: int, key: str, timeout: float, answer: Callable[[list[str] | None], None]) -> None:
+        """`node` claims `key` now: `answer(the claimants ahead of it, first first)` when the owner's answer comes,
+        or `answer(None)` after `timeout` when it comes later."""
+        owner = self.owner(key)
+        if owner == node:
+            answer(self._book(owner).claim(key, self.names[node], self.sim.now))
+            return
+        there, back = self._delay(owner), self._delay(node)
+        self.asked += 1
+
+        def arrived() -> None:
+            ahead = self._book(owner).claim(key, self.names[node], self.sim.now)
+            if there + back <= timeout:
+                self.sim.after(back, lambda: answer(ahead))
+
+        self.sim.after(there, arrived)
+        if there + back > timeout:
+            self.late += 1
+            self.sim.after(timeout, lambda: answer(None))
+
+    def _book(self, node: int) -> claims.ClaimBook:
+        book = self._books.get(node)
+        if book is None:
+            book = self._books[node] = claims.ClaimBook()
+        return book
+
+    def _delay(self, receiver: int) -> float:
+        self._messages += 1
+        draw = uniforms(self.seed, np.array([self._messages]), receiver)[0]
+        return float(self._table[int(draw * len(self._table))])
 
 
 def _first(ranks: list[int], by_rank: list[int], skip: Callable[[int], bool], count: int) -> list[int]:

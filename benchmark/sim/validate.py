@@ -67,7 +67,7 @@ EXPLAINED.update(
         for name, image in (("scale-8", "128MiB-4"), ("scale-12", "64MiB-4"), ("scale-12-stall", "64MiB-4"))
     }
 )
-AS_MEASURED = MirrorConfig(claims=True, settle=0.02, claimants_seen=256, fanout=1, chain=0)
+AS_MEASURED = MirrorConfig(claims=True, ordered=False, settle=0.02, claimants_seen=256, fanout=1, chain=0)
 
 
 def scenario_of(meta: dict[str, Any]) -> Scenario:

@@ -1,4 +1,5 @@
-"""What the simulated nodes share: the clock, the links, the router, every node's downloads, the counters."""
+"""What the simulated nodes share: the clock, the links, the router and the claims' owners, every node's downloads,
+the counters."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 
 from benchmark.sim.events import Simulation
 from benchmark.sim.network import NodeLink, PeerTransfer, SharedLink
-from benchmark.sim.routing import Router
+from benchmark.sim.routing import ClaimOwners, Router
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class World:
     uplinks: list[NodeLink]
     downlinks: list[NodeLink]
     router: Router
+    owners: ClaimOwners
     timing: Timing
     downloads: dict[tuple[int, str], Download] = field(default_factory=dict)
     counters: Counters = field(default_factory=Counters)

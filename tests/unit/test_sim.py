@@ -13,10 +13,12 @@ from benchmark.bound import payload_rate
 from benchmark.sim.cluster import ClusterModel, SimCluster
 from benchmark.sim.containerd import Blob
 from benchmark.sim.events import Simulation
+from benchmark.sim.mirror import MirrorConfig
 from benchmark.sim.network import NodeLink, PeerTransfer, SharedLink
-from benchmark.sim.routing import DelayModel, Router, uniforms
+from benchmark.sim.routing import ClaimOwners, DelayModel, Router, after_owner, uniforms
 from benchmark.sim.world import Timing
 from spegel.mirror import decide
+from spegel.routing import claims
 from spegel.routing.base import Holder, KeyState
 
 
@@ -214,12 +216,13 @@ def test_lookup_lists_what_the_observer_sees_complete_first_then_claims_by_name_
             assert got == expected[:count]
 
 
-def test_the_routers_claim_decision_is_decide_after_claim_over_every_holder_listed() -> None:
-    def described(decision: decide.Follow | decide.Miss) -> tuple:
-        if isinstance(decision, decide.Miss):
-            return ("miss", decision.claim)
-        return ("follow", decision.hedge_delay, [(h.address, h.state, h.since, h.peer) for h in decision.holders])
+def described(decision: decide.Follow | decide.Miss) -> tuple:
+    if isinstance(decision, decide.Miss):
+        return ("miss", decision.claim)
+    return ("follow", decision.hedge_delay, [(h.address, h.state, h.since, h.peer) for h in decision.holders])
 
+
+def test_the_routers_claim_decision_is_decide_after_claim_over_every_holder_listed() -> None:
     rng = random.Random(7)
     follows = 0
     for _ in range(300):
@@ -239,6 +242,110 @@ def test_the_routers_claim_decision_is_decide_after_claim_over_every_holder_list
             assert described(router.after_claim(now, observer, "k", mine, **options)) == described(expected)
             follows += isinstance(expected, decide.Follow) and len(expected.holders) > 1
     assert follows > 100  # the storms gave decisions with fallbacks, not only misses
+
+
+def test_a_claim_placed_by_the_owner_is_decided_as_the_mirror_decides_it() -> None:
+    """`after_owner` over `Router.complete_last` and `Router.placed` against `MirrorBackend._claim`'s reading of an
+    owner's answer: the holders listed that need no order, then `claims.placed`, into `decide.after_claim`."""
+    rng = random.Random(11)
+    follows = 0
+    for _ in range(300):
+        router, announcements, _ = random_storm(rng)
+        # the simulated mirrors announce every download in progress with its claim time
+        announcements = [
+            (t, node, done, t if since is None and not done else since) for t, node, done, since in announcements
+        ]
+        made = 0
+        for now in sorted(rng.uniform(0, 0.4) for _ in range(8)):
+            while made < len(announcements) and announcements[made][0] <= now:
+                router.announce(*announcements[made][:2], "k", announcements[made][2], announcements[made][3])
+                made += 1
+            observer = rng.randrange(len(router.names))
+            others = [name for name in router.names if name != router.names[observer]]
+            ahead = rng.sample(others, rng.randint(0, len(others)))  # the owner's order: any, as claims arrived
+            options = {"retries": rng.randint(0, 4), "fanout": rng.randint(1, 3), "chain": rng.randint(0, 6)}
+            listed = router.lookup(now, observer, "k", len(router.names))
+            load = {h.address: rng.randint(0, 2) for h in listed}
+            unordered = [
+                h
+                for h in decide.order_holders(listed, load, rng.randint(0, 5))
+                if h.state is KeyState.COMPLETE or h.since is None
+            ]
+            address = dict(zip(router.names, router.addresses, strict=True))
+            order = claims.placed(ahead, address.get)
+            expected = decide.after_claim(
+                unordered + list(order.ahead), (float(order.position), router.names[observer]), **options
+            )
+            complete = router.complete_last(now, observer, "k", options["retries"])
+            got = after_owner(complete, ahead, lambda place, r=router, a=ahead: r.placed(a[place], place), **options)
+            assert described(got) == described(expected)
+            follows += isinstance(expected, decide.Follow) and any(
+                h.state is KeyState.IN_PROGRESS for h in expected.holders
+            )
+    assert follows > 100  # claimants were followed, not only complete holders
+
+
+def test_claim_owners_answer_in_the_order_claims_reach_the_owner_and_lose_late_answers() -> None:
+    names = [f"node{i}" for i in range(8)]
+    key = "sha256:" + "a" * 64
+    owner = names.index(claims.owner(key, names))
+
+    def claim_all(delays: DelayModel, timeout: float, at: list[float]) -> tuple[ClaimOwners, dict[int, tuple]]:
+        sim = Simulation()
+        owners = ClaimOwners(sim, names, delays, seed=3)
+        answers: dict[int, tuple] = {}
+        for node, t in enumerate(at):
+            answer = lambda ahead, node=node: answers.setdefault(node, (sim.now, ahead))  # noqa: E731
+            sim.at(t, lambda node=node, answer=answer: owners.order(node, key, timeout, answer))
+        sim.run()
+        return owners, answers
+
+    # no delays: the order is the order of the claims; the owner's own claim is answered at once
+    at = [0.1 * ((3 * i) % 8) for i in range(8)]
+    owners, answers = claim_all(DelayModel(0.0, 0.0), 1.0, at)
+    by_time = sorted(range(8), key=lambda n: at[n])
+    assert {n: answers[n][1] for n in range(8)} == {
+        n: [names[m] for m in by_time[: by_time.index(n)]] for n in range(8)
+    }
+    assert owners.owner(key) == owner and owners.asked == 7 and owners.late == 0
+
+    # delays: each answer after the claim (at once for the owner's), the claimants ahead a prefix of one order
+    owners, answers = claim_all(DelayModel(0.05, 0.15), 1.0, [0.0] * 8)
+    final = max((ahead for _, ahead in answers.values()), key=len)
+    assert sorted(len(ahead) for _, ahead in answers.values()) == list(range(8))
+    for node, (when, ahead) in answers.items():
+        assert ahead == final[: len(ahead)] and names[node] not in ahead
+        assert (when == 0.0) == (node == owner)
+
+    # answers later than the timeout are lost (None at the timeout); the owner recorded the claims all the same
+    at = [1.0 if node == owner else 0.0 for node in range(8)]
+    owners, answers = claim_all(DelayModel(0.05, 0.15), 0.001, at)  # each delay is at least 5 ms
+    assert owners.asked == owners.late == 7
+    assert {n: answers[n] for n in range(8) if n != owner} == {n: (0.001, None) for n in range(8) if n != owner}
+    assert answers[owner][0] == 1.0 and sorted(answers[owner][1]) == sorted(n for n in names if n != names[owner])
+
+
+def test_claims_placed_by_their_owner_send_each_layer_upstream_once_where_the_settle_did_not() -> None:
+    """The 12-node storm under slow announcements (p50 50 ms, p95 150 ms): with the settle alone some node misses
+    the claims ahead of it and goes upstream too; placed by the owner (answered well within the timeout), never."""
+    blobs = [Blob("sha256:config", 600, layer=False)] + [
+        Blob(f"sha256:layer{i}", 8 << 20, layer=True) for i in range(4)
+    ]
+    size = sum(b.size for b in blobs)
+    upstream = {}
+    for ordered in (False, True):
+        sent = []
+        for seed in range(4):
+            mirror = MirrorConfig(claims=True, ordered=ordered)
+            model = ClusterModel(12, 50e6, 400e6, 4 << 20, 3, mirror=mirror, delays=DelayModel(0.05, 0.15))
+            sent.append(
+                SimCluster(model, "inflight", seed)
+                .run_phase(blobs, [list(range(12))], {})
+                .traffic["upstream_log_bytes"]
+            )
+        upstream[ordered] = max(sent) / size
+    assert upstream[True] == pytest.approx(1.0)
+    assert upstream[False] > 1.1
 
 
 def simulate(mode: str, nodes: int, layer: int = 40_000_000, jitter: float = 0.0) -> tuple[list[float], float]:
