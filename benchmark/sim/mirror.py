@@ -73,7 +73,7 @@ class MirrorNode:
             if self.config.ordered:
                 timeout = self.config.claim_timeout
                 self.world.owners.order(
-                    self.node, digest, timeout, lambda ahead: self._placed(digest, since, ahead, answer)
+                    self.node, digest, since, timeout, lambda ahead: self._placed(digest, since, ahead, answer)
                 )
             else:
                 self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer))

@@ -368,25 +368,41 @@ class ClaimOwners:
             node = self._owners[key] = self._node_of[name]
         return node
 
-    def order(self, node: int, key: str, timeout: float, answer: Callable[[list[str] | None], None]) -> None:
-        """`node` claims `key` now: `answer(the claimants ahead of it, first first)` when the owner's answer comes,
-        or `answer(None)` after `timeout` when it comes later."""
-        owner = self.owner(key)
-        if owner == node:
-            answer(self._book(owner).claim(key, self.names[node], self.sim.now))
-            return
-        there, back = self._delay(owner), self._delay(node)
-        self.asked += 1
-
-        def arrived() -> None:
-            ahead = self._book(owner).claim(key, self.names[node], self.sim.now)
-            if there + back <= timeout:
-                self.sim.after(back, lambda: answer(ahead))
-
-        self.sim.after(there, arrived)
-        if there + back > timeout:
+    def order(
+        self, node: int, key: str, since: float, timeout: float, answer: Callable[[list[str] | None], None]
+    ) -> None:
+        """`node` claims `key` now, its claim made at `since`: `answer(the claimants ahead of it, first first)` when
+        the owner's answer comes (the owner answers once the claim's place is final: `ClaimBook.claim`), or
+        `answer(None)` after `timeout` when it comes later."""
+        owner, name = self.owner(key), self.names[node]
+        book = self._book(owner)
+        there, back = (0.0, 0.0) if owner == node else (self._delay(owner), self._delay(node))
+        self.asked += owner != node
+        lost = there + back > timeout  # late whatever the owner's wait
+        if lost:
             self.late += 1
             self.sim.after(timeout, lambda: answer(None))
+
+        def arrived() -> None:
+            wait = book.claim(key, name, self.sim.now, since) - self.sim.now
+            if lost:
+                return
+            if there + wait + back > timeout:
+                self.late += 1
+                self.sim.after(timeout - there, lambda: answer(None))
+                return
+            self.sim.after(wait, lambda: self._reply(book.ahead(key, name, self.sim.now), back, answer))
+
+        if owner == node:
+            arrived()
+        else:
+            self.sim.after(there, arrived)
+
+    def _reply(self, ahead: list[str], delay: float, answer: Callable[[list[str] | None], None]) -> None:
+        if delay:
+            self.sim.after(delay, lambda: answer(ahead))
+        else:
+            answer(ahead)
 
     def _book(self, node: int) -> claims.ClaimBook:
         book = self._books.get(node)
