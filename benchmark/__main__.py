@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / f"{scenario.name}-{stamp}"
     workdir = args.workdir or Path("/var/tmp/spegel-bench") / f"{scenario.name}-{stamp}"
+    # Ctrl-C tears the cluster down even when the run was started with SIGINT ignored (a shell's background job):
+    # Python keeps an inherited SIG_IGN, and the run would go on to its end
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run(scenario, out, workdir, binary)
     except BaseException as exc:  # sorted below; trio may wrap what it raises in a group
