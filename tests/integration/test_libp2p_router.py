@@ -309,3 +309,26 @@ async def test_a_malformed_claim_is_refused_and_the_owner_goes_on(tmp_path: Path
         assert await a.order_claim(key, 5.0, time.time()) == ClaimOrder(
             1, (Holder("127.0.0.1:5002", KeyState.IN_PROGRESS),)
         )
+
+
+async def test_an_owner_that_does_not_answer_is_left_out_of_the_next_claims(tmp_path: Path) -> None:
+    """A frozen owner costs the claim timeout once; the next claims go to another owner at once."""
+    async with (
+        router(tmp_path, "a", registry="127.0.0.1:5001") as a,
+        router(tmp_path, "b", "--static-bootstrap-peers", a.listen_addrs()[0], registry="127.0.0.1:5002") as b,
+    ):
+        await until(lambda: a.index.address(b.name) is not None and b.index.address(a.name) is not None)
+
+        async def never_answer(stream) -> None:  # type: ignore[no-untyped-def]
+            await trio.sleep_forever()
+
+        a.host.set_stream_handler(CLAIM, never_answer)
+        keys = [f"sha256:{i:064x}" for i in range(200)]
+        first, second = [key for key in keys if owner(key, [a.name, b.name]) == a.name][:2]
+        started = trio.current_time()
+        assert await b.order_claim(first, 0.5, time.time()) is None
+        assert trio.current_time() - started >= 0.5
+        started = trio.current_time()
+        order = await b.order_claim(second, 0.5, time.time())
+        assert order is not None and order.position == 0  # b owns it now, with a left out
+        assert trio.current_time() - started < 0.5

@@ -63,6 +63,7 @@ ANNOUNCE = TProtocol(messages.ANNOUNCE_PROTOCOL)
 CLAIM = TProtocol(messages.CLAIM_PROTOCOL)
 CLAIM_REQUEST_LIMIT = 4096  # bytes of a claim frame: one key
 CLAIM_READ_TIMEOUT = 5.0
+SILENT_OWNER_SKIP = 30.0  # seconds a peer that did not answer a claim is not chosen as an owner
 DIAL_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
@@ -181,6 +182,7 @@ class Libp2pRouter:
         self._provide_wake = trio.Event()
         self._searches = DetachedCalls[list[PeerInfo]](nursery, MAX_DHT_SEARCHES, DHT_SEARCH_BOUND, [])
         self.claim_book = claims.ClaimBook()  # the claims of the keys this node owns
+        self._silent_owners: dict[str, float] = {}  # peer -> until when it is not chosen as an owner
 
     # The Router contract.
 
@@ -236,8 +238,15 @@ class Libp2pRouter:
 
     async def order_claim(self, key: str, timeout: float, since: float) -> ClaimOrder | None:
         """See `Router.order_claim`. The owner is chosen among this node and the connected peers whose registry
-        address is known (`claims.owner`); when it is this node, the claim is recorded here without I/O."""
-        members = {str(peer): peer for peer in self._links if self.index.address(str(peer)) is not None}
+        address is known (`claims.owner`), leaving out for `SILENT_OWNER_SKIP` seconds a peer that failed to
+        answer a claim (a frozen node costs one claim timeout, not one per blob it owns); when it is this node,
+        the claim is recorded here without I/O."""
+        now = trio.current_time()
+        members = {
+            str(peer): peer
+            for peer in self._links
+            if self.index.address(str(peer)) is not None and self._silent_owners.get(str(peer), -math.inf) <= now
+        }
         owner = claims.owner(key, [self.name, *members])
         if owner == self.name:
             ahead: tuple[str, ...] | list[str] | None = await claims.take_place(self.claim_book, key, self.name, since)
@@ -248,6 +257,10 @@ class Libp2pRouter:
                     ahead = await self._ask_owner(members[str(owner)], key, since)
                 except Exception as exc:  # the owner broke off, or answered nonsense
                     log.debug("claim of %s with %s failed: %s", key, owner, exc)
+            if ahead is None:
+                now = trio.current_time()
+                self._silent_owners = {p: t for p, t in self._silent_owners.items() if t > now}
+                self._silent_owners[str(owner)] = now + SILENT_OWNER_SKIP
         if ahead is None:
             return None
         return claims.placed(ahead, self.index.address)
