@@ -582,6 +582,26 @@ def _markdown(
             },
         )
     )
+    out.append(
+        "CPU seconds per GB (10^9 bytes) moved, totals over nodes, phases and repetitions: the mirror processes' "
+        "over the bytes they served (local, peer and in flight; a byte passed between two mirrors counts at both), "
+        "containerd's over the images its nodes pulled (S per successful pull). `-`: not measured (no mirror "
+        "counters).\n"
+    )
+    out.append(
+        markdown_table(
+            tables.cpu_per_gb_table(frames["usage"], frames["traffic"], pulls, meta),
+            {
+                "mode": "mode",
+                "mirror_cpu": "mirror CPU s",
+                "mirror_gb": "GB served",
+                "mirror_cpu_per_gb": "mirror CPU s / GB",
+                "containerd_cpu": "containerd CPU s",
+                "containerd_gb": "GB pulled",
+                "containerd_cpu_per_gb": "containerd CPU s / GB",
+            },
+        )
+    )
     if figures:
         out.append("## Plots\n")
         out.extend(f"![{caption}]({name})\n\n{caption}.\n" for name, caption in figures)

@@ -350,3 +350,42 @@ def usage_table(usage: pd.DataFrame) -> pd.DataFrame:
         rss_mib_max=("rss_mib", "max"),
     )
     return order(table.reset_index())
+
+
+SERVED_SOURCES = ("bytes_local", "bytes_peer", "bytes_inflight")  # the mirror's bytes sent, by source (not `miss`)
+
+
+def cpu_per_gb_table(
+    usage: pd.DataFrame, traffic: pd.DataFrame, pulls: pd.DataFrame, meta: dict[str, Any]
+) -> pd.DataFrame:
+    """CPU seconds per GB (10^9 bytes) moved, per mode, totals over all nodes, phases and repetitions.
+
+    Mirror: the CPU seconds of the mirror processes (`MIRROR_PROCESSES`) over the bytes they served, their
+    `spegel_mirror_bytes_total` of sources local, peer and inflight. A byte passed from one node's mirror to
+    another's counts twice, as the holder's local (or inflight) and as the asker's peer: both processes moved it.
+    Runs without any of these counters (no mirror of ours: upstream, proxy, spegel-go) are left out, CPU
+    included: such a mode gets NaN. A counter missing beside others is 0: before f6beead a mirror exported a
+    source only once it had counted bytes.
+    Containerd: its CPU seconds over the bytes its nodes pulled, the image size S of each successful pull (the
+    bytes of a failed pull are left out, its CPU is not)."""
+    columns = ["mode", "mirror_cpu", "mirror_gb", "mirror_cpu_per_gb"]
+    columns += ["containerd_cpu", "containerd_gb", "containerd_cpu_per_gb"]
+    if usage.empty or pulls.empty:
+        return pd.DataFrame(columns=columns)
+    kinds = usage.assign(kind=usage["process"].replace(dict.fromkeys(MIRROR_PROCESSES, "mirror")))
+    runs = kinds.pivot_table(index=["run", "mode"], columns="kind", values="cpu_seconds", aggfunc="sum")
+    runs = runs.reindex(columns=["mirror", "containerd"]).reset_index("mode")
+    counters = traffic.reindex(columns=["run", *SERVED_SOURCES])
+    served = counters[list(SERVED_SOURCES)].sum(axis=1, min_count=1)  # NaN: no counter at all
+    runs["mirror_bytes"] = served.groupby(counters["run"]).sum(min_count=1)
+    runs["mirror"] = runs["mirror"].where(runs["mirror_bytes"].notna())
+    ok = pulls[pulls["ok"].astype(bool)]
+    sizes = [meta["images"][f"{r.image}/{r.phase}"]["size"] for r in ok.itertuples()]
+    runs["containerd_bytes"] = pd.Series(sizes, index=ok.index, dtype=float).groupby(ok["run"]).sum()
+    totals = runs.groupby("mode", sort=False).sum(min_count=1)
+    table = pd.DataFrame({"mode": totals.index}, index=totals.index)
+    for kind in ("mirror", "containerd"):
+        gb = totals[f"{kind}_bytes"] / 1e9
+        table[f"{kind}_cpu"], table[f"{kind}_gb"] = totals[kind], gb
+        table[f"{kind}_cpu_per_gb"] = totals[kind] / gb.where(gb > 0)
+    return order(table[columns])

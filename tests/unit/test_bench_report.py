@@ -282,6 +282,7 @@ def test_report_is_built_with_tables_and_plots(run_dir: Path) -> None:
     ):
         assert heading in text
     assert "| img | create | inflight | 4 |" in text
+    assert "| mode | mirror CPU s | GB served | mirror CPU s / GB |" in text
     assert "**1 run(s) failed**" in text and "- img/layer/rep1: starting the nodes failed: spegel exited\n" in text
     assert "[report.html](report.html)" in text and (run_dir / "report.html").read_text().startswith("<!DOCTYPE html>")
     for png in ("pull_times.png", "cdf.png", "timeline.png", "advertisement.png", "upstream_bytes.png"):
@@ -386,3 +387,36 @@ def test_order_keeps_the_scenarios_image_order_and_sorts_phases_and_modes() -> N
         ("1MB", "update", "inflight"),
         ("100MB", "create", "inflight"),
     ]
+
+
+def test_cpu_per_gb_counts_mirror_bytes_served_and_containerd_bytes_pulled() -> None:
+    meta = {"images": {"img/create": {"size": 1e9}, "img/update": {"size": 0.5e9}}}
+    # mode: its mirror process, containerd CPU s of n0 (n1 twice that)
+    modes = {"upstream": ((), 1.0), "spegel-go": (("spegel-go",), 2.0), "inflight": (("spegel",), 0.5)}
+    pulls, usage, traffic = [], [], []
+    for mode, (mirror, cpu) in modes.items():
+        for rep in (0, 1):
+            labels = {"run": f"img/{mode}/rep{rep}", "image": "img", "mode": mode, "repetition": rep}
+            for node, used in (("n0", cpu), ("n1", 2 * cpu)):
+                pulls.append({**labels, "phase": "create", "node": node, "ok": True})
+                pulls.append({**labels, "phase": "update", "node": node, "ok": node == "n0"})  # n1's update failed
+                usage.append({**labels, "node": node, "process": "containerd", "cpu_seconds": used})
+                usage += [{**labels, "node": node, "process": p, "cpu_seconds": 4 * used} for p in mirror]
+            for phase, sent in (("create", (1e9, 2e9, 0.5e9)), ("update", (0.25e9, 0.25e9, 0.0))):
+                if mode != "inflight":  # no mirror counters
+                    sent = (math.nan,) * 3
+                elif rep == 1:  # an old mirror's export: no counter of a source that counted nothing
+                    sent = tuple(math.nan if bytes_ == 0 else bytes_ for bytes_ in sent)
+                traffic.append({**labels, "phase": phase, **dict(zip(tables.SERVED_SOURCES, sent, strict=True))})
+    table = tables.cpu_per_gb_table(pd.DataFrame(usage), pd.DataFrame(traffic), pd.DataFrame(pulls), meta)
+    assert list(table["mode"]) == ["upstream", "spegel-go", "inflight"]
+    rows = table.set_index("mode")
+    # 2 runs x 4 x (0.5 + 1) s over 2 x (1 + 2 + 0.5 + 0.25 + 0.25) GB
+    assert rows.loc["inflight", ["mirror_cpu", "mirror_gb", "mirror_cpu_per_gb"]].tolist() == pytest.approx(
+        [12, 8, 1.5]
+    )
+    assert rows.loc[["upstream", "spegel-go"], ["mirror_cpu", "mirror_gb", "mirror_cpu_per_gb"]].isna().all(axis=None)
+    # containerd: both repetitions; per run 2 x 1 GB created + 0.5 GB updated (n1's failed update not counted)
+    assert rows["containerd_cpu"].tolist() == pytest.approx([6, 12, 3])
+    assert rows["containerd_gb"].tolist() == pytest.approx([5, 5, 5])
+    assert rows["containerd_cpu_per_gb"].tolist() == pytest.approx([1.2, 2.4, 0.6])
