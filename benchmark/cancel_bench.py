@@ -11,7 +11,7 @@ miss). Bounded: at most `--requests` requests and `--deadline` seconds.
 
 At the end it waits (up to 10 s) for the mirrors to settle and prints, against their values before the run:
 this process's open file descriptors (with B's idle keep-alive connections to A closed first), the blob
-files open, B's peer connections (httpcore pool: active and idle) and B's per-peer load counters
+files open, B's peer connections (TCP connections established to A) and B's per-peer load counters
 (`PeerClient.load`). Nothing leaked when each is back where it started (the load counters at 0, no active
 peer connection). Not a test: nothing is asserted.
 """
@@ -51,18 +51,17 @@ CLOSE_POINTS = ("after_send", "after_head", "mid_body", "complete")
 class Snapshot:
     fds: int
     blob_fds: int
-    peer_active: int
-    peer_idle: int
+    peer_connections: int
     load: dict[str, int]
 
     def line(self, name: str) -> str:
         return (
-            f"{name:<6} open fds {self.fds:>4}  blob files open {self.blob_fds}  peer connections active"
-            f" {self.peer_active} idle {self.peer_idle}  load {self.load}"
+            f"{name:<6} open fds {self.fds:>4}  blob files open {self.blob_fds}  peer connections"
+            f" {self.peer_connections}  load {self.load}"
         )
 
 
-def snapshot(peers: PeerClient, blob_path: Path) -> Snapshot:
+def snapshot(peers: PeerClient, blob_path: Path, peer_port: int) -> Snapshot:
     fds = os.listdir("/proc/self/fd")
     blob_fds = 0
     for fd in fds:
@@ -70,15 +69,18 @@ def snapshot(peers: PeerClient, blob_path: Path) -> Snapshot:
             blob_fds += os.readlink(f"/proc/self/fd/{fd}") == str(blob_path)
         except OSError:
             continue
-    pool = _pool_connections(peers)
-    idle = sum(1 for c in pool if c.is_idle())
-    return Snapshot(len(fds), blob_fds, len(pool) - idle, idle, dict(peers.load))
+    return Snapshot(len(fds), blob_fds, _established_to(peer_port), dict(peers.load))
 
 
-def _pool_connections(peers: PeerClient) -> list[Any]:
-    """The connections of B's httpx client pool (httpcore; read through private attributes: a benchmark's view)."""
-    transport = peers._client._transport
-    return list(transport._pool.connections)  # type: ignore[attr-defined]
+def _established_to(port: int) -> int:
+    """TCP connections in this network namespace that are established to `port` on loopback (B's blob requests to
+    A, and clients' requests to A while they run), from /proc/net/tcp."""
+    count = 0
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        count += state == "01" and int(remote.rsplit(":", 1)[1], 16) == port
+    return count
 
 
 async def client(
@@ -149,7 +151,8 @@ async def run(requests: int, parallel: int, deadline: float, size: int, seed: in
                 await nursery.start(serve_app, create_app(backend, REGISTRY), address)
                 if layout == "a":
                     await router.advertise([str(digest)], KeyState.COMPLETE)
-            before = snapshot(peers, blob_path)
+            a_port = int(a_addr.rpartition(":")[2])
+            before = snapshot(peers, blob_path, a_port)
             counts: collections.Counter[str] = collections.Counter()
             errors: list[str] = []
             started = time.monotonic()
@@ -159,11 +162,11 @@ async def run(requests: int, parallel: int, deadline: float, size: int, seed: in
                     for worker in range(parallel):
                         clients.start_soon(_worker, todo, (a_addr, b_addr), digest, data, seed + worker, counts, errors)
             took = time.monotonic() - started
-            settled = await _settle(peers, blob_path, before)
-            after = snapshot(peers, blob_path)
-            await peers.aclose()  # B's idle keep-alive connections to A: closed, so that the fd count compares
+            settled = await _settle(peers, blob_path, a_port, before)
+            after = snapshot(peers, blob_path, a_port)
+            await peers.aclose()  # B's idle keep-alive connections (manifests): closed, so that the fd count compares
             await trio.sleep(0.2)
-            closed = snapshot(peers, blob_path)
+            closed = snapshot(peers, blob_path, a_port)
             nursery.cancel_scope.cancel()
     done = sum(counts.values())
     print(f"{done} requests in {took:.1f} s ({'cut by the deadline' if scope.cancelled_caught else 'all done'}),")
@@ -173,7 +176,7 @@ async def run(requests: int, parallel: int, deadline: float, size: int, seed: in
     print(before.line("before"))
     print(after.line("after") + f"  (settled: {settled})")
     print(closed.line("closed") + "  (after B's idle keep-alive connections were closed)")
-    leaked = closed.fds > before.fds or after.blob_fds or after.peer_active or any(after.load.values()) or errors
+    leaked = closed.fds > before.fds or after.blob_fds or after.peer_connections or any(after.load.values()) or errors
     print("nothing leaked" if not leaked else "LEAKED or failed: see above")
     return 1 if leaked else 0
 
@@ -195,12 +198,12 @@ async def _worker(
             errors.append(str(exc))
 
 
-async def _settle(peers: PeerClient, blob_path: Path, before: Snapshot) -> bool:
+async def _settle(peers: PeerClient, blob_path: Path, a_port: int, before: Snapshot) -> bool:
     """Wait up to 10 s for the load counters, active peer connections and open blob files to drop back."""
     with trio.move_on_after(10):
         while True:
-            now = snapshot(peers, blob_path)
-            if not any(now.load.values()) and not now.peer_active and now.blob_fds <= before.blob_fds:
+            now = snapshot(peers, blob_path, a_port)
+            if not any(now.load.values()) and not now.peer_connections and now.blob_fds <= before.blob_fds:
                 return True
             await trio.sleep(0.05)
     return False

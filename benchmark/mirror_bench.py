@@ -17,11 +17,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import os
+import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,19 +34,25 @@ from benchmark.daemons import Registry, start_loopback_node
 from benchmark.images import ImageSpec, build, push
 
 
-def fetch(url: str, params: dict[str, str], headers: dict[str, str] | None = None) -> int:
+def fetch(
+    url: str, params: dict[str, str], headers: dict[str, str] | None = None, on_head: Callable[[], None] | None = None
+) -> int:
     received = 0
     with httpx.stream("GET", url, params=params, headers=headers or {}, timeout=120) as response:
         response.raise_for_status()
+        if on_head is not None:
+            on_head()
         for piece in response.iter_raw(1 << 20):
             received += len(piece)
     return received
 
 
-def throughput(url: str, params: dict[str, str], size: int, parallel: bool) -> float:
+def throughput(
+    url: str, params: dict[str, str], size: int, parallel: bool, on_head: Callable[[], None] | None = None
+) -> float:
     started = time.perf_counter()
     if not parallel:
-        assert fetch(url, params) == size
+        assert fetch(url, params, on_head=on_head) == size
     else:
         piece = 8 << 20
         ranges = [(start, min(start + piece, size) - 1) for start in range(0, size, piece)]
@@ -60,6 +69,27 @@ def sha256_rate(size: int = 256 << 20) -> float:
     for offset in range(0, size, piece):
         hasher.update(data[offset : offset + piece])
     return size / (time.perf_counter() - started) / 1e6
+
+
+def fresh_write_cost(directory: str, size: int = 256 << 20) -> float:
+    """CPU seconds per GB of writing `size` bytes in 1 MiB pieces into a new unlinked file in `directory`: what
+    a mirror's copy costs beyond the hash for filling page-cache pages it has not used before."""
+    piece = memoryview(bytes(1 << 20))
+    fd, path = tempfile.mkstemp(dir=directory)
+    os.unlink(path)
+    try:
+        started = resource.getrusage(resource.RUSAGE_SELF)
+        for offset in range(0, size, len(piece)):
+            os.pwrite(fd, piece, offset)
+        ended = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        os.close(fd)
+    spent = ended.ru_utime + ended.ru_stime - started.ru_utime - started.ru_stime
+    return spent / (size / 1e9)
+
+
+def _copy_cpu(copying: list[float], pid: int, before: float) -> None:
+    copying.append(cpu_seconds(pid) - before)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -97,14 +127,18 @@ def main() -> None:
             sha = sha256_rate()
             print(f"layer: {size / 2**20:.0f} MiB; best of {args.repeat}; load {os.getloadavg()[0]:.1f}")
             print(f"SHA-256, one core: {sha:.0f} MB/s ({1e3 / sha:.2f} s/GB)")
+            write = fresh_write_cost(tmp)
+            print(f"writing a new file (fresh page-cache pages), one core: {write:.2f} CPU s/GB")
             unused = iter(paths)
             for parallel in (False, True):
                 label = "8 x 8 MiB ranges" if parallel else "one full GET    "
                 local = max(throughput(a.mirror.url + paths[0], params, size, parallel) for _ in range(args.repeat))
-                rates, cpu = [], 0.0
+                rates, cpu, copying = [], 0.0, []
                 for _ in range(args.repeat):
                     before = cpu_seconds(b.mirror.pid)
-                    rates.append(throughput(b.mirror.url + next(unused), params, size, parallel))
+                    # B answers once its copy is verified: its CPU until the response head is the copy's
+                    on_head = None if parallel else functools.partial(_copy_cpu, copying, b.mirror.pid, before)
+                    rates.append(throughput(b.mirror.url + next(unused), params, size, parallel, on_head))
                     cpu += cpu_seconds(b.mirror.pid) - before
                 proxied, per_gb = max(rates), cpu / (args.repeat * size / 1e9)
                 goal = 0.8 * min(local, sha)
@@ -113,6 +147,10 @@ def main() -> None:
                     f"| ratio {proxied / local:.2f} | goal {goal:.0f} MB/s {'met' if proxied >= goal else 'NOT met'} "
                     f"| B's CPU {per_gb:.2f} s/GB (goal <= {1e3 / sha + 0.3:.2f})"
                 )
+                if copying:
+                    copy_gb = sum(copying) / (args.repeat * size / 1e9)
+                    sending = per_gb - copy_gb
+                    print(f"  B's CPU per GB: copying from A and verifying {copy_gb:.2f} s, sending {sending:.2f} s")
             misses = []
             with httpx.Client(base_url=b.mirror.url, params=params) as client:
                 for i in range(args.misses):

@@ -88,6 +88,7 @@ class MirrorBackend:
         self.in_progress = in_progress
         self.claims = claims
         self.copies = Copies(options.spool_dir)
+        self._peer_gets: dict[Digest, trio.Lock] = {}  # by digest, while GETs of it go to peers
 
     def ready(self) -> bool:
         return self.router.ready()
@@ -137,11 +138,24 @@ class MirrorBackend:
             reader = await self._arriving(digest)
             self._count(registry, "inflight")
             return _Counted(reader, self.metrics, "inflight", digest)
-        if not request.head:  # a copy this mirror made (or is making) from a peer serves it again
-            shared = await self.copies.open_verified(digest)
-            if shared is not None:
-                self._count(registry, "peer")
-                return _Counted(shared, self.metrics, "peer", digest)
+        if request.head:
+            return await self._from_peers(request)
+        # one GET of a blob at a time goes to peers: the others wait for its copy instead of making their own
+        lock = self._peer_gets.setdefault(digest, trio.Lock())
+        try:
+            async with lock:
+                shared = await self.copies.open_verified(digest)  # a copy this mirror made (or is making)
+                if shared is not None:
+                    self._count(registry, "peer")
+                    return _Counted(shared, self.metrics, "peer", digest)
+                return await self._from_peers(request)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._peer_gets.pop(digest, None)
+
+    async def _from_peers(self, request: BlobRequest) -> BlobReader:
+        """The blob from the peers that hold it (see `_open`), or NotFound when none can send it."""
+        registry, digest = request.registry, request.digest
         holders = await self._lookup(str(digest))
         claims = self.claims
         hedge = self.peers.latency.hedge_delay()

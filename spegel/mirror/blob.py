@@ -3,12 +3,9 @@ containerd copied whole and verified against its digest before a byte is release
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
-
-import httpx
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from spegel.metrics import Metrics
 from spegel.mirror.copies import Copies, CopyReader
@@ -16,7 +13,7 @@ from spegel.mirror.decide import resume_candidates
 from spegel.mirror.peers import PeerClient, PeerError, PeerResponse
 from spegel.oci.digest import Digest
 from spegel.routing.base import Holder
-from spegel.store.base import closing
+from spegel.store.files import READ_SIZE
 
 log = logging.getLogger("spegel.mirror")
 
@@ -49,13 +46,25 @@ class PeerBlob:
         self.holder = first.holder
 
     async def chunks(self, start: int, end: int) -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(self._pieces(start, end, set())) as pieces:
-            async for piece, _ in pieces:
-                yield piece
+        buffer = memoryview(bytearray(READ_SIZE))
+
+        async def space() -> memoryview:
+            return buffer
+
+        failed: set[str] = set()
+        offset = start
+        try:
+            while offset <= end:
+                count, _ = await self._receive(offset, start, end, failed, space)
+                offset += count
+                yield bytes(buffer[:count])
+        finally:
+            await self._close_current()
 
     async def verified(self, copies: Copies) -> CopyReader:
         """The whole blob, copied from the holders into an unlinked file (offered to other mirrors in `copies`
-        while it grows) and hashed in order, returned once it hashes to the digest.
+        while it grows) and hashed in order, returned once it hashes to the digest. Each byte is received
+        straight into the buffer that is hashed and written (`Copy.filling`).
 
         Nothing is released before the whole blob verifies because containerd keeps every byte it is sent in
         its ingest and checks the digest only at commit: one wrong byte fails the pull (README, "Decisions").
@@ -64,18 +73,22 @@ class PeerBlob:
         copy starts again from the next holder. Raises OSError when no holder is left. Cancellation abandons
         the copy and closes the open peer response."""
         failed: set[str] = set()
+        end = self.size - 1
         while True:
             copy = copies.start(self._digest, self.size)
             reader: CopyReader | None = None
             try:
                 hasher, served_by = hashlib.new(self._digest.algorithm), copy.sources
-                async with (
-                    contextlib.aclosing(self._pieces(0, self.size - 1, failed)) as pieces,
-                    copy.filling(hasher) as write,
-                ):
-                    async for piece, holder in pieces:
-                        await write(piece)
-                        served_by.add(holder)
+                try:
+                    async with copy.filling(hasher) as filler:
+                        offset = 0
+                        while offset <= end:
+                            count, holder = await self._receive(offset, 0, end, failed, filler.space)
+                            served_by.add(holder)
+                            await filler.commit(count)
+                            offset += count
+                finally:
+                    await self._close_current()
                 if hasher.hexdigest() == self._digest.hex:
                     copy.finish(abandoned=False)  # done: its reader is `ranged`
                     reader = CopyReader(copy)
@@ -92,43 +105,40 @@ class PeerBlob:
                 extra={"peer": ",".join(sorted(served_by)), "digest": str(self._digest)},
             )
 
-    async def _pieces(self, start: int, end: int, failed: set[str]) -> AsyncGenerator[tuple[bytes, str]]:
-        """Bytes `start..end` with the address of the holder that sent each piece; holders in `failed` (to
-        which those that break are added) are not asked."""
-        offset = start
-        try:
-            while offset <= end:
-                current = self._current
-                if current is None or current.closed or not current.start <= offset or current.end < end:
-                    current = await self._reopen(offset, end, failed)
-                try:
-                    async with closing(_body_from(current, offset)) as body:
-                        async for piece in body:
-                            piece = piece[: end - offset + 1]
-                            offset += len(piece)
-                            yield piece, current.holder.address
-                            if offset > end:
-                                break
-                    if offset <= end:
-                        raise PeerError(f"{current.holder.address}: body ended at {offset}")
-                except (PeerError, httpx.HTTPError) as exc:
-                    failed.add(current.holder.address)
-                    self._peers.penalize(current.holder.address)  # a peer that stalls is not asked on every request
-                    self._metrics.peer_errors.labels("broken").inc()
-                    log.warning(
-                        "peer transfer broke",
-                        extra={
-                            "peer": current.holder.address,
-                            "digest": str(self._digest),
-                            "offset": offset,
-                            "error": str(exc) or type(exc).__name__,
-                        },
-                    )
-                    await self._close_current()
-                    if offset > start:
-                        self._metrics.peer_resumes.inc()
-        finally:
-            await self._close_current()
+    async def _receive(
+        self, offset: int, first: int, end: int, failed: set[str], space: Callable[[], Awaitable[memoryview]]
+    ) -> tuple[int, str]:
+        """Receive blob bytes from `offset` (at most to `end`) into `space()`: their count (> 0) and the address of
+        the holder that sent them. `space` is called only once bytes are there to receive, and nothing waits
+        between it and the receive. A transfer that breaks resumes from the next holder not in `failed` (to
+        which the broken one is added; `first` is where this transfer began, for the resume count); raises
+        OSError when none is left."""
+        while True:
+            current = self._current
+            if current is None or current.closed or current.position > offset or current.end < end:
+                current = await self._reopen(offset, end, failed)
+            try:
+                await current.skip_to(offset)
+                await current.wait_readable()
+                view = (await space())[: end - offset + 1]
+                count = current.receive_available(view)
+            except PeerError as exc:
+                await self._broke(current, exc, offset, first, failed)
+                continue
+            if count:
+                return count, current.holder.address
+
+    async def _broke(self, current: PeerResponse, error: PeerError, offset: int, first: int, failed: set[str]) -> None:
+        failed.add(current.holder.address)
+        self._peers.penalize(current.holder.address)  # a peer that stalls is not asked on every request
+        self._metrics.peer_errors.labels("broken").inc()
+        log.warning(
+            "peer transfer broke",
+            extra={"peer": current.holder.address, "digest": str(self._digest), "offset": offset, "error": str(error)},
+        )
+        await self._close_current()
+        if offset > first:
+            self._metrics.peer_resumes.inc()
 
     async def _reopen(self, offset: int, end: int, failed: set[str]) -> PeerResponse:
         await self._close_current()
@@ -157,18 +167,3 @@ class PeerBlob:
 
     async def aclose(self) -> None:
         await self._close_current()
-
-
-async def _body_from(response: PeerResponse, offset: int) -> AsyncIterator[bytes]:
-    """The response body from `offset` on, skipping what lies before it."""
-    position = response.start
-    async with closing(response.pieces()) as pieces:
-        async for piece in pieces:
-            if position + len(piece) <= offset:
-                position += len(piece)
-                continue
-            if position < offset:
-                piece = piece[offset - position :]
-                position = offset
-            position += len(piece)
-            yield piece

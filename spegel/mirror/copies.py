@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import trio
@@ -34,6 +34,63 @@ def _hash_and_write(hasher: Hasher, fd: int, data: memoryview, offset: int) -> N
     os.pwrite(fd, data, offset)
 
 
+class _Flag:
+    """A bool shared between a `Filler` and its worker."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def set(self) -> None:
+        self.value = True
+
+    def clear(self) -> None:
+        self.value = False
+
+
+class Filler:
+    """The caller's side of `Copy.filling`: `space()`, the free part of the batch being gathered, to receive
+    into; then `commit(count)`, the first `count` bytes of that space are the copy's next bytes."""
+
+    def __init__(
+        self,
+        full: trio.MemorySendChannel[tuple[bytearray, int, int]],
+        free: trio.MemoryReceiveChannel[bytearray],
+    ) -> None:
+        self._full, self._free = full, free
+        self._buffer: bytearray | None = None  # the batch being gathered
+        self.count = 0  # its bytes
+        self._offset = 0  # where they go in the copy
+        self._since = 0.0  # when its first byte came
+        self.idle = _Flag(True)  # the worker waits for a batch
+        self.busy = False  # the caller holds `space()` uncommitted, or is handing a batch over
+
+    async def space(self) -> memoryview:
+        """The free part of the batch being gathered (waiting for a free batch when there is none). Nothing may
+        wait between this and the `commit` of what was received into it."""
+        if self._buffer is None:
+            self._buffer = await self._free.receive()
+        self.busy = True
+        return memoryview(self._buffer)[self.count :]
+
+    async def commit(self, count: int) -> None:
+        """The first `count` bytes of the last `space()` are the copy's next bytes."""
+        if count and not self.count:
+            self._since = trio.current_time()
+        self.count += count
+        due = self.count >= EAGER_BATCH or trio.current_time() - self._since >= EAGER_DELAY
+        if self.count == BATCH or (self.idle.value and self.count and due):
+            self.idle.clear()  # until the worker has it: the next bytes are gathered apart
+            await self._full.send(self.take())
+        self.busy = False
+
+    def take(self) -> tuple[bytearray, int, int]:
+        """The batch gathered so far, handed over: the next byte starts a new one."""
+        assert self._buffer is not None
+        batch = (self._buffer, self.count, self._offset)
+        self._buffer, self._offset, self.count = None, self._offset + self.count, 0
+        return batch
+
+
 class Copy:
     """One copy in progress: an unlinked file of `size` bytes whose first `written` are filled in. `done` once
     it is verified or abandoned (`abandoned`), after which `written` no longer grows."""
@@ -47,35 +104,27 @@ class Copy:
         self._grown = trio.Event()
 
     @contextlib.asynccontextmanager
-    async def filling(self, hasher: Hasher) -> AsyncIterator[Callable[[bytes], Awaitable[None]]]:
-        """Yield `write(piece)`, which appends to the copy and to `hasher`, in order, in one pass over the bytes.
+    async def filling(self, hasher: Hasher) -> AsyncIterator[Filler]:
+        """Yield a `Filler`, through which the caller appends to the copy and to `hasher`, in order, in one pass
+        over the bytes: it receives them straight into `space()` and says how many came with `commit(count)`.
 
-        Pieces are gathered into two reused `BATCH` buffers; a worker thread hashes and writes one (hashlib and
+        The bytes gather in two reused `BATCH` buffers; a worker thread hashes and writes one (hashlib and
         `pwrite` release the GIL) while the caller receives into the other, so hashing runs beside network
         I/O. A batch goes to the worker when it is full; a partial one when the worker is idle and the batch
-        holds `EAGER_BATCH` bytes, or once its first byte is `EAGER_DELAY` old (the worker takes it then). So
-        a slow stream (a download still in progress upstream) lands within 20 ms and mirrors reading this copy
-        as it grows lag by that, not by up to `BATCH` bytes per hop of a chain, while a fast one lands in
-        batches of 256 KiB to 1 MiB (a worker call per 64 KiB piece cost 0.9 CPU s per GB more, mirror_bench).
-        `written` grows as batches land. Leaving the block flushes the last batch and waits for it;
-        cancellation waits for the batch in flight (at most one `BATCH`)."""
+        holds `EAGER_BATCH` bytes, or once its first byte is `EAGER_DELAY` old (the worker takes it then, unless
+        the caller holds `space()` uncommitted). So a slow stream (a download still in progress upstream) lands
+        within 20 ms and mirrors reading this copy as it grows lag by that, not by up to `BATCH` bytes per hop
+        of a chain, while a fast one lands in batches of 256 KiB to 1 MiB (a worker call per 64 KiB piece cost
+        0.9 CPU s per GB more, mirror_bench). `written` grows as batches land. Leaving the block flushes the
+        last batch and waits for it; cancellation waits for the batch in flight (at most one `BATCH`)."""
         full_send, full_receive = trio.open_memory_channel[tuple[bytearray, int, int]](1)
         free_send, free_receive = trio.open_memory_channel[bytearray](2)
         for _ in range(2):
             free_send.send_nowait(bytearray(BATCH))
-        buffer, count, offset = bytearray(), 0, 0  # the batch being gathered
-        gathering_since = 0.0  # when its first byte came
-        idle, sending = True, False  # the worker waits for a batch; `write` is handing one over
-
-        def take() -> tuple[bytearray, int, int]:
-            """The batch gathered so far, handed over: the next byte starts a new one."""
-            nonlocal count, offset
-            batch = (buffer, count, offset)
-            offset, count = offset + count, 0
-            return batch
+        filler = Filler(full_send, free_receive)
 
         async def absorb() -> None:
-            nonlocal idle
+            idle = filler.idle
             while True:
                 with trio.move_on_after(EAGER_DELAY) as waited:
                     try:
@@ -83,39 +132,23 @@ class Copy:
                     except trio.EndOfChannel:
                         return
                 if waited.cancelled_caught:
-                    if not count or sending:
+                    if not filler.count or filler.busy:
                         continue
-                    batch, size, at = take()  # a slow stream's bytes, not left waiting for the next piece
-                idle = False
+                    batch, size, at = filler.take()  # a slow stream's bytes, not left waiting for the next piece
+                idle.clear()
                 await trio.to_thread.run_sync(_hash_and_write, hasher, self.fd, memoryview(batch)[:size], at)
                 self.written = at + size
                 self._signal()
                 free_send.send_nowait(batch)
-                idle = True
-
-        async def write(piece: bytes) -> None:
-            nonlocal buffer, count, gathering_since, idle, sending
-            view = memoryview(piece)
-            while view:
-                if not count:
-                    buffer = await free_receive.receive()
-                    gathering_since = trio.current_time()
-                size = min(len(view), BATCH - count)
-                buffer[count : count + size] = view[:size]
-                count, view = count + size, view[size:]
-                due = count >= EAGER_BATCH or trio.current_time() - gathering_since >= EAGER_DELAY
-                if count == BATCH or (idle and not view and due):
-                    idle, sending = False, True  # until the worker has it: the next piece is gathered apart
-                    await full_send.send(take())
-                    sending = False
+                idle.set()
 
         error: Exception | None = None  # raised by the block: re-raised as itself, not in an ExceptionGroup
         async with trio.open_nursery() as nursery:
             nursery.start_soon(absorb)
             try:
-                yield write
-                if count:
-                    await full_send.send(take())
+                yield filler
+                if filler.count:
+                    await full_send.send(filler.take())
             except Exception as exc:
                 error = exc
             finally:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlencode
 
 import httpx
 import trio
 
 from spegel import httprange
 from spegel.httprange import RangeSpec
+from spegel.mirror import peerhttp
 from spegel.mirror.decide import LatencyTracker, order_holders
 from spegel.oci.digest import Digest, InvalidDigest
 from spegel.oci.manifest import detect_media_type
@@ -28,11 +30,9 @@ from spegel.routing.base import Holder, KeyState
 from spegel.store.base import closing
 
 DISCARD_TIMEOUT = 5.0  # longest a cancelled `first_success` spends closing what its attempts opened
+SKIP_BUFFER = 1 << 20  # bytes dropped per receive by `PeerResponse.skip_to`
+PeerError = peerhttp.PeerError
 T = TypeVar("T")
-
-
-class PeerError(Exception):
-    """A peer could not deliver what was asked: refused, timed out, answered an error or broke off."""
 
 
 @dataclass(frozen=True)
@@ -44,34 +44,48 @@ class Timeouts:
 
 
 class PeerResponse:
-    """An open blob response from a peer: its body covers bytes `start..end` of a blob of `size` bytes."""
+    """An open blob response from a peer: its body covers bytes `start..end` of a blob of `size` bytes, and
+    `position` is the offset in the blob of the next byte it delivers."""
 
     def __init__(
-        self, holder: Holder, response: httpx.Response, start: int, end: int, size: int, on_close: Callable[[], None]
+        self, holder: Holder, response: peerhttp.Response, start: int, end: int, size: int, on_close: Callable[[], None]
     ) -> None:
         self.holder = holder
         self.response = response
         self.start, self.end, self.size = start, end, size
-        self.ranged = response.headers.get("Accept-Ranges", "").lower() == "bytes"
+        self.ranged = response.headers.get("accept-ranges", "").lower() == "bytes"
         self.closed = False
         self._on_close = on_close
 
-    async def pieces(self) -> AsyncIterator[bytes]:
-        """The body as it arrives. Not re-chunked: httpx's chunker drops what it holds when the transfer breaks,
-        and a resume must start at the byte after the last one received."""
-        async with closing(self.response.aiter_raw()) as raw:
-            async for piece in raw:
-                yield piece
+    @property
+    def position(self) -> int:
+        return self.start + self.response.received
+
+    async def wait_readable(self) -> None:
+        """Return once `receive_available` has bytes to give. Raises PeerError when the transfer breaks, ends
+        before `end` or stalls past the read timeout."""
+        if self.position > self.end:
+            raise PeerError(f"{self.holder.address}: body ended at {self.position}")
+        await self.response.wait_readable()
+
+    def receive_available(self, view: memoryview) -> int:
+        """Receive into `view`, without waiting, the body bytes that arrived (0 when none yet): the blob's
+        bytes from `position` on. Raises PeerError when the transfer broke."""
+        return self.response.receive_available(view)
+
+    async def skip_to(self, offset: int) -> None:
+        """Receive and drop the bytes before `offset` (a holder that answered a range from an earlier byte)."""
+        scratch = memoryview(bytearray(min(SKIP_BUFFER, max(0, offset - self.position))))
+        while self.position < offset:
+            await self.wait_readable()
+            self.receive_available(scratch[: offset - self.position])
 
     async def aclose(self) -> None:
-        """Close the response (its connection goes back to the pool, or is dropped when the body was not read to
-        its end). Shielded from the caller's cancellation, bounded by `DISCARD_TIMEOUT`: a cancelled transfer still
-        closes its response."""
+        """Close the response and its connection (a body not read to its end is dropped). Never blocks."""
         if not self.closed:
             self.closed = True
             self._on_close()
-            with trio.move_on_after(DISCARD_TIMEOUT, shield=True):
-                await self.response.aclose()
+            self.response.close()
 
 
 class PeerClient:
@@ -176,21 +190,32 @@ class PeerClient:
     async def open_blob(
         self, holder: Holder, registry: str, repository: str, digest: Digest, requested: RangeSpec | None, head: bool
     ) -> PeerResponse:
-        """Open a blob on a peer, asking for the range `requested` (None: the whole blob)."""
-        headers = {"Range": requested.header()} if requested is not None else {}
-        path = f"/v2/{repository}/blobs/{digest}"
-        request = self._request("HEAD" if head else "GET", holder, path, registry, headers)
+        """Open a blob on a peer, asking for the range `requested` (None: the whole blob). Its body is received
+        with `peerhttp` (into the caller's buffers)."""
+        headers = {MIRRORED_HEADER: "true", "Accept-Encoding": "identity"}
+        if requested is not None:
+            headers["Range"] = requested.header()
+        target = f"/v2/{repository}/blobs/{digest}?{urlencode({'ns': registry})}"
+        t = self.timeouts
+        in_progress = holder.state is KeyState.IN_PROGRESS
+        read = t.read + t.inflight_wait if in_progress else t.read
+        timeouts = peerhttp.RequestTimeouts(t.connect, self._first_byte_timeout(holder), read)
         self.track(holder.address, +1)  # counted from the start, so concurrent requests spread at once
+        started = time.perf_counter()
         try:
-            response = await self._send(holder, request)
-        except BaseException:
+            method = "HEAD" if head else "GET"
+            response = await peerhttp.open_response(holder.address, method, target, headers, timeouts)
+        except BaseException as exc:
             self.track(holder.address, -1)
+            if isinstance(exc, PeerError):
+                self.penalize(holder.address)
             raise
+        self.latency.observe(time.perf_counter() - started)
         try:
             return _blob_response(holder, response, digest, lambda: self.track(holder.address, -1))
         except PeerError:
             self.track(holder.address, -1)
-            await response.aclose()
+            response.close()
             raise
 
     async def open_blob_range(
@@ -209,30 +234,31 @@ def _announced_digest(holder: Holder) -> Digest | None:
         return None
 
 
-def _header_digest(response: httpx.Response) -> Digest | None:
+def _header_digest(headers: dict[str, str]) -> Digest | None:
     try:
-        return Digest.parse(response.headers.get("Docker-Content-Digest", ""))
+        return Digest.parse(headers.get("docker-content-digest", ""))
     except InvalidDigest:
         return None
 
 
 def _blob_response(
-    holder: Holder, response: httpx.Response, digest: Digest, on_close: Callable[[], None]
+    holder: Holder, response: peerhttp.Response, digest: Digest, on_close: Callable[[], None]
 ) -> PeerResponse:
     """Validate a peer's blob answer and say which bytes its body holds."""
-    if response.status_code not in (200, 206):
-        raise PeerError(f"{holder.address}: blob answered {response.status_code}")
-    if response.headers.get("Content-Encoding", "identity") != "identity":
+    headers = response.headers
+    if response.status not in (200, 206):
+        raise PeerError(f"{holder.address}: blob answered {response.status}")
+    if headers.get("content-encoding", "identity") != "identity":
         raise PeerError(f"{holder.address}: blob sent with a Content-Encoding")
-    if _header_digest(response) != digest:
+    if _header_digest(headers) != digest:
         raise PeerError(f"{holder.address}: answered for another digest")
     try:
-        length = int(response.headers["Content-Length"])
+        length = int(headers["content-length"])
     except (KeyError, ValueError):
         raise PeerError(f"{holder.address}: blob answer without Content-Length") from None
-    if response.status_code == 200:
+    if response.status == 200:
         return PeerResponse(holder, response, 0, length - 1, length, on_close)
-    content_range = httprange.parse_content_range(response.headers.get("Content-Range", ""))
+    content_range = httprange.parse_content_range(headers.get("content-range", ""))
     if content_range is None or content_range.size is None or content_range.end - content_range.start + 1 != length:
         raise PeerError(f"{holder.address}: 206 with a bad Content-Range")
     return PeerResponse(holder, response, content_range.start, content_range.end, content_range.size, on_close)

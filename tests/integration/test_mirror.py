@@ -173,6 +173,37 @@ async def serve_then_die(listener: trio.SocketListener, data: bytes, digest: Dig
         await send_blob_start(stream, data, digest, cut)
 
 
+async def test_concurrent_gets_of_a_peer_blob_share_one_copy(tmp_path: Path, image) -> None:
+    """Eight range requests for a blob that only a peer holds, sent at once: the mirror copies it from the peer
+    once and answers all eight from that copy."""
+    image.to_layout(tmp_path / "a", REFERENCE)
+    layer = layer_of(image)
+    data = image.read_blob(layer)
+    async with trio.open_nursery() as nursery:
+        a_addr, a_metrics = await start_mirror(nursery, tmp_path / "a", StaticRouter({}), MirrorOptions())
+        table = {str(layer): [Holder(a_addr)]}
+        c_addr, _ = await start_mirror(nursery, empty_layout(tmp_path / "c"), StaticRouter(table), MirrorOptions())
+        piece = len(data) // 8 + 1
+        got: dict[int, bytes] = {}
+        async with httpx.AsyncClient(base_url=f"http://{c_addr}", timeout=30) as client:
+
+            async def fetch(start: int) -> None:
+                headers = {"Range": f"bytes={start}-{start + piece - 1}"}
+                response = await client.get(
+                    f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"}, headers=headers
+                )
+                assert response.status_code == 206
+                got[start] = response.content
+
+            async with trio.open_nursery() as requests:
+                for start in range(0, len(data), piece):
+                    requests.start_soon(fetch, start)
+        assert b"".join(got[start] for start in sorted(got)) == data
+        sent = a_metrics.registry.get_sample_value("spegel_mirror_bytes_total", {"source": "local"})
+        assert sent == len(data)  # one copy, not one per request
+        nursery.cancel_scope.cancel()
+
+
 async def test_transfer_resumes_from_another_holder_when_a_peer_breaks(tmp_path: Path, image) -> None:
     layer = layer_of(image)
     data = image.read_blob(layer)

@@ -7,7 +7,18 @@ import os
 
 import trio
 
-from spegel.mirror.copies import BATCH, Copy, CopyReader
+from spegel.mirror.copies import BATCH, Copy, CopyReader, Filler
+
+
+async def _write(filler: Filler, piece: bytes) -> None:
+    """Append `piece` the way a receiver does: into `space()`, then `commit`."""
+    view = memoryview(piece)
+    while view:
+        space = await filler.space()
+        count = min(len(space), len(view))
+        space[:count] = view[:count]
+        await filler.commit(count)
+        view = view[count:]
 
 
 def _file_bytes(copy: Copy) -> bytes:
@@ -21,8 +32,8 @@ async def test_a_piece_of_a_slow_stream_is_readable_before_more_arrive() -> None
     copy = Copy(3 * BATCH, None)
     try:
         reader = CopyReader(copy)
-        async with copy.filling(hashlib.sha256()) as write:
-            await write(b"first piece")
+        async with copy.filling(hashlib.sha256()) as filler:
+            await _write(filler, b"first piece")
             with trio.fail_after(5):
                 pieces = reader.chunks(0, copy.size - 1)
                 assert await pieces.__anext__() == b"first piece"
@@ -38,13 +49,13 @@ async def test_bytes_land_in_order_and_hash_once_whatever_the_piece_sizes() -> N
     copy = Copy(len(data), None)
     hasher = hashlib.sha256()
     try:
-        async with copy.filling(hasher) as write:
+        async with copy.filling(hasher) as filler:
             offset = 0
             for i in range(10_000):
                 if offset >= len(data):
                     break
                 size = sizes[i % len(sizes)]
-                await write(data[offset : offset + size])
+                await _write(filler, data[offset : offset + size])
                 offset += size
                 if i % 3 == 0:
                     await trio.sleep(0)  # let the worker go idle now and then: partial batches
