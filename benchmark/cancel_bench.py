@@ -148,6 +148,7 @@ async def run(requests: int, parallel: int, deadline: float, size: int, seed: in
                 store = OCILayoutStore(Path(tmp) / layout)
                 metrics = Metrics(RegistryLabels([REGISTRY]))
                 backend = MirrorBackend(store, router, client_of_peers, metrics, MirrorOptions())
+                backend.copies.keep = 0  # no verified copy kept: every request to B that A answers is a peer transfer
                 await nursery.start(serve_app, create_app(backend, REGISTRY), address)
                 if layout == "a":
                     await router.advertise([str(digest)], KeyState.COMPLETE)
