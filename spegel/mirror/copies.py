@@ -29,9 +29,11 @@ class Hasher(Protocol):
     def update(self, data: memoryview, /) -> None: ...
 
 
-def _hash_and_write(hasher: Hasher, fd: int, data: memoryview, offset: int) -> None:
-    hasher.update(data)
-    os.pwrite(fd, data, offset)
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    """`pwrite` all of `data` at `offset` (a short write is continued; a failed one raises OSError)."""
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 class _Flag:
@@ -108,15 +110,16 @@ class Copy:
         """Yield a `Filler`, through which the caller appends to the copy and to `hasher`, in order, in one pass
         over the bytes: it receives them straight into `space()` and says how many came with `commit(count)`.
 
-        The bytes gather in two reused `BATCH` buffers; a worker thread hashes and writes one (hashlib and
-        `pwrite` release the GIL) while the caller receives into the other, so hashing runs beside network
-        I/O. A batch goes to the worker when it is full; a partial one when the worker is idle and the batch
-        holds `EAGER_BATCH` bytes, or once its first byte is `EAGER_DELAY` old (the worker takes it then, unless
-        the caller holds `space()` uncommitted). So a slow stream (a download still in progress upstream) lands
-        within 20 ms and mirrors reading this copy as it grows lag by that, not by up to `BATCH` bytes per hop
-        of a chain, while a fast one lands in batches of 256 KiB to 1 MiB (a worker call per 64 KiB piece cost
-        0.9 CPU s per GB more, mirror_bench). `written` grows as batches land. Leaving the block flushes the
-        last batch and waits for it; cancellation waits for the batch in flight (at most one `BATCH`)."""
+        The bytes gather in two reused `BATCH` buffers. The worker hashes and writes one, in two threads at the
+        same time (hashlib and `pwrite` release the GIL), while the caller receives into the other: hashing,
+        writing and network I/O run side by side. A batch goes to the worker when it is full; a partial one when
+        the worker is idle and the batch holds `EAGER_BATCH` bytes, or once its first byte is `EAGER_DELAY` old
+        (the worker takes it then, unless the caller holds `space()` uncommitted). So a slow stream (a download
+        still in progress upstream) lands within 20 ms and mirrors reading this copy as it grows lag by that,
+        not by up to `BATCH` bytes per hop of a chain, while a fast one lands in batches of 256 KiB to 1 MiB (a
+        worker call per 64 KiB piece cost 0.9 CPU s per GB more, mirror_bench). `written` grows as batches
+        land. Leaving the block flushes the last batch and waits for it; cancellation waits for the batch in
+        flight (at most one `BATCH`)."""
         full_send, full_receive = trio.open_memory_channel[tuple[bytearray, int, int]](1)
         free_send, free_receive = trio.open_memory_channel[bytearray](2)
         for _ in range(2):
@@ -136,7 +139,10 @@ class Copy:
                         continue
                     batch, size, at = filler.take()  # a slow stream's bytes, not left waiting for the next piece
                 idle.clear()
-                await trio.to_thread.run_sync(_hash_and_write, hasher, self.fd, memoryview(batch)[:size], at)
+                view = memoryview(batch)[:size]
+                async with trio.open_nursery() as both:  # two threads: the slower of the two sets the pace
+                    both.start_soon(trio.to_thread.run_sync, hasher.update, view)
+                    await trio.to_thread.run_sync(_write_all, self.fd, view, at)
                 self.written = at + size
                 self._signal()
                 free_send.send_nowait(batch)
