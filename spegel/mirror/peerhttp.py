@@ -11,9 +11,10 @@ Contract:
   failure (refused, reset, timed out, malformed) raises `PeerError`; the socket is closed on every path,
   cancellation too.
 - A body is framed by `Content-Length` only (a peer mirror never sends another framing: one that does is
-  refused). `wait_readable` waits (at most `read_timeout`) for body bytes, which
-  `receive_available` then receives without waiting into the caller's buffer; it never reads past the body
-  and raises `PeerError` when the peer closes early.
+  refused). A Content-Length that is not a number of bytes is refused in any answer, a HEAD's too.
+- `wait_readable` waits (at most `read_timeout`) for body bytes, which `receive_available` then receives
+  without waiting into the caller's buffer; it never reads past the body and raises `PeerError` when the
+  peer closes early.
 - One connection per request: blob transfers are long, and a connection that is never reused cannot carry
   a half-read body into the next request.
 """
@@ -51,7 +52,8 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Response:
-    """An open response: `status`, `headers` (names lower-case), and for a body, `length` bytes to receive."""
+    """An open response: `status`, `headers` (names lower-case), `content_length` as declared (None when
+    absent; of a HEAD answer too), and for a body, `length` bytes to receive."""
 
     def __init__(
         self,
@@ -66,7 +68,14 @@ class Response:
         self.address = address
         self.status = response.status_code
         self.headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in response.headers}
-        self.length = 0 if head or self.status in (204, 304) else _content_length(address, self.headers)
+        self.content_length = _content_length(address, self.headers)  # as declared (of a HEAD too)
+        self.length = 0  # the body's bytes to receive
+        if not head and self.status not in (204, 304):
+            if "transfer-encoding" in self.headers:
+                raise PeerError(f"{address}: body framed by Transfer-Encoding, not Content-Length")
+            if self.content_length is None:
+                raise PeerError(f"{address}: answer without a Content-Length")
+            self.length = self.content_length
         if len(early) > self.length:
             _close(stream)
             raise PeerError(f"{address}: sent more than its Content-Length")
@@ -186,10 +195,11 @@ def _early_body(connection: h11.Connection) -> bytes:
     return bytes(data)
 
 
-def _content_length(address: str, headers: dict[str, str]) -> int:
-    if "transfer-encoding" in headers:
-        raise PeerError(f"{address}: body framed by Transfer-Encoding, not Content-Length")
-    value = headers.get("content-length", "")
+def _content_length(address: str, headers: dict[str, str]) -> int | None:
+    """The declared Content-Length; None when there is none. PeerError when it is not a number of bytes."""
+    value = headers.get("content-length")
+    if value is None:
+        return None
     if not value.isdigit():
         raise PeerError(f"{address}: answer without a valid Content-Length")
     return int(value)

@@ -32,6 +32,7 @@ from spegel.store.base import closing
 DISCARD_TIMEOUT = 5.0  # longest a cancelled `first_success` spends closing what its attempts opened
 SKIP_BUFFER = 1 << 20  # bytes dropped per receive by `PeerResponse.skip_to`
 PeerError = peerhttp.PeerError
+PEER_HEADERS = {MIRRORED_HEADER: "true", "Accept-Encoding": "identity"}  # on every request to a peer
 T = TypeVar("T")
 
 
@@ -120,6 +121,11 @@ class PeerClient:
             return self.timeouts.first_byte + self.timeouts.inflight_wait
         return self.timeouts.first_byte
 
+    def _read_timeout(self, holder: Holder) -> float:
+        if holder.state is KeyState.IN_PROGRESS:
+            return self.timeouts.read + self.timeouts.inflight_wait
+        return self.timeouts.read
+
     def usable(self, holder: Holder) -> bool:
         """False for a peer that is penalized: it failed to answer (connect or first-byte timeout, refused) or
         its transfer stalled within the last `penalty` seconds, so a silent peer costs its timeout once, not on
@@ -147,15 +153,14 @@ class PeerClient:
         self.latency.observe(time.perf_counter() - started)
         return response
 
-    def _request(self, method: str, holder: Holder, path: str, registry: str, headers: dict[str, str]) -> httpx.Request:
+    def _request(self, holder: Holder, path: str, registry: str) -> httpx.Request:
         t = self.timeouts
-        read = t.read + t.inflight_wait if holder.state is KeyState.IN_PROGRESS else t.read
         return self._client.build_request(
-            method,
+            "GET",
             f"http://{holder.address}{path}",
             params={"ns": registry},
-            headers={MIRRORED_HEADER: "true", "Accept-Encoding": "identity", **headers},
-            timeout=httpx.Timeout(connect=t.connect, read=read, write=t.read, pool=1.0),
+            headers=PEER_HEADERS,
+            timeout=httpx.Timeout(connect=t.connect, read=self._read_timeout(holder), write=t.read, pool=1.0),
         )
 
     async def fetch_manifest(self, holder: Holder, reference: Reference) -> ManifestContent:
@@ -166,7 +171,7 @@ class PeerClient:
             raise PeerError(f"{holder.address}: announced no manifest digest for {reference}")
         target = str(reference.digest) if reference.digest is not None else reference.tag
         path = f"/v2/{reference.repository}/manifests/{target}"
-        response = await self._send(holder, self._request("GET", holder, path, reference.registry, {}))
+        response = await self._send(holder, self._request(holder, path, reference.registry))
         try:
             if response.status_code != 200:
                 raise PeerError(f"{holder.address}: manifest answered {response.status_code}")
@@ -192,14 +197,11 @@ class PeerClient:
     ) -> PeerResponse:
         """Open a blob on a peer, asking for the range `requested` (None: the whole blob). Its body is received
         with `peerhttp` (into the caller's buffers)."""
-        headers = {MIRRORED_HEADER: "true", "Accept-Encoding": "identity"}
-        if requested is not None:
-            headers["Range"] = requested.header()
+        headers = PEER_HEADERS | ({"Range": requested.header()} if requested is not None else {})
         target = f"/v2/{repository}/blobs/{digest}?{urlencode({'ns': registry})}"
-        t = self.timeouts
-        in_progress = holder.state is KeyState.IN_PROGRESS
-        read = t.read + t.inflight_wait if in_progress else t.read
-        timeouts = peerhttp.RequestTimeouts(t.connect, self._first_byte_timeout(holder), read)
+        timeouts = peerhttp.RequestTimeouts(
+            self.timeouts.connect, self._first_byte_timeout(holder), self._read_timeout(holder)
+        )
         self.track(holder.address, +1)  # counted from the start, so concurrent requests spread at once
         started = time.perf_counter()
         try:
@@ -252,10 +254,9 @@ def _blob_response(
         raise PeerError(f"{holder.address}: blob sent with a Content-Encoding")
     if _header_digest(headers) != digest:
         raise PeerError(f"{holder.address}: answered for another digest")
-    try:
-        length = int(headers["content-length"])
-    except (KeyError, ValueError):
-        raise PeerError(f"{holder.address}: blob answer without Content-Length") from None
+    length = response.content_length
+    if length is None:
+        raise PeerError(f"{holder.address}: blob answer without Content-Length")
     if response.status == 200:
         return PeerResponse(holder, response, 0, length - 1, length, on_close)
     content_range = httprange.parse_content_range(headers.get("content-range", ""))

@@ -39,11 +39,11 @@ async def _serve(script: Script) -> AsyncIterator[str]:
         nursery.cancel_scope.cancel()
 
 
-async def _refusal(script: Script) -> PeerError:
+async def _refusal(script: Script, method: str = "GET") -> PeerError:
     """The error `open_response` raises for a peer that runs `script`."""
     async with _serve(script) as address:
         try:
-            response = await open_response(address, "GET", "/v2/x/blobs/sha256:00", {}, FAST)
+            response = await open_response(address, method, "/v2/x/blobs/sha256:00", {}, FAST)
         except PeerError as exc:
             return exc  # returned, not raised through the server's nursery (which would wrap it in a group)
         response.close()
@@ -88,6 +88,7 @@ async def test_a_head_answer_has_no_body_to_receive() -> None:
     async with _serve(script) as address:
         response = await open_response(address, "HEAD", "/v2/x/blobs/sha256:00", {}, FAST)
         assert response.complete and response.headers["docker-content-digest"] == "sha256:00"
+        assert response.content_length == 1 << 30  # the blob's size, though no body follows
         response.close()
 
 
@@ -134,6 +135,15 @@ async def test_a_malformed_answer_is_one_peer_error(reply: bytes, error: str) ->
         await trio.sleep(0.2)  # the whole reply arrives before the close
 
     assert error in str(await _refusal(script))
+
+
+@pytest.mark.parametrize("length", [b"-5", b"1e3", b"0x10", b""])
+async def test_a_head_answer_with_a_bad_length_is_a_peer_error(length: bytes) -> None:
+    async def script(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\n")
+        await trio.sleep(0.2)
+
+    assert "Content-Length" in str(await _refusal(script, "HEAD"))
 
 
 async def test_a_peer_that_never_answers_costs_the_first_byte_timeout() -> None:
