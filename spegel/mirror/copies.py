@@ -36,19 +36,6 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-class _Flag:
-    """A bool shared between a `Filler` and its worker."""
-
-    def __init__(self, value: bool) -> None:
-        self.value = value
-
-    def set(self) -> None:
-        self.value = True
-
-    def clear(self) -> None:
-        self.value = False
-
-
 class Filler:
     """The caller's side of `Copy.filling`: `space()`, the free part of the batch being gathered, to receive
     into; then `commit(count)`, the first `count` bytes of that space are the copy's next bytes."""
@@ -63,7 +50,7 @@ class Filler:
         self.count = 0  # its bytes
         self._offset = 0  # where they go in the copy
         self._since = 0.0  # when its first byte came
-        self.idle = _Flag(True)  # the worker waits for a batch
+        self.idle = True  # the worker waits for a batch (set by the worker)
         self.busy = False  # the caller holds `space()` uncommitted, or is handing a batch over
 
     async def space(self) -> memoryview:
@@ -80,8 +67,8 @@ class Filler:
             self._since = trio.current_time()
         self.count += count
         due = self.count >= EAGER_BATCH or trio.current_time() - self._since >= EAGER_DELAY
-        if self.count == BATCH or (self.idle.value and self.count and due):
-            self.idle.clear()  # until the worker has it: the next bytes are gathered apart
+        if self.count == BATCH or (self.idle and self.count and due):
+            self.idle = False  # until the worker has it: the next bytes are gathered apart
             await self._full.send(self.take())
         self.busy = False
 
@@ -127,7 +114,6 @@ class Copy:
         filler = Filler(full_send, free_receive)
 
         async def absorb() -> None:
-            idle = filler.idle
             while True:
                 with trio.move_on_after(EAGER_DELAY) as waited:
                     try:
@@ -138,7 +124,7 @@ class Copy:
                     if not filler.count or filler.busy:
                         continue
                     batch, size, at = filler.take()  # a slow stream's bytes, not left waiting for the next piece
-                idle.clear()
+                filler.idle = False
                 view = memoryview(batch)[:size]
                 async with trio.open_nursery() as both:  # two threads: the slower of the two sets the pace
                     both.start_soon(trio.to_thread.run_sync, hasher.update, view)
@@ -146,7 +132,7 @@ class Copy:
                 self.written = at + size
                 self._signal()
                 free_send.send_nowait(batch)
-                idle.set()
+                filler.idle = True
 
         error: Exception | None = None  # raised by the block: re-raised as itself, not in an ExceptionGroup
         async with trio.open_nursery() as nursery:
