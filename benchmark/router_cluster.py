@@ -152,17 +152,18 @@ class NodeProcess:
 
 
 async def wait_until_meshed(nodes: Sequence[NodeProcess], timeout: float) -> None:
-    """Wait until every node is ready and connected to every other one; NodeError naming the laggards otherwise."""
-    want = len(nodes) - 1
+    """Wait until every node is ready and knows every other one as a member of the overlay (linked to it, or through
+    links); NodeError naming the laggards otherwise."""
+    names = {node.peer_id for node in nodes}
     statuses: list[dict[str, Any]] = []
     with trio.move_on_after(timeout):
         while True:
             statuses = [await node.request("status") for node in nodes]
-            if all(s["ready"] and len(s["connected"]) >= want for s in statuses):
+            if all(s["ready"] and names - {s["peer_id"]} <= set(s["members"]) for s in statuses):
                 return
             await trio.sleep(0.2)
-    lagging = [(n.name, len(s["connected"]), s["ready"]) for n, s in zip(nodes, statuses, strict=False)]
-    raise NodeError(f"not meshed within {timeout}s (name, peers, ready): {lagging}")
+    lagging = [(n.name, len(s["members"]), len(s["linked"]), s["ready"]) for n, s in zip(nodes, statuses, strict=False)]
+    raise NodeError(f"not meshed within {timeout}s (name, members, links, ready): {lagging}")
 
 
 @asynccontextmanager

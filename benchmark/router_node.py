@@ -6,7 +6,8 @@ On start it prints one JSON line `{"event": "started", "peer_id": ..., "addrs": 
 a JSON command `{"id": N, "op": ..., ...}`, answered by one stdout line `{"id": N, ...}` (`"error"` on failure);
 commands run concurrently, so a slow one (`watch`) does not hold up the rest. The process ends at stdin EOF.
 
-Operations: `status` (with the keys held per peer in the index, and how many it refused); `advertise` (keys,
+Operations: `status` (connected and linked peers, the members it knows, the keys held per peer in the index, how
+many it refused, how many messages skipped numbers); `advertise` (keys,
 state, available); `withdraw` (keys); `lookup` (key, count, timeout:
 holders and seconds taken); `lookups` (keys, count, timeout: latencies in seconds and how many found); `watch`
 (keys, timeout: the wall-clock time each key first became visible); `usage` (CPU seconds, RSS bytes).
@@ -72,6 +73,9 @@ async def execute(router: Libp2pRouter, command: dict[str, Any]) -> dict[str, An
             "addrs": router.listen_addrs(),
             "ready": router.ready(),
             "connected": sorted(str(peer) for peer in router.connected_peers()),
+            "linked": sorted(str(peer) for peer in router.linked_peers()),
+            "members": sorted(router.origins.known),
+            "gaps": router.gaps,
             "holds": {peer: router.index.holds(peer) for peer in router.index.known_peers()},
             "refused": router.index.refused,
         }

@@ -272,6 +272,14 @@ def add_router_flags(parser: FlagParser) -> None:
         help="how long a disconnected peer's announcements are kept for it to come back (default: 10s)",
     )
     parser.flag(
+        "--router-degree",
+        group=group,
+        type=positive_int,
+        default=8,
+        help="how many peers each node picks to link to; announcements are passed on over these links, so a "
+        "cluster of up to degree + 1 nodes is a full mesh (default: 8)",
+    )
+    parser.flag(
         "--router-record-ttl",
         group=group,
         type=duration,

@@ -51,6 +51,7 @@ class RouterOptions:
     peer_networks: tuple[str, ...] = ()  # CIDRs peers may name besides their own host
     max_keys_per_peer: int = 50_000
     peer_grace: float = 10.0  # seconds a disconnected peer's entries are kept
+    degree: int = 8  # peers each node picks to link to
 
 
 def router_settings(options: RouterOptions) -> RouterSettings:
@@ -111,6 +112,7 @@ def router_settings(options: RouterOptions) -> RouterSettings:
         networks=networks,
         max_keys_per_peer=options.max_keys_per_peer,
         peer_grace=options.peer_grace,
+        degree=options.degree,
     )
 
 

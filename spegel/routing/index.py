@@ -168,6 +168,14 @@ class HolderIndex:
         ranked.sort(key=lambda pair: pair[0])
         return [holder for _, holder in ranked[:count]]
 
+    def announced(self, peer: str) -> list[Announcement]:
+        """Everything `peer` announced and did not withdraw, as announcements (to pass its state on)."""
+        items = []
+        for key in self._by_peer.get(peer, ()):
+            entry = self._by_key[key][peer]
+            items.append(Announcement(key, entry.state, entry.available, entry.since, entry.digest))
+        return items
+
     def holds(self, peer: str) -> int:
         """How many keys `peer` has announced (live or not yet swept)."""
         return len(self._by_peer.get(peer, ()))

@@ -43,6 +43,7 @@ from spegel.oci.mediatypes import OCI_MANIFEST
 from spegel.routing.index import Announcement
 from spegel.routing.libp2p import messages
 from spegel.routing.libp2p.host import build_host, close_host, learn_peer_id
+from spegel.routing.overlay import Sequence
 from spegel.store.layout import write_layout
 
 PSK_HEX = "3c" * 32
@@ -61,6 +62,15 @@ class RoguePeer:
         self.host = host
         self.peer_id = str(host.get_id())
         self._streams: list[INetStream] = []
+        self._number = 0
+
+    def state(
+        self, registry: str, keys: list[Announcement], listen: tuple[str, ...] = (), origin: str | None = None
+    ) -> bytes:
+        """The frame of a State of this rogue's (or of `origin`'s, passed on), numbered after the last one."""
+        self._number += 1
+        sequence = Sequence(1, self._number)
+        return messages.encode(messages.State(origin or self.peer_id, sequence, registry, listen, (), tuple(keys)))
 
     async def connect(self, addr: str) -> ID:
         """Connect to the router at `addr` (no /p2p part needed); returns its peer id."""
@@ -97,10 +107,6 @@ async def rogue_peer(psk_hex: str | None = PSK_HEX, plaintext_only: bool = False
             yield RoguePeer(host)
         finally:
             await close_host(host)
-
-
-def state(registry: str, keys: list[Announcement], listen: tuple[str, ...] = (), peers=()) -> bytes:  # type: ignore[no-untyped-def]
-    return messages.encode(messages.State(registry, listen, tuple(peers), tuple(keys)))
 
 
 class CountingListener:
@@ -238,7 +244,7 @@ async def test_a_peer_without_the_key_or_offering_plaintext_cannot_connect_or_an
                 with pytest.raises(Exception):  # noqa: B017 - any failure to connect: handshake, reset, timeout
                     with trio.fail_after(5):
                         await rogue.host.connect(PeerInfo(peer, [target]))
-                        await rogue.announce(peer, state(":5000", [Announcement("sha256:" + "e" * 64)]))
+                        await rogue.announce(peer, rogue.state(":5000", [Announcement("sha256:" + "e" * 64)]))
                 status = await node.request("status")
                 assert status["connected"] == [] and rogue.peer_id not in status["holds"], name
         finally:
@@ -262,7 +268,7 @@ async def test_a_registry_address_with_a_path_or_on_another_host_is_never_reques
                     f"{same_host.address}/internal/admin?token=x#",  # the SSRF of issue 14
                     other_host.address,  # a third host, not the rogue's own
                 ):
-                    await rogue.announce(target, state(announced, [Announcement(digest)]))
+                    await rogue.announce(target, rogue.state(announced, [Announcement(digest)]))
                     await until(lambda a=announced: logged(mirror, a[:30]), what="the refusal logged")
                     answer = await client.get(blob_path, params={"ns": "example.com"})
                     assert answer.status_code == 404
@@ -270,7 +276,7 @@ async def test_a_registry_address_with_a_path_or_on_another_host_is_never_reques
 
                 # The same announcement with a bare address on the rogue's own host is used: the listener would
                 # have counted the requests above.
-                await rogue.announce(target, state(same_host.address, [Announcement(digest)]))
+                await rogue.announce(target, rogue.state(same_host.address, [Announcement(digest)]))
                 with trio.fail_after(10):
                     while same_host.accepted == 0:
                         await client.get(blob_path, params={"ns": "example.com"})
@@ -279,9 +285,9 @@ async def test_a_registry_address_with_a_path_or_on_another_host_is_never_reques
     print(f"connections: same host {same_host.accepted} (after the valid address only), other host 0")
 
 
-async def test_peer_exchange_names_no_host_to_dial_outside_the_cluster(tmp_path: Path) -> None:
-    """Two peer-exchange records from the rogue (on 127.0.0.1): one on the rogue's own host, dialled; one on
-    another host (127.0.0.2), never dialled."""
+async def test_passed_on_states_name_no_host_to_dial_outside_the_cluster(tmp_path: Path) -> None:
+    """Two other origins' states passed on by the rogue (on 127.0.0.1): one listening on the rogue's own host,
+    dialled; one on another host (127.0.0.2), never dialled."""
     inside, outside = CountingListener(), CountingListener()
     async with trio.open_nursery() as nursery:
         node = await NodeProcess.start(
@@ -292,13 +298,13 @@ async def test_peer_exchange_names_no_host_to_dial_outside_the_cluster(tmp_path:
             await nursery.start(outside.serve, "127.0.0.2")
             async with rogue_peer() as rogue:
                 target = await rogue.connect(node.addrs[0])
-                records = [
-                    messages.PeerRecord(
-                        str(ID.from_pubkey(create_new_key_pair().public_key)), (multiaddr_of(listener),)
+                passed_on = [
+                    rogue.state(
+                        ":5000", [], (multiaddr_of(listener),), str(ID.from_pubkey(create_new_key_pair().public_key))
                     )
                     for listener in (outside, inside)
                 ]
-                await rogue.announce(target, state(":5000", [Announcement("sha256:" + "1" * 64)], (), records))
+                await rogue.announce(target, rogue.state(":5000", [Announcement("sha256:" + "1" * 64)]), *passed_on)
                 await until(lambda: inside.accepted > 0, what="the record on the rogue's host dialled")
                 assert outside.accepted == 0
         finally:
@@ -324,10 +330,10 @@ async def test_a_tag_served_as_another_manifest_than_announced_is_not_served(tmp
             target = await rogue.connect(router_addr)
             async with httpx.AsyncClient(base_url=mirror.url) as client:
                 # Announced as what it serves, the tag is served (the path works end to end) ...
-                await rogue.announce(target, state(registry, [Announcement(tag, digest=str(Digest.of(forged)))]))
+                await rogue.announce(target, rogue.state(registry, [Announcement(tag, digest=str(Digest.of(forged)))]))
                 assert (await status_when(client, 200)).content == forged
                 # ... announced as the honest manifest while serving the forged one, it is not.
-                await rogue.announce(target, state(registry, [Announcement(tag, digest=str(Digest.of(honest)))]))
+                await rogue.announce(target, rogue.state(registry, [Announcement(tag, digest=str(Digest.of(honest)))]))
                 await status_when(client, 404)
                 for _ in range(4):
                     answer = await client.get("/v2/team/app/manifests/v1", params={"ns": "example.com"})
@@ -363,7 +369,7 @@ async def test_a_forged_tag_never_reaches_containerd(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery, rogue_peer() as rogue:
             registry = await nursery.start(serve_manifest, forged, served)
             target = await rogue.connect(f"/ip4/127.0.0.1/tcp/{node.router_addr.rsplit(':', 1)[1]}")
-            await rogue.announce(target, state(registry, [Announcement(tag, digest=str(image.top.digest))]))
+            await rogue.announce(target, rogue.state(registry, [Announcement(tag, digest=str(image.top.digest))]))
             async with httpx.AsyncClient(base_url=node.mirror.url) as client:
                 with trio.fail_after(10):  # the mirror asks the rogue once the announcement is applied
                     while served[0] == 0:
@@ -392,7 +398,8 @@ async def test_a_key_flood_is_bounded_and_a_departed_peer_is_forgotten(tmp_path:
             async with rogue_peer() as rogue:
                 target = await rogue.connect(node.addrs[0])
                 keys = [Announcement(f"sha256:{i:064x}") for i in range(flood)]
-                frames = [messages.encode(m) for m in messages.split(messages.State(":5000", (), (), tuple(keys)))]
+                delta = messages.Delta(rogue.peer_id, Sequence(1, 1), tuple(keys))
+                frames = [messages.encode(m) for m in messages.split(delta)]
                 await rogue.announce(target, *frames)
                 with trio.fail_after(60):
                     while (status := await node.request("status"))["refused"] < flood - limit:

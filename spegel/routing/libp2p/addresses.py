@@ -58,11 +58,12 @@ class PeerAddressPolicy:
     def in_networks(self, ip: IPAddress) -> bool:
         return any(ip.version == network.version and ip in network for network in self.networks)
 
-    def registry_address(self, announced: str, seen_ip: str | None) -> str:
-        """The `host:port` to fetch from a peer that announced `announced` and connects from `seen_ip`.
+    def registry_address(self, announced: str, seen_ip: str | None, known: Collection[IPAddress] = ()) -> str:
+        """The `host:port` to fetch from a peer that announced `announced` and connects from `seen_ip` (None: the
+        announcement was passed on by another peer).
 
         An empty or unspecified host becomes `seen_ip`. Raises AddressRefused for anything but an IP and a port,
-        and for a host other than `seen_ip` outside the peer networks.
+        and for a host other than `seen_ip` that is neither `known` (cluster hosts) nor in the peer networks.
         """
         match = _HOST_PORT.fullmatch(announced)
         if match is None or not 0 < int(match["port"]) < 65536:
@@ -75,7 +76,7 @@ class PeerAddressPolicy:
             raise AddressRefused(f"registry address {announced[:100]!r}: host is not an IP address") from None
         if ip is None:
             raise AddressRefused(f"registry address {announced[:100]!r} has no host and the peer's is not known")
-        if ip != seen and not self.in_networks(ip):
+        if ip != seen and ip not in known and not self.in_networks(ip):
             raise AddressRefused(f"registry address {announced[:100]!r} is not on the peer's host {seen_ip}")
         port = int(match["port"])
         return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"

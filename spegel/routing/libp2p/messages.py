@@ -1,17 +1,21 @@
 """The announcement protocol's messages and framing (pure, no I/O).
 
-Each node writes its own announcements to every peer on one long-lived stream (`ANNOUNCE_PROTOCOL`), as
-length-prefixed frames: a 4-byte big-endian length, then a UTF-8 JSON object. Two kinds of message:
+Each node writes to each of its overlay links (`spegel.routing.overlay`) on one long-lived stream
+(`ANNOUNCE_PROTOCOL`), as length-prefixed frames: a 4-byte big-endian length, then a UTF-8 JSON object. A message
+names its origin (a peer id) and its place among the origin's messages (`Sequence`), so that it can be passed on
+from node to node. Three kinds:
 
-- `State`: everything the sender holds, its registry address, its listen addresses and the peers it knows
-  (peer exchange). Sent first on every stream and again periodically; the receiver replaces what it knew.
-- `Delta`: keys added (or changed state) and keys withdrawn since the previous message, and peers the sender
-  has newly met (so a node that joins is introduced to everyone at once, not at the next `State`).
+- `State`: everything the origin holds, its registry address, its listen addresses and the peers it is linked to.
+  The origin sends it on every new link and periodically; a node sends the states of all the origins it knows on a
+  new link, and of one origin when a link asks for it. The receiver replaces what it knew of the origin.
+- `Delta`: keys the origin added (or whose state changed) and withdrew, its links when they changed, and the
+  peers it found gone (`Departure`, each with the last message the origin had of it).
+- `Want`: the origins whose state the sender asks this link for (it missed messages of theirs). Not passed on.
 
 A key entry is `[key, state]`, then the available byte count and the claim time when known; a tag's key carries
 the digest of its manifest appended (`registry/repository:tag@sha256:...`). Frames are bounded: at most
-`MAX_FRAME` bytes and `MAX_ENTRIES` keys (added or withdrawn), peers and addresses each; `split` cuts a larger
-message into a sequence that means the same (a `State`'s remaining keys follow in `Delta`s).
+`MAX_FRAME` bytes, `MAX_ENTRIES` keys (added or withdrawn), links, departures and wants each, a State at most
+`MAX_STATE_KEYS` keys; `split` cuts a larger Delta into consecutive ones that mean the same.
 Any malformed or oversized frame raises `ProtocolError`; the reader then drops the stream, never the process.
 
 The claim protocol (`CLAIM_PROTOCOL`, `spegel.routing.claims`) uses the same frames on a short stream: the
@@ -30,11 +34,13 @@ from dataclasses import dataclass, field
 from spegel.routing.base import KeyState
 from spegel.routing.index import Announcement
 from spegel.routing.keys import MAX_KEY_LENGTH, InvalidKey, split_tag_digest, with_digest
+from spegel.routing.overlay import Sequence
 
-ANNOUNCE_PROTOCOL = "/spegel/announce/1.0.0"
+ANNOUNCE_PROTOCOL = "/spegel/announce/2.0.0"
 CLAIM_PROTOCOL = "/spegel/claim/1.0.0"
-MAX_FRAME = 4 * 1024 * 1024
-MAX_ENTRIES = 10_000  # keys added, keys withdrawn, peers: each at most this many per frame
+MAX_FRAME = 8 * 1024 * 1024
+MAX_ENTRIES = 10_000  # keys added, keys withdrawn, links, departures, wants: each at most this many per frame
+MAX_STATE_KEYS = 50_000
 MAX_ADDRS = 16  # listen addresses of one peer
 MAX_TEXT = 1024  # a registry address, a multiaddr, a peer id
 _LENGTH = struct.Struct(">I")
@@ -47,39 +53,52 @@ class ProtocolError(Exception):
 
 
 @dataclass(frozen=True)
-class PeerRecord:
-    """A peer as known to the sender: its id (base58) and dialable multiaddrs (without `/p2p`)."""
+class Departure:
+    """A peer its reporter found gone, and the last message of it the reporter had."""
 
     peer_id: str
-    addrs: tuple[str, ...]
+    sequence: Sequence
 
 
 @dataclass(frozen=True)
 class State:
+    origin: str
+    sequence: Sequence
     registry: str
     listen: tuple[str, ...]
-    peers: tuple[PeerRecord, ...]
+    links: tuple[str, ...]
     keys: tuple[Announcement, ...]
 
 
 @dataclass(frozen=True)
 class Delta:
+    origin: str
+    sequence: Sequence
     added: tuple[Announcement, ...] = ()
     withdrawn: tuple[str, ...] = ()
-    peers: tuple[PeerRecord, ...] = ()
+    links: tuple[str, ...] | None = None  # the origin's links, when they changed
+    gone: tuple[Departure, ...] = ()
 
 
-Message = State | Delta
+@dataclass(frozen=True)
+class Want:
+    origins: tuple[str, ...]
+
+
+Message = State | Delta | Want
 
 
 def encode(message: Message) -> bytes:
     """One frame holding `message`."""
+    body: dict[str, object]
+    if isinstance(message, Want):
+        return _frame({"type": "want", "origins": list(message.origins)})
     if isinstance(message, State):
-        body: dict[str, object] = {
+        body = {
             "type": "state",
             "registry": message.registry,
             "listen": list(message.listen),
-            "peers": [[p.peer_id, list(p.addrs)] for p in message.peers],
+            "links": list(message.links),
             "keys": [_encode_announcement(a) for a in message.keys],
         }
     else:
@@ -87,8 +106,12 @@ def encode(message: Message) -> bytes:
             "type": "delta",
             "add": [_encode_announcement(a) for a in message.added],
             "del": list(message.withdrawn),
-            "peers": [[p.peer_id, list(p.addrs)] for p in message.peers],
+            "gone": [[g.peer_id, g.sequence.incarnation, g.sequence.number] for g in message.gone],
         }
+        if message.links is not None:
+            body["links"] = list(message.links)
+    body["origin"] = message.origin
+    body["seq"] = [message.sequence.incarnation, message.sequence.number]
     return _frame(body)
 
 
@@ -136,22 +159,27 @@ def _body(data: bytes, kind: str | None = None) -> dict[str, object]:
     return body
 
 
-def split(message: Message, entries: int = MAX_ENTRIES) -> list[Message]:
-    """`message` as messages of at most `entries` keys (and withdrawals) each, meaning the same in order."""
-    if isinstance(message, State):
-        first = State(message.registry, message.listen, message.peers, message.keys[:entries])
-        return [
-            first,
-            *(Delta(added=message.keys[i : i + entries]) for i in range(entries, len(message.keys), entries)),
-        ]
-    if len(message.added) <= entries and len(message.withdrawn) <= entries:
-        return [message]
-    added = [message.added[i : i + entries] for i in range(0, len(message.added), entries)] or [()]
-    withdrawn = [message.withdrawn[i : i + entries] for i in range(0, len(message.withdrawn), entries)]
-    deltas: list[Message] = [Delta(added=chunk) for chunk in added]
-    deltas += [Delta(withdrawn=chunk) for chunk in withdrawn]
-    deltas[0] = Delta(added[0], (), message.peers)
-    return deltas
+def split(delta: Delta, entries: int = MAX_ENTRIES) -> list[Delta]:
+    """`delta` as consecutive deltas (numbered on from its sequence) of at most `entries` keys added and withdrawn
+    each, meaning the same in order."""
+    if len(delta.added) <= entries and len(delta.withdrawn) <= entries:
+        return [delta]
+    added = [delta.added[i : i + entries] for i in range(0, len(delta.added), entries)] or [()]
+    withdrawn = [delta.withdrawn[i : i + entries] for i in range(0, len(delta.withdrawn), entries)]
+    parts: list[tuple[tuple[Announcement, ...], tuple[str, ...]]] = [(chunk, ()) for chunk in added]
+    parts += [((), chunk) for chunk in withdrawn]
+    first = delta.sequence
+    return [
+        Delta(
+            delta.origin,
+            Sequence(first.incarnation, first.number + i),
+            add,
+            withdraw,
+            delta.links if i == 0 else None,
+            delta.gone if i == 0 else (),
+        )
+        for i, (add, withdraw) in enumerate(parts)
+    ]
 
 
 def decode(data: bytes) -> Message:
@@ -159,22 +187,30 @@ def decode(data: bytes) -> Message:
     body = _body(data)
     kind = body.get("type")
     try:
+        if kind == "want":
+            return Want(tuple(_text(origin) for origin in _list(body["origins"])))
         if kind == "state":
             return State(
+                origin=_text(body["origin"]),
+                sequence=_sequence(body["seq"]),
                 registry=_text(body["registry"]),
                 listen=tuple(_text(a) for a in _list(body["listen"], MAX_ADDRS)),
-                peers=tuple(_decode_peer(p) for p in _list(body["peers"])),
-                keys=tuple(_decode_announcement(a) for a in _list(body["keys"])),
+                links=tuple(_text(peer) for peer in _list(body["links"])),
+                keys=tuple(_decode_announcement(a) for a in _list(body["keys"], MAX_STATE_KEYS)),
             )
         if kind == "delta":
+            links = body.get("links")
             return Delta(
+                origin=_text(body["origin"]),
+                sequence=_sequence(body["seq"]),
                 added=tuple(_decode_announcement(a) for a in _list(body["add"])),
                 withdrawn=tuple(_key(k) for k in _list(body["del"])),
-                peers=tuple(_decode_peer(p) for p in _list(body.get("peers", []))),
+                links=None if links is None else tuple(_text(peer) for peer in _list(links)),
+                gone=tuple(_decode_departure(g) for g in _list(body["gone"])),
             )
     except KeyError as exc:
         raise ProtocolError(f"{kind} message lacks {exc}") from None
-    raise ProtocolError(f"unknown message type {kind!r}")
+    raise ProtocolError(f"unknown message type {_short(kind)}")
 
 
 class FrameDecoder:
@@ -208,10 +244,12 @@ class FrameDecoder:
 
 @dataclass
 class PendingChanges:
-    """Changes not yet sent to one peer, coalesced: the last word on each key (and on each peer) wins."""
+    """This node's changes not yet announced, coalesced: the last word on each key wins; departures and whether the
+    links changed accumulate."""
 
     _changes: dict[str, Announcement | None] = field(default_factory=dict)
-    _peers: dict[str, PeerRecord] = field(default_factory=dict)
+    _gone: dict[str, Departure] = field(default_factory=dict)
+    links_changed: bool = False
 
     def add(self, announcements: Iterable[Announcement]) -> None:
         for item in announcements:
@@ -221,24 +259,28 @@ class PendingChanges:
         for key in keys:
             self._changes[key] = None
 
-    def introduce(self, peer: PeerRecord) -> None:
-        self._peers[peer.peer_id] = peer
+    def depart(self, departure: Departure) -> None:
+        self._gone[departure.peer_id] = departure
 
     def clear(self) -> None:
-        """Forget the pending key changes (a full State is about to carry them); introductions stay."""
+        """Forget the pending key and link changes (a full State is about to carry them); departures stay."""
         self._changes.clear()
+        self.links_changed = False
 
     def __bool__(self) -> bool:
-        return bool(self._changes or self._peers)
+        return bool(self._changes or self._gone or self.links_changed)
 
-    def take(self) -> Delta:
-        """The pending changes as one Delta; nothing is pending afterwards."""
+    def take(self, origin: str, sequence: Sequence, links: Iterable[str]) -> Delta:
+        """The pending changes as one Delta of `origin` numbered `sequence` (with `links` if they changed); nothing
+        is pending afterwards."""
         added = tuple(item for item in self._changes.values() if item is not None)
         withdrawn = tuple(key for key, item in self._changes.items() if item is None)
-        peers = tuple(self._peers.values())
+        gone = tuple(self._gone.values())[:MAX_ENTRIES]
+        delta = Delta(origin, sequence, added, withdrawn, tuple(links) if self.links_changed else None, gone)
         self._changes.clear()
-        self._peers.clear()
-        return Delta(added, withdrawn, peers)
+        self._gone.clear()
+        self.links_changed = False
+        return delta
 
 
 def _encode_announcement(item: Announcement) -> list[object]:
@@ -272,10 +314,20 @@ def _decode_announcement(raw: object) -> Announcement:
     return Announcement(key, state, available, since, digest)
 
 
-def _decode_peer(raw: object) -> PeerRecord:
-    if not isinstance(raw, list) or len(raw) != 2:
-        raise ProtocolError(f"bad peer entry {_short(raw)}")
-    return PeerRecord(_text(raw[0]), tuple(_text(a) for a in _list(raw[1], MAX_ADDRS)))
+def _sequence(raw: object) -> Sequence:
+    if not isinstance(raw, list) or len(raw) != 2 or not all(_counter(part) for part in raw):
+        raise ProtocolError(f"bad sequence {_short(raw)}")
+    return Sequence(raw[0], raw[1])
+
+
+def _counter(raw: object) -> bool:
+    return isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 2**63
+
+
+def _decode_departure(raw: object) -> Departure:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise ProtocolError(f"bad departure {_short(raw)}")
+    return Departure(_text(raw[0]), _sequence(raw[1:]))
 
 
 def _key(raw: object) -> str:

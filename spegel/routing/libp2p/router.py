@@ -1,17 +1,22 @@
 """The libp2p router: a holder index fed by direct announcement streams, backed by Kademlia provider records.
 
-The fast path: every node keeps one announcement stream open to every peer it is connected to and writes its
-own changes there (`messages.ANNOUNCE_PROTOCOL`): a full `State` first (the state exchange on join) and again
-every `refresh` seconds (anti-entropy, and it keeps the peer's entries alive), `Delta`s in between, coalesced
-per peer so a burst of advertisements becomes one message. Receivers keep a `HolderIndex`; entries a peer stops
-refreshing expire after `ttl`. `State` also carries peer exchange (the peers the sender knows), so bootstrapping
-to one node yields a full mesh. Lookups read the index (no I/O) and fall back to the DHT only when it knows no
-holder, within the caller's timeout (the DHT search itself runs on in the background: see workarounds).
+The fast path: every node links to a bounded number of others (`--router-degree` targets of its own, plus those
+that pick it; see `spegel.routing.overlay`) and keeps one announcement stream open on each link
+(`messages.ANNOUNCE_PROTOCOL`). It writes its own changes there, a burst of advertisements as one `Delta`, and its
+whole `State` every `refresh` seconds (anti-entropy, and it keeps its entries alive everywhere); it passes the
+messages of every other origin on along that origin's shortest-path tree over the overlay, so each message reaches
+every node once, and a new link first gets the states of all origins the node knows. Receivers keep a
+`HolderIndex`; entries an origin stops refreshing expire after `ttl`. Lookups read the index (no I/O) and fall
+back to the DHT only when it knows no holder, within the caller's timeout (the DHT search itself runs on in the
+background: see workarounds). Bootstrapping to one node is enough: its states name every member, and each node
+then dials its own targets and closes its bootstrap link.
 
 Peers are untrusted (the private network key keeps strangers out; see docs/operations.md, Security): a peer's
 registry address and the multiaddrs it passes on are checked (`addresses.PeerAddressPolicy`) before any connection
 is made to them, and the host refuses every other dial; a peer holds at most `max_keys_per_peer` keys in the index;
-a peer that disconnects and does not come back within `peer_grace` seconds is forgotten, keys and address.
+a linked peer that disconnects, does not come back within `peer_grace` seconds and cannot be dialled then is
+forgotten, keys and address, and every node is told so (`Departure`). A registry address or multiaddr passed on
+by a relay (not announced by the origin itself on a link) must be in the peer networks or on a known cluster host.
 
 The DHT: complete keys are provided (one key at a time, in the background, at most `provide_rate` a second, each
 no sooner than `provide_delay` after it was advertised) and republished every `ttl / 2`; records expire `ttl`
@@ -24,9 +29,13 @@ carries everything, the DHT is the backup for connected peers the index has not 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import random
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,7 +51,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
-from spegel.routing import claims
+from spegel.routing import claims, overlay
 from spegel.routing.base import ClaimOrder, Holder, KeyState
 from spegel.routing.index import Announcement, HolderIndex, announcements, withdrawals
 from spegel.routing.keys import key_multihash
@@ -56,6 +65,7 @@ from spegel.routing.libp2p.workarounds import (
     relax_dht_server_limits,
     set_provider_record_ttl,
 )
+from spegel.routing.overlay import Sequence
 
 log = logging.getLogger("spegel.routing")
 
@@ -68,7 +78,11 @@ DIAL_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
 MAX_CONCURRENT_DIALS = 8
-MAX_PENDING_DIALS = 64  # peers learnt from peer exchange and not dialled yet: more are ignored until the next State
+MAX_LINK_QUEUE = 32 * 1024 * 1024  # bytes queued for one link: beyond, the link starts over with the states
+CHURN_WINDOW = 2.0  # seconds after the overlay graph changes during which messages go to every link
+SETTLE_LINK = 5.0  # seconds a link this node dialled is kept at least (its states get through)
+IDLE_CONNECTION = 30.0  # seconds a connection that is not a link is kept unused
+PEERSTORE_TTL = 3600  # seconds an origin's listen addresses stay in the host's peer store
 MAX_DHT_SEARCHES = 16
 DHT_SEARCH_BOUND = 30.0
 DHT_SEARCH_COUNT = 20
@@ -77,11 +91,12 @@ DHT_SEARCH_COUNT = 20
 @dataclass(frozen=True)
 class RouterSettings:
     """How the router runs. `refresh` (full State to every peer) defaults to a third of `ttl`; `rejoin` is how
-    often bootstrap repeats; `networks` are the peer networks (see `addresses`); a peer's entries go
-    `peer_grace` seconds after it disconnects. A complete key is provided in the DHT `provide_delay` seconds after
-    it is advertised, not at once: every connected peer has it from the announcement, and the walk a provide
-    makes costs every peer it reaches CPU, which in a pull storm is the CPU the announcements need (a 12-node
-    storm spent ~40 % of its mirrors' CPU in provides made while the image was still arriving)."""
+    often bootstrap repeats (while unlinked); `networks` are the peer networks (see `addresses`); a linked peer is
+    checked `peer_grace` seconds after it disconnects; `degree` is how many peers a node picks to link to. A complete
+    key is provided in the DHT `provide_delay` seconds after it is advertised, not at once: every node has it from
+    the announcement, and the walk a provide makes costs every peer it reaches CPU, which in a pull storm is the CPU
+    the announcements need (a 12-node storm spent ~40 % of its mirrors' CPU in provides made while the image was
+    still arriving)."""
 
     listen: multiaddr.Multiaddr
     key_pair: KeyPair
@@ -96,6 +111,7 @@ class RouterSettings:
     networks: tuple[Network, ...] = ()
     max_keys_per_peer: int = 50_000
     peer_grace: float = 10.0
+    degree: int = 8
 
     @property
     def refresh_interval(self) -> float:
@@ -114,12 +130,40 @@ class RouterSettings:
 
 
 class _Link:
-    """What is still to be sent to one peer."""
+    """One overlay link: the frames still to be written to the peer, in order."""
 
-    def __init__(self) -> None:
-        self.pending = messages.PendingChanges()
+    def __init__(self, initiated: bool) -> None:
+        self.initiated = initiated  # this node dialled it (and may close it when it is no longer a target)
+        self.opened = trio.current_time()
+        self.queue: deque[bytes] = deque()
+        self.queued = 0  # bytes
+        self.overflowed = False
         self.wake = trio.Event()
         self.cancel_scope = trio.CancelScope()
+
+    def put(self, frame: bytes) -> None:
+        """Queue `frame`; past `MAX_LINK_QUEUE` bytes the queue is dropped and the link starts over (the peer gets
+        every origin's state again)."""
+        if self.queued + len(frame) > MAX_LINK_QUEUE:
+            self.overflowed = True
+        else:
+            self.queue.append(frame)
+            self.queued += len(frame)
+        self.wake.set()
+
+    def restart(self, frames: Iterable[bytes]) -> None:
+        """Drop what is queued and queue `frames` instead (a new stream starts with the states)."""
+        self.queue.clear()
+        self.queued = 0
+        self.overflowed = False
+        for frame in frames:
+            self.put(frame)
+
+    def take(self) -> bytes:
+        frames = b"".join(self.queue)
+        self.queue.clear()
+        self.queued = 0
+        return frames
 
 
 class _ConnectionEvents(INotifee):
@@ -167,13 +211,22 @@ class Libp2pRouter:
         self._nursery = nursery
         self.index = HolderIndex(settings.ttl, settings.max_keys_per_peer)
         self.addresses = PeerAddressPolicy(settings.networks)
+        self.origins = overlay.Origins(self.name)
+        self.gaps = 0  # messages that skipped numbers of their origin (its state was asked for)
+        self._sequence = Sequence(time.time_ns(), 0)
+        self._pending = messages.PendingChanges()
+        self._flush_wake = trio.Event()
+        self._graph_version = -1
+        self._graph_changed = -math.inf  # trio time the overlay graph last changed, as this node sees it
+        self._snapshots: dict[str, tuple[Sequence, bytes]] = {}  # origin -> its state frame, at that sequence
+        self._wanted: dict[str, float] = {}  # origin -> when its state was last asked for
         self._bootstrap_addrs: set[str] = set()  # the last bootstrap candidates (without /p2p): always dialable
-        self._departed: dict[ID, float] = {}  # disconnected peers not yet forgotten: when they left
+        self._departed: dict[ID, float] = {}  # peers whose link went and that are not checked yet: when
         self._held: dict[str, Announcement] = {}
         self._links: dict[ID, _Link] = {}
-        self._peer_addrs: dict[ID, tuple[str, ...]] = {}
+        self._peer_addrs: dict[str, tuple[str, ...]] = {}  # origin -> its dialable listen multiaddrs
         self._dialing: set[ID] = set()
-        self._encoded: dict[messages.Delta, bytes] = {}
+        self._used: dict[ID, float] = {}  # connections that are not links: when last used
         self._probed: dict[str, ID] = {}  # bootstrap addresses without /p2p: who answered there last time
         self._dial_limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
         self._alone = False
@@ -200,9 +253,8 @@ class Libp2pRouter:
             self._held[item.key] = item
             if item.state is KeyState.COMPLETE:
                 self._to_provide.setdefault(item.key, trio.current_time() + self._settings.provide_delay)
-        for link in self._links.values():
-            link.pending.add(items)
-            link.wake.set()
+        self._pending.add(items)
+        self._flush_wake.set()
         self._provide_wake.set()
         await trio.lowlevel.checkpoint()
 
@@ -211,17 +263,16 @@ class Libp2pRouter:
         for key in keys:
             del self._held[key]
             self._to_provide.pop(key, None)
-        for link in self._links.values():
-            link.pending.withdraw(keys)
-            link.wake.set()
+        self._pending.withdraw(keys)
+        self._flush_wake.set()
         await trio.lowlevel.checkpoint()
 
     async def lookup(self, key: str, count: int, timeout: float) -> list[Holder]:
         """See `Router.lookup`. Answers from the index without yielding to other tasks; only when the index knows no
-        holder and may be incomplete (a connected peer has not been heard from) does it wait for the DHT."""
+        holder and may be incomplete (a linked peer has not been heard from) does it wait for the DHT."""
         now = trio.current_time()
         deadline = now + timeout
-        holders = self.index.lookup(key, count, now, preferred=self._connected_names())
+        holders = self.index.lookup(key, count, now, preferred=self._link_names())
         if holders or self.dht is None or count <= 0 or self._index_complete(now):
             return holders
         try:
@@ -237,35 +288,37 @@ class Libp2pRouter:
         return holders[:count]
 
     async def order_claim(self, key: str, timeout: float, since: float) -> ClaimOrder | None:
-        """See `Router.order_claim`. The owner is chosen among this node and the connected peers whose registry
-        address is known (`claims.owner`), leaving out for `SILENT_OWNER_SKIP` seconds a peer that failed to
+        """See `Router.order_claim`. The owner is chosen among this node and every member of the overlay whose
+        registry address is known (`claims.owner`), leaving out for `SILENT_OWNER_SKIP` seconds a peer that failed to
         answer a claim (a frozen node costs one claim timeout, not one per blob it owns); when it is this node,
-        the claim is recorded here without I/O."""
+        the claim is recorded here without I/O, else the owner is asked directly (a connection of its own when the
+        owner is not a link)."""
         now = trio.current_time()
-        members = {
-            str(peer): peer
-            for peer in self._links
-            if self.index.address(str(peer)) is not None and self._silent_owners.get(str(peer), -math.inf) <= now
-        }
+        members = [
+            name
+            for name in self.origins.known
+            if self.index.address(name) is not None and self._silent_owners.get(name, -math.inf) <= now
+        ]
         owner = claims.owner(key, [self.name, *members])
-        if owner == self.name:
+        if owner == self.name or owner is None:
             ahead: tuple[str, ...] | list[str] | None = await claims.take_place(self.claim_book, key, self.name, since)
         else:
             ahead = None
             with trio.move_on_after(timeout):
                 try:
-                    ahead = await self._ask_owner(members[str(owner)], key, since)
+                    ahead = await self._ask_owner(ID.from_base58(owner), key, since)
                 except Exception as exc:  # the owner broke off, or answered nonsense
                     log.debug("claim of %s with %s failed: %s", key, owner, exc)
             if ahead is None:
                 now = trio.current_time()
                 self._silent_owners = {p: t for p, t in self._silent_owners.items() if t > now}
-                self._silent_owners[str(owner)] = now + SILENT_OWNER_SKIP
+                self._silent_owners[owner] = now + SILENT_OWNER_SKIP
         if ahead is None:
             return None
         return claims.placed(ahead, self.index.address)
 
     async def _ask_owner(self, owner: ID, key: str, since: float) -> tuple[str, ...]:
+        self._used[owner] = trio.current_time()
         stream = await self.host.new_stream(owner, [CLAIM])
         try:
             await stream.write(messages.encode_claim(key, since))
@@ -276,12 +329,13 @@ class Libp2pRouter:
     async def _answer_claim(self, stream: INetStream) -> None:
         """Record the claim `stream`'s peer makes (for itself only: the peer is who the connection proves it is)
         and answer with the claimants ahead of it."""
-        claimant = str(stream.muxed_conn.peer_id)
+        claimant = stream.muxed_conn.peer_id
+        self._used[claimant] = trio.current_time()
         try:
             with trio.fail_after(CLAIM_READ_TIMEOUT):
                 key, since = messages.decode_claim(await _read_frame(stream, CLAIM_REQUEST_LIMIT))
             key_multihash(key)  # refuse keys that are not Spegel's
-            ahead = await claims.take_place(self.claim_book, key, claimant, since)
+            ahead = await claims.take_place(self.claim_book, key, str(claimant), since)
             with trio.fail_after(WRITE_TIMEOUT):
                 await stream.write(messages.encode_ahead(ahead))
             await stream.close()
@@ -302,6 +356,9 @@ class Libp2pRouter:
     def connected_peers(self) -> list[ID]:
         return list(self.host.get_connected_peers())
 
+    def linked_peers(self) -> list[ID]:
+        return list(self._links)
+
     def listen_addrs(self) -> list[str]:
         """This node's dialable multiaddrs, each with `/p2p/<id>`."""
         return [str(addr) for addr in self.host.get_addrs()]
@@ -318,50 +375,125 @@ class Libp2pRouter:
         self.host.set_stream_handler(CLAIM, self._answer_claim)
         self._nursery.start_soon(self._follow_connections, events)
         self._nursery.start_soon(self._bootstrap)
+        self._nursery.start_soon(self._flush)
+        self._nursery.start_soon(self._refresh)
+        self._nursery.start_soon(self._maintain)
         self._nursery.start_soon(self._expire)
         if self.dht is not None:
             self._nursery.start_soon(self._provide)
 
-    async def _follow_connections(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
-        async for connected, peer in events:
-            if connected:
-                self._departed.pop(peer, None)
-            if connected and peer not in self._links:
-                link = self._links[peer] = _Link()
-                self._nursery.start_soon(self._send, peer, link)
-                if self.dht is not None:
-                    self._nursery.start_soon(partial(self.dht.add_peer, peer, skip_server_mode_check=True))
-            elif not connected and not self.host.get_network().get_connections(peer):
-                gone = self._links.pop(peer, None)
-                if gone is not None:
-                    gone.cancel_scope.cancel()
-                    left = self._departed[peer] = trio.current_time()
-                    self._nursery.start_soon(self._forget_later, peer, left)
+    # This node's own announcements.
 
-    async def _forget_later(self, peer: ID, left: float) -> None:
-        """Forget `peer` (keys, address, listen addresses) `peer_grace` s after it `left`, unless it is back: connected
-        again, or heard from since (a connection closing while another one to the peer opens can look like a
-        departure)."""
-        await trio.sleep_until(left + self._settings.peer_grace)
-        if self._departed.get(peer) != left or peer in self._links:
+    def _next_sequence(self) -> Sequence:
+        self._sequence = Sequence(self._sequence.incarnation, self._sequence.number + 1)
+        return self._sequence
+
+    async def _flush(self) -> None:
+        """Announce this node's pending changes, a burst of them as one message."""
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake = trio.Event()
+            await trio.lowlevel.checkpoint()  # let the rest of a burst of advertisements arrive
+            self._flush_now()
+
+    def _flush_now(self) -> None:
+        """Send the pending changes to every link now (as one Delta, split when large)."""
+        if not self._pending:
             return
-        if self.host.get_network().get_connections(peer) or self.index.heard_since(str(peer), left):
-            del self._departed[peer]
-            return
-        del self._departed[peer]
-        self._peer_addrs.pop(peer, None)
-        self.index.remove_peer(str(peer))
-        self._changed.set()
-        self._changed = trio.Event()
+        first = Sequence(self._sequence.incarnation, self._sequence.number + 1)
+        parts = messages.split(self._pending.take(self.name, first, self._link_names()))
+        self._sequence = parts[-1].sequence
+        frame = b"".join(map(messages.encode, parts))
+        for link in self._links.values():
+            link.put(frame)
+
+    async def _refresh(self) -> None:
+        """Announce this node's whole state every refresh interval: it keeps its entries alive everywhere (they
+        expire `ttl` after the last message) and repairs whatever was lost."""
+        while True:
+            await trio.sleep(self._settings.refresh_interval * random.uniform(0.9, 1.1))
+            self._flush_now()
+            self._pending.clear()
+            frame = self._own_state(self._next_sequence())
+            for link in self._links.values():
+                link.put(frame)
+
+    def _own_state(self, sequence: Sequence) -> bytes:
+        """The frame of this node's whole state as of `sequence` (nothing may be pending): at most
+        `MAX_STATE_KEYS` keys and as many as fit in a frame; the rest are left out, with a warning."""
+        keys = tuple(self._held.values())[: messages.MAX_STATE_KEYS]
+        listen = tuple(str(addr) for addr in self.host.get_transport_addrs())
+        while True:
+            state = messages.State(self.name, sequence, self._registry_address, listen, self._link_names(), keys)
+            try:
+                return messages.encode(state)
+            except messages.ProtocolError:
+                log.warning("%d keys do not fit in one state message: announcing %d", len(keys), len(keys) // 2)
+                keys = keys[: len(keys) // 2]
+
+    # Links.
+
+    def _link_names(self) -> tuple[str, ...]:
+        return tuple(str(peer) for peer in self._links)
+
+    def _add_link(self, peer: ID, initiated: bool) -> None:
+        if peer in self._links or peer == self.peer_id or self._nursery.cancel_scope.cancel_called:
+            return  # linked already, or the router is stopping
+        link = self._links[peer] = _Link(initiated)
+        self._used.pop(peer, None)
+        self._links_changed()
+        self._nursery.start_soon(self._send, peer, link)
+
+    def _drop_link(self, peer: ID) -> _Link | None:
+        link = self._links.pop(peer, None)
+        if link is not None:
+            link.cancel_scope.cancel()
+            self._links_changed()
+        return link
+
+    def _links_changed(self) -> None:
+        self.origins.changed()
+        self._pending.links_changed = True
+        self._flush_wake.set()
+
+    def _snapshot_frames(self) -> list[bytes]:
+        """What a new link gets first: this node's state, then every origin's it knows."""
+        self._flush_now()
+        frames = [self._own_state(self._sequence)]
+        for origin in self.origins.known:
+            frame = self._snapshot(origin)
+            if frame is not None:
+                frames.append(frame)
+        return frames
+
+    def _snapshot(self, origin: str) -> bytes | None:
+        """The frame of `origin`'s whole state as this node has it (None when it has no usable address for it)."""
+        record = self.origins.known.get(origin)
+        registry = self.index.address(origin)
+        if record is None or registry is None:
+            return None
+        cached = self._snapshots.get(origin)
+        if cached is not None and cached[0] == record.sequence:
+            return cached[1]
+        keys = tuple(self.index.announced(origin))[: messages.MAX_STATE_KEYS]
+        state = messages.State(
+            origin, record.sequence, registry, self._peer_addrs.get(origin, ()), tuple(record.links), keys
+        )
+        try:
+            frame = messages.encode(state)
+        except messages.ProtocolError:
+            return None
+        self._snapshots[origin] = (record.sequence, frame)
+        return frame
 
     async def _send(self, peer: ID, link: _Link) -> None:
-        """Keep an announcement stream to `peer` and write our changes to it, until the peer disconnects."""
+        """Keep an announcement stream to `peer` and write the link's frames to it, until the link is dropped."""
         delays = backoff_delays(first=0.5, cap=10.0)
         with link.cancel_scope:
             while self._links.get(peer) is link:
                 try:
                     await self._send_session(peer, link)
-                except Exception as exc:  # the stream broke; reopen while still connected
+                except Exception as exc:  # the stream broke (or the queue overflowed); reopen while linked
                     log.debug("announce stream to %s ended: %s", peer, exc)
                 await trio.sleep(next(delays))
 
@@ -369,122 +501,251 @@ class Libp2pRouter:
         with trio.fail_after(DIAL_TIMEOUT):
             stream = await self.host.new_stream(peer, [ANNOUNCE])
         try:
-            refresh = self._settings.refresh_interval
-            full_due = True
+            link.restart(self._snapshot_frames())
             while True:
-                if full_due:
-                    link.pending.clear()
-                    full_due = False
-                    frame = b"".join(map(messages.encode, messages.split(self._state_message())))
-                elif link.pending:
-                    frame = self._encode_delta(link.pending.take())
-                else:
+                if link.overflowed:
+                    raise RuntimeError(f"more than {MAX_LINK_QUEUE} bytes queued")
+                if not link.queue:
                     link.wake = trio.Event()
-                    with trio.move_on_after(refresh * random.uniform(0.9, 1.1)) as waited:
-                        await link.wake.wait()
-                    full_due = waited.cancelled_caught
+                    await link.wake.wait()
                     continue
                 with trio.fail_after(WRITE_TIMEOUT):
-                    await stream.write(frame)
+                    await stream.write(link.take())
         finally:
             await _reset(stream)
 
-    def _encode_delta(self, delta: messages.Delta) -> bytes:
-        """The frame of `delta`; the same changes usually go to every peer, so the last one is kept."""
-        frame = self._encoded.get(delta)
-        if frame is None:
-            frame = b"".join(map(messages.encode, messages.split(delta)))
-            self._encoded = {delta: frame}
-        return frame
-
-    def _state_message(self) -> messages.State:
-        peers = tuple(
-            messages.PeerRecord(str(peer), self._peer_addrs[peer]) for peer in self._links if peer in self._peer_addrs
-        )
-        listen = tuple(str(addr) for addr in self.host.get_transport_addrs())
-        return messages.State(self._registry_address, listen, peers, tuple(self._held.values()))
-
     async def _receive(self, stream: INetStream) -> None:
-        """Apply the announcements `stream`'s peer writes, until it closes or breaks the protocol."""
+        """Apply the announcements `stream`'s peer writes and pass them on, until it closes or breaks the protocol.
+        A peer that opens an announcement stream is linked to (this node writes back on a stream of its own)."""
         peer = stream.muxed_conn.peer_id
-        name = str(peer)
         remote = stream.get_remote_address()
         remote_ip = remote[0] if remote else None
+        self._add_link(peer, initiated=False)
         decoder = messages.FrameDecoder()
         refused = 0
         try:
             while data := await stream.read(READ_CHUNK):
                 decoder.feed(data)
                 for frame in decoder.frames():
-                    refused_now = self._apply(peer, name, remote_ip, messages.decode(frame))
+                    refused_now = self._handle(peer, remote_ip, frame)
                     if refused_now and not refused:
                         log.warning("%s announces more than %d keys: refusing the rest", peer, self.index.max_keys)
                     refused += refused_now
-        except (messages.ProtocolError, AddressRefused) as exc:
+        except messages.ProtocolError as exc:
             log.warning("dropping announcements from %s: %s", peer, exc)
         except Exception as exc:
             log.debug("announce stream from %s ended: %s", peer, exc)
         finally:
             await _reset(stream)
 
-    def _apply(self, peer: ID, name: str, remote_ip: str | None, message: messages.Message) -> int:
-        """Apply one message of `peer`'s; returns how many keys were refused (the peer's limit). Raises
-        AddressRefused for a registry address this node will not fetch from."""
-        now = trio.current_time()
-        known = self._known_ips()
-        if isinstance(message, messages.State):
-            self.index.set_address(name, self.addresses.registry_address(message.registry, remote_ip))
-            listen = (with_host_multiaddr(addr, remote_ip) for addr in message.listen)
-            addrs = tuple(addr for addr in listen if self.addresses.may_dial(addr, known))
-            if self._peer_addrs.get(peer) != addrs:
-                self._peer_addrs[peer] = addrs
-                self._introduce(messages.PeerRecord(name, addrs), to_all_but=peer)
-            refused = self.index.replace(name, message.keys, now)
-        else:
-            refused = self.index.update(name, message.added, now)
-            self.index.remove(name, message.withdrawn)
-        for record in message.peers:
-            self._learn_peer(record, known)
+    def _handle(self, peer: ID, remote_ip: str | None, frame: bytes) -> int:
+        """Handle one frame from linked `peer`: answer a Want; apply a message new from its origin and pass it on
+        along the origin's tree. Returns how many keys were refused (the origin's limit)."""
+        message = messages.decode(frame)
+        if isinstance(message, messages.Want):
+            link = self._links.get(peer)
+            snapshots = [self._snapshot(origin) for origin in message.origins] if link is not None else []
+            for snapshot in snapshots:
+                if link is not None and snapshot is not None:
+                    link.put(snapshot)
+            return 0
+        origin = message.origin
+        verdict = self.origins.accept(origin, message.sequence, isinstance(message, messages.State))
+        if verdict is overlay.Verdict.OLD:
+            return 0
+        direct = origin == str(peer)
+        if direct and isinstance(message, messages.State):
+            message, frame = self._resolved(message, remote_ip, frame)
+        refused = self._apply(message, remote_ip if direct else None)
+        if verdict is overlay.Verdict.GAP:
+            self._want(peer, origin)
+        self._pass_on(origin, str(peer), frame)
         self._changed.set()
         self._changed = trio.Event()
         return refused
 
-    def _introduce(self, record: messages.PeerRecord, to_all_but: ID) -> None:
-        """Tell every other peer about a newly met one, so they connect to it now (not at the next State)."""
-        for peer, link in self._links.items():
-            if peer != to_all_but:
-                link.pending.introduce(record)
-                link.wake.set()
+    def _resolved(self, state: messages.State, remote_ip: str | None, frame: bytes) -> tuple[messages.State, bytes]:
+        """`state` (sent by its origin itself, from `remote_ip`) with unspecified hosts replaced by that IP, and its
+        frame: whoever it is passed on to cannot tell the origin's IP."""
+        registry = state.registry
+        with contextlib.suppress(AddressRefused):  # else refused again, with a warning, where it is applied
+            registry = self.addresses.registry_address(state.registry, remote_ip)
+        listen = tuple(with_host_multiaddr(addr, remote_ip) for addr in state.listen)
+        if registry == state.registry and listen == state.listen:
+            return state, frame
+        state = dataclasses.replace(state, registry=registry, listen=listen)
+        return state, messages.encode(state)
 
-    def _learn_peer(self, record: messages.PeerRecord, known: set[IPAddress]) -> None:
-        """Dial the peer `record` names, at its addresses on `known` hosts or in the peer networks."""
-        if len(self._dialing) >= MAX_PENDING_DIALS:
+    def _apply(self, message: messages.State | messages.Delta, seen_ip: str | None) -> int:
+        """Apply `message` (from its origin itself, at `seen_ip`, or passed on: None) to the index and the overlay;
+        returns how many keys were refused."""
+        now = trio.current_time()
+        origin = message.origin
+        if isinstance(message, messages.State):
+            known = self._known_ips()
+            try:
+                self.index.set_address(origin, self.addresses.registry_address(message.registry, seen_ip, known))
+            except AddressRefused as exc:
+                if self.index.address(origin) is None:
+                    log.warning("ignoring the registry address of %s: %s", origin, exc)
+            addrs = tuple(addr for addr in message.listen if self.addresses.may_dial(addr, known))
+            if addrs and self._peer_addrs.get(origin) != addrs:
+                self._peer_addrs[origin] = addrs
+                with contextlib.suppress(Exception):
+                    multiaddrs = [multiaddr.Multiaddr(addr) for addr in addrs]
+                    self.host.get_peerstore().add_addrs(ID.from_base58(origin), multiaddrs, PEERSTORE_TTL)
+            self.origins.set_links(origin, message.links)
+            refused = self.index.replace(origin, message.keys, now)
+        else:
+            refused = self.index.update(origin, message.added, now)
+            self.index.remove(origin, message.withdrawn)
+            if message.links is not None:
+                self.origins.set_links(origin, message.links)
+            for departure in message.gone:
+                self._gone_elsewhere(departure)
+        self._note_graph()
+        return refused
+
+    def _pass_on(self, origin: str, sender: str, frame: bytes) -> None:
+        """Queue `frame` (a message of `origin` from `sender`) to the links below this node in `origin`'s tree;
+        to every link but the sender's while the graph is changing."""
+        names = {str(peer): link for peer, link in self._links.items()}
+        if trio.current_time() - self._graph_changed < CHURN_WINDOW:
+            chosen: Iterable[str] = names
+        else:
+            chosen = self.origins.children(origin, names.keys())
+        for name in chosen:
+            if name not in (sender, origin):
+                names[name].put(frame)
+
+    def _note_graph(self) -> None:
+        if self.origins.version != self._graph_version:
+            self._graph_version = self.origins.version
+            self._graph_changed = trio.current_time()
+
+    def _want(self, peer: ID, origin: str) -> None:
+        """Ask `peer` for `origin`'s whole state (at most once a second per origin)."""
+        self.gaps += 1
+        now = trio.current_time()
+        link = self._links.get(peer)
+        if link is None or self._wanted.get(origin, -math.inf) > now - 1.0:
             return
-        try:
-            peer = ID.from_base58(record.peer_id)
-            addrs = [multiaddr.Multiaddr(addr) for addr in record.addrs if self.addresses.may_dial(addr, known)]
-        except Exception:
-            log.debug("ignoring a malformed peer record %r", record)
+        if len(self._wanted) > overlay.MAX_ORIGINS:
+            self._wanted.clear()
+        self._wanted[origin] = now
+        link.put(messages.encode(messages.Want((origin,))))
+
+    # Departures.
+
+    def _gone_elsewhere(self, departure: messages.Departure) -> None:
+        """Another node found `departure`'s peer gone: forget it unless it is linked here or heard from since."""
+        name = departure.peer_id
+        if name == self.name or name in self._link_names():
             return
-        if peer == self.peer_id or peer in self._links or peer in self._dialing or not addrs:
+        if self.origins.forget(name, departure.sequence):
+            self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self._peer_addrs.pop(name, None)
+        self._snapshots.pop(name, None)
+        self.index.remove_peer(name)
+        self._note_graph()
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _follow_connections(self, events: trio.MemoryReceiveChannel[tuple[bool, ID]]) -> None:
+        async for connected, peer in events:
+            if connected:
+                self._departed.pop(peer, None)
+                if peer not in self._links:
+                    self._used.setdefault(peer, trio.current_time())
+                if self.dht is not None:
+                    self._nursery.start_soon(partial(self.dht.add_peer, peer, skip_server_mode_check=True))
+            elif not self.host.get_network().get_connections(peer):
+                self._used.pop(peer, None)
+                if self._drop_link(peer) is not None:
+                    left = self._departed[peer] = trio.current_time()
+                    self._nursery.start_soon(self._check_departure, peer, left)
+
+    async def _check_departure(self, peer: ID, left: float) -> None:
+        """`peer`'s link went at `left`: `peer_grace` s later, unless it is back or heard from, dial it once; when
+        that fails too, forget it and tell every node it is gone (with the last message of it heard here)."""
+        await trio.sleep_until(left + self._settings.peer_grace)
+        name = str(peer)
+        if self._departed.get(peer) != left:
             return
-        self._dialing.add(peer)
-        self._nursery.start_soon(self._dial, peer, addrs)
+        del self._departed[peer]
+        if peer in self._links or self.index.heard_since(name, left):
+            return
+        addrs = [multiaddr.Multiaddr(addr) for addr in self._peer_addrs.get(name, ())]
+        if addrs:
+            try:
+                async with self._dial_limiter:
+                    with trio.fail_after(DIAL_TIMEOUT):
+                        await self.host.connect(PeerInfo(peer, addrs))
+                return  # still there (it closed the link, or the link broke): the idle connection goes later
+            except Exception as exc:
+                log.debug("%s is gone: %s", name, exc)
+        record = self.origins.known.get(name)
+        if record is not None and self.origins.forget(name, record.sequence):
+            self._pending.depart(messages.Departure(name, record.sequence))
+            self._flush_wake.set()
+        self._forget(name)
+
+    # The overlay's shape.
+
+    async def _maintain(self) -> None:
+        """Every second: dial the targets this node is not linked to; once all are linked, close the links it
+        dialled that are no longer targets (bootstrap links among them); close connections that are not links and
+        were not used for `IDLE_CONNECTION` s (claims to owners, dials to check a departure, the DHT's)."""
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            members = [name for name in self.origins.known if name in self._peer_addrs]
+            wanted = {ID.from_base58(name) for name in overlay.targets(self.name, members, self._settings.degree)}
+            for peer in wanted - self._links.keys() - self._dialing:
+                addrs = [multiaddr.Multiaddr(addr) for addr in self._peer_addrs[str(peer)]]
+                self._dialing.add(peer)
+                self._nursery.start_soon(self._dial, peer, addrs)
+            if wanted <= self._links.keys():
+                for peer, link in list(self._links.items()):
+                    if link.initiated and peer not in wanted and now - link.opened > SETTLE_LINK:
+                        self._nursery.start_soon(self._unlink, peer)
+            for peer, used in list(self._used.items()):
+                if peer not in self._links and peer not in self._dialing and now - used > IDLE_CONNECTION:
+                    del self._used[peer]
+                    self._nursery.start_soon(self._disconnect, peer)
 
     async def _dial(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         try:
             async with self._dial_limiter:
                 with trio.fail_after(DIAL_TIMEOUT):
                     await self.host.connect(PeerInfo(peer, addrs))
+            self._add_link(peer, initiated=True)
         except Exception as exc:
             log.debug("cannot dial %s: %s", peer, exc)
         finally:
             self._dialing.discard(peer)
 
+    async def _unlink(self, peer: ID) -> None:
+        if self._drop_link(peer) is not None:
+            await self._disconnect(peer)
+
+    async def _disconnect(self, peer: ID) -> None:
+        with trio.move_on_after(DIAL_TIMEOUT):
+            try:
+                await self.host.disconnect(peer)
+            except Exception as exc:
+                log.debug("closing the connection to %s: %s", peer, exc)
+
     async def _bootstrap(self) -> None:
-        """Dial the bootstrap candidates, retrying with backoff until connected, then again every `rejoin` s."""
+        """Dial the bootstrap candidates, retrying with backoff until linked, then again every `rejoin` s whenever
+        this node has no link left."""
         delays = backoff_delays()
         while True:
+            if self._links:
+                await trio.sleep(self._settings.rejoin)
+                continue
             try:
                 candidates = await self._settings.bootstrapper.candidates()
             except BootstrapError as exc:
@@ -497,19 +758,19 @@ class Libp2pRouter:
                     for addr in candidates:
                         nursery.start_soon(self._bootstrap_dial, addr, others)
                 self._alone = not any(others)
-                if self.host.get_connected_peers() or self._alone:
+                if self._links or self._alone:
                     await trio.sleep(self._settings.rejoin)
                     delays = backoff_delays()
                     continue
             await trio.sleep(next(delays))
 
     async def _bootstrap_dial(self, addr: multiaddr.Multiaddr, others: list[bool]) -> None:
-        """Connect to the node at `addr`; appends to `others` whether it may be another node than this one."""
+        """Link to the node at `addr`; appends to `others` whether it may be another node than this one."""
         try:
             peer_text = addr.get_peer_id()
             if peer_text is None:
                 known = self._probed.get(str(addr))
-                if known == self.peer_id or (known is not None and self.host.get_network().get_connections(known)):
+                if known == self.peer_id or (known is not None and known in self._links):
                     others.append(known != self.peer_id)
                     return
                 peer = self._probed[str(addr)] = await learn_peer_id(self.host, addr, DIAL_TIMEOUT)
@@ -518,18 +779,25 @@ class Libp2pRouter:
                 peer = ID.from_base58(peer_text)
                 target = addr.decapsulate(multiaddr.Multiaddr(f"/p2p/{peer_text}"))
             others.append(peer != self.peer_id)
-            if peer == self.peer_id or self.host.get_network().get_connections(peer):
+            if peer == self.peer_id or peer in self._links:
                 return
             with trio.fail_after(DIAL_TIMEOUT):
                 await self.host.connect(PeerInfo(peer, [target]))
+            self._add_link(peer, initiated=True)
         except Exception as exc:
             others.append(True)
             log.debug("bootstrap dial %s failed: %s", addr, exc)
 
     async def _expire(self) -> None:
+        """Forget the origins not heard from within the TTL (their entries no longer count)."""
         while True:
             await trio.sleep(min(self._settings.ttl / 4, 60.0))
-            if self.index.expire(trio.current_time()):
+            now = trio.current_time()
+            silent = [name for name in self.origins.known if not self.index.heard(name, now)]
+            for name in silent:
+                self.origins.forget(name)
+                self._forget(name)
+            if self.index.expire(now):
                 self._changed.set()
                 self._changed = trio.Event()
 
@@ -584,11 +852,8 @@ class Libp2pRouter:
                 continue
         return known
 
-    def _connected_names(self) -> set[str]:
-        return {str(peer) for peer in self._links}
-
     def _index_complete(self, now: float) -> bool:
-        """Whether every connected peer is heard from (a vanished peer, still in the DHT routing table for up to an
+        """Whether every linked peer is heard from (a vanished peer, still in the DHT routing table for up to an
         hour, must not send every miss to the DHT)."""
         return all(self.index.heard(str(peer), now) for peer in self._links)
 
