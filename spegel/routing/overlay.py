@@ -62,6 +62,7 @@ class Origins:
     me: str
     known: dict[str, Origin] = field(default_factory=dict)
     version: int = 0  # changes whenever the graph does
+    departed: dict[str, Sequence] = field(default_factory=dict)  # forgotten origins: the last message they had
     _trees: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)  # origin -> (version, parents)
 
     def accept(self, origin: str, sequence: Sequence, full: bool) -> Verdict:
@@ -71,9 +72,12 @@ class Origins:
             return Verdict.OLD
         record = self.known.get(origin)
         if record is None:
-            if len(self.known) >= MAX_ORIGINS:
-                return Verdict.OLD
+            gone = self.departed.get(origin)
+            if len(self.known) >= MAX_ORIGINS or (gone is not None and sequence <= gone):
+                return Verdict.OLD  # too many, or a late message of a departed origin
+            self.departed.pop(origin, None)
             self.known[origin] = Origin(sequence)
+            self.version += 1
             return Verdict.NEW if full else Verdict.GAP
         if sequence <= record.sequence:
             return Verdict.OLD
@@ -93,11 +97,14 @@ class Origins:
 
     def forget(self, origin: str, upto: Sequence | None = None) -> bool:
         """Forget `origin` (it left), unless a message newer than `upto` was heard from it since; returns whether
-        it was forgotten."""
+        it was forgotten. Messages of it up to the last one heard are refused from then on (late copies)."""
         record = self.known.get(origin)
         if record is None or (upto is not None and record.sequence > upto):
             return False
         del self.known[origin]
+        if len(self.departed) >= MAX_ORIGINS:
+            self.departed.clear()
+        self.departed[origin] = record.sequence
         self._trees.pop(origin, None)
         self.version += 1
         return True

@@ -1,10 +1,12 @@
 """Fuzzing what a peer can send: announcement frames (well-formed, near-misses and junk, split anywhere) into the
-decoder, the address checks and the holder index, as the router applies them. Nothing but ProtocolError or
-AddressRefused may come out, and nothing grows past its bound: the decoder's buffer, a peer's keys in the index.
+decoder, the address checks, the overlay's origins and the holder index, as the router applies them. Nothing but
+ProtocolError may come out, and nothing grows past its bound: the decoder's buffer, each origin's keys in the index
+(a peer sends messages of other origins too: the ones it passes on).
 The number of cases tried is printed (`pytest -s`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -14,7 +16,18 @@ from hypothesis import strategies as st
 from spegel.routing.base import KeyState
 from spegel.routing.index import Announcement, HolderIndex
 from spegel.routing.libp2p.addresses import AddressRefused, PeerAddressPolicy
-from spegel.routing.libp2p.messages import MAX_FRAME, Delta, FrameDecoder, ProtocolError, State, decode, encode
+from spegel.routing.libp2p.messages import (
+    MAX_FRAME,
+    Delta,
+    Departure,
+    FrameDecoder,
+    ProtocolError,
+    State,
+    Want,
+    decode,
+    encode,
+)
+from spegel.routing.overlay import Origins, Sequence, Verdict
 
 MAX_KEYS = 20
 CASES = 500
@@ -42,14 +55,34 @@ addresses = st.sampled_from(
 multiaddrs = st.sampled_from(
     [f"/ip4/{PEER_IP}/tcp/5001", "/ip4/10.9.9.9/tcp/5001", "/dns4/evil/tcp/1", "/ip4/0.0.0.0/tcp/5001"]
 ) | st.text(max_size=30)
-peers = st.lists(st.tuples(st.text(max_size=12), st.lists(multiaddrs, max_size=3)).map(list), max_size=3)
+origins = st.sampled_from(["rogue", "rogue", "rogue", "other"]) | st.text(max_size=12)
+counters = st.sampled_from([0, 1, 2, 2**63 - 1]) | st.integers(-1, 2**64)
+raw_sequences = st.lists(counters, min_size=2, max_size=2) | json_values
+links = st.lists(origins, max_size=3)
+gone = st.lists(st.tuples(origins, counters, counters).map(list) | json_values, max_size=3)
 states = st.fixed_dictionaries(
-    {"type": st.just("state"), "registry": addresses, "listen": st.lists(multiaddrs, max_size=3), "peers": peers},
+    {
+        "type": st.just("state"),
+        "origin": origins,
+        "seq": raw_sequences,
+        "registry": addresses,
+        "listen": st.lists(multiaddrs, max_size=3),
+        "links": links,
+    },
     optional={"keys": entries},
 )
 deltas = st.fixed_dictionaries(
-    {"type": st.just("delta"), "add": entries, "del": st.lists(keys, max_size=MAX_KEYS)}, optional={"peers": peers}
+    {
+        "type": st.just("delta"),
+        "origin": origins,
+        "seq": raw_sequences,
+        "add": entries,
+        "del": st.lists(keys, max_size=MAX_KEYS),
+        "gone": gone,
+    },
+    optional={"links": links},
 )
+wants = st.fixed_dictionaries({"type": st.just("want"), "origins": st.lists(origins, max_size=3) | json_values})
 announcements = st.builds(
     lambda number, tag, partial, available: Announcement(
         f"example.com/app:t{number}" if tag else f"sha256:{number:064x}",
@@ -62,26 +95,35 @@ announcements = st.builds(
     st.booleans(),
     st.integers(0, 2**40),
 )
+sequences = st.builds(Sequence, st.integers(0, 3), st.integers(0, 5))
 well_formed = st.one_of(
     st.builds(
         State,
+        origins,
+        sequences,
         st.sampled_from([":5000", f"{PEER_IP}:5000", "0.0.0.0:5000"]) | addresses,
         st.lists(multiaddrs, max_size=3).map(tuple),
-        st.just(()),
+        st.lists(origins, max_size=3).map(tuple),
         st.lists(announcements, max_size=MAX_KEYS * 3).map(tuple),
     ),
     st.builds(
         Delta,
+        origins,
+        sequences,
         st.lists(announcements, max_size=MAX_KEYS * 3).map(tuple)
         | st.lists(announcements, min_size=MAX_KEYS).map(tuple),
         st.lists(valid_keys, max_size=5).map(tuple),
+        st.none() | st.lists(origins, max_size=3).map(tuple),
+        st.lists(st.builds(Departure, origins, sequences), max_size=2).map(tuple),
     ),
+    st.builds(Want, st.lists(origins, max_size=3).map(tuple)),
 )
 bodies = st.one_of(
     well_formed.map(lambda m: encode(m)[4:]),
     well_formed.map(lambda m: encode(m)[4:]),
     states.map(lambda m: json.dumps(m).encode()),
     deltas.map(lambda m: json.dumps(m).encode()),
+    wants.map(lambda m: json.dumps(m).encode()),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=200),
 )
@@ -92,20 +134,32 @@ def framed(body: bytes, lie: int) -> bytes:
     return max(0, len(body) + lie).to_bytes(4, "big") + body
 
 
-def apply(index: HolderIndex, policy: PeerAddressPolicy, body: bytes, now: float) -> None:
-    """One frame body as the router applies it (see Libp2pRouter._apply)."""
+def apply(origins: Origins, index: HolderIndex, policy: PeerAddressPolicy, body: bytes, now: float) -> None:
+    """One frame body from the peer "rogue" as the router handles it (see Libp2pRouter._handle and _apply): a
+    message is applied to its origin's entries, only when new from that origin, and the registry address taken only
+    from the origin itself."""
     message = decode(body)
-    for record in message.peers:
-        for addr in record.addrs:
-            policy.may_dial(addr, set())
+    if isinstance(message, Want):
+        return
+    full = isinstance(message, State)
+    if origins.accept(message.origin, message.sequence, full) is Verdict.OLD:
+        return
+    seen_ip = PEER_IP if message.origin == "rogue" else None
     if isinstance(message, State):
-        index.set_address("rogue", policy.registry_address(message.registry, PEER_IP))
+        with contextlib.suppress(AddressRefused):  # the router keeps the keys of an origin whose address it refuses
+            index.set_address(message.origin, policy.registry_address(message.registry, seen_ip))
         for addr in message.listen:
             policy.may_dial(addr, set())
-        index.replace("rogue", message.keys, now)
+        origins.set_links(message.origin, message.links)
+        index.replace(message.origin, message.keys, now)
     else:
-        index.update("rogue", message.added, now)
-        index.remove("rogue", message.withdrawn)
+        index.update(message.origin, message.added, now)
+        index.remove(message.origin, message.withdrawn)
+        if message.links is not None:
+            origins.set_links(message.origin, message.links)
+        for departure in message.gone:
+            if departure.peer_id != "me" and origins.forget(departure.peer_id, departure.sequence):
+                index.remove_peer(departure.peer_id)
 
 
 def test_announcement_frames_from_a_hostile_peer() -> None:
@@ -120,17 +174,18 @@ def test_announcement_frames_from_a_hostile_peer() -> None:
         tried["cases"] += 1
         wire = b"".join(framed(body, lie) for body, lie in frames)
         decoder, index, policy = FrameDecoder(), HolderIndex(ttl=10, max_keys=MAX_KEYS), PeerAddressPolicy()
+        origins = Origins("me")
         try:
             for start in range(0, len(wire), chunk):
                 decoder.feed(wire[start : start + chunk])
                 assert decoder.pending <= MAX_FRAME + 4 + chunk
                 for body in decoder.frames():
                     tried["frames"] += 1
-                    apply(index, policy, body, now=float(tried["frames"]))
-                    assert index.holds("rogue") <= MAX_KEYS
-        except (ProtocolError, AddressRefused):
+                    apply(origins, index, policy, body, now=float(tried["frames"]))
+                    assert all(index.holds(origin) <= MAX_KEYS for origin in index.known_peers())
+        except ProtocolError:
             tried["refused"] += 1  # the router drops the stream: nothing else happens
-        tried["keys"] = max(tried["keys"], index.holds("rogue"))
+        tried["keys"] = max([tried["keys"], *(index.holds(origin) for origin in index.known_peers())])
         held = index.lookup("example.com/app:v1", 5, now=float(tried["frames"]))
         assert all(h.address == f"{PEER_IP}:5000" and h.state in KeyState for h in held)
 
@@ -146,12 +201,19 @@ def test_a_frame_announcing_many_keys_holds_at_most_the_limit() -> None:
     """The growth bound on its own: a peer's keys stay at the limit however many frames it sends."""
     index = HolderIndex(ttl=10, max_keys=MAX_KEYS)
     decoder = FrameDecoder()
-    for frame in range(5):
-        added = [[f"sha256:{frame * 1000 + i:064x}", "c"] for i in range(1000)]
-        body: dict[str, Any] = {"type": "delta", "add": added, "del": []}
+    for number in range(5):
+        added = [[f"sha256:{number * 1000 + i:064x}", "c"] for i in range(1000)]
+        body: dict[str, Any] = {
+            "type": "delta",
+            "origin": "rogue",
+            "seq": [1, number],
+            "add": added,
+            "del": [],
+            "gone": [],
+        }
         decoder.feed(framed(json.dumps(body).encode(), 0))
     for frame in decoder.frames():
         message = decode(frame)
-        assert not isinstance(message, State)
+        assert isinstance(message, Delta)
         index.update("rogue", message.added, now=0)
     assert index.holds("rogue") == MAX_KEYS and index.refused == 5 * 1000 - MAX_KEYS

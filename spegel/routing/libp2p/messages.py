@@ -146,12 +146,19 @@ def _frame(body: dict[str, object]) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
+def framed(body: bytes) -> bytes:
+    """The frame of a frame body `FrameDecoder` gave (to pass it on as it came)."""
+    return _LENGTH.pack(len(body)) + body
+
+
 def _body(data: bytes, kind: str | None = None) -> dict[str, object]:
     """The JSON object in a frame body, of type `kind` when given."""
     try:
         body = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"frame is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, nesting beyond the stack
+        raise ProtocolError(f"frame is not usable JSON: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise ProtocolError("message is not an object")
     if kind is not None and body.get("type") != kind:
@@ -278,7 +285,8 @@ class PendingChanges:
         gone = tuple(self._gone.values())[:MAX_ENTRIES]
         delta = Delta(origin, sequence, added, withdrawn, tuple(links) if self.links_changed else None, gone)
         self._changes.clear()
-        self._gone.clear()
+        for departure in gone:  # more than a frame holds wait for the next delta
+            del self._gone[departure.peer_id]
         self.links_changed = False
         return delta
 

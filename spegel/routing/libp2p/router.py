@@ -538,10 +538,11 @@ class Libp2pRouter:
         finally:
             await _reset(stream)
 
-    def _handle(self, peer: ID, remote_ip: str | None, frame: bytes) -> int:
-        """Handle one frame from linked `peer`: answer a Want; apply a message new from its origin and pass it on
-        along the origin's tree. Returns how many keys were refused (the origin's limit)."""
-        message = messages.decode(frame)
+    def _handle(self, peer: ID, remote_ip: str | None, body: bytes) -> int:
+        """Handle one frame (`body`, as `FrameDecoder` gives it) from linked `peer`: answer a Want; apply a message
+        new from its origin and pass it on along the origin's tree. Returns how many keys were refused (the
+        origin's limit)."""
+        message = messages.decode(body)
         if isinstance(message, messages.Want):
             link = self._links.get(peer)
             snapshots = [self._snapshot(origin) for origin in message.origins] if link is not None else []
@@ -554,6 +555,7 @@ class Libp2pRouter:
         if verdict is overlay.Verdict.OLD:
             return 0
         direct = origin == str(peer)
+        frame = messages.framed(body)
         if direct and isinstance(message, messages.State):
             message, frame = self._resolved(message, remote_ip, frame)
         refused = self._apply(message, remote_ip if direct else None)
