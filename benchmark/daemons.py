@@ -458,6 +458,19 @@ class Spegel(Daemon):
         if program is not None:
             self.name = program.name
 
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """A sample of this `spegel registry`'s /metrics (0 when absent); httpx.HTTPError when it does not answer."""
+        text = httpx.get(f"http://{self.metrics_addr}/metrics", timeout=5).text
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if _same_sample(key, want):
+                total += float(value)
+        return total
+
     @classmethod
     def registry(
         cls,
@@ -521,16 +534,7 @@ class LoopbackNode:
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample of the mirror's /metrics (0 when absent)."""
-        text = httpx.get(f"http://{self.mirror.metrics_addr}/metrics", timeout=5).text
-        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            if _same_sample(key, want):
-                total += float(value)
-        return total
+        return self.mirror.metric(name, labels)
 
 
 def _same_sample(key: str, want: str) -> bool:

@@ -1,7 +1,8 @@
-"""The libp2p router on loopback: N real nodes, each its own process (`benchmark.router_node`), full mesh.
+"""The libp2p router on loopback: N real nodes, each its own process (`benchmark.router_node`), in the overlay.
 
 Prints, for each cluster size:
 - idle CPU (% of one core) and RSS per node, after meshing;
+- messages each node received and passed on per advertisement (1 and about 1 when every message takes one tree);
 - advertise -> visible elsewhere: one node advertises a fresh key, every other node reports the wall-clock time
   it first saw it (p50/p95 over all receivers and rounds);
 - hot-path lookup latency (p50/p99), measured inside each node, for keys the index holds, and for misses;
@@ -9,8 +10,9 @@ Prints, for each cluster size:
 - CPU and RSS per node after the workload.
 
 Ends with one table over all sizes (the issue's goals beside it). CPU per announcement per node is the CPU a
-node spent during the advertise rounds less what it spends idle over the same time, per round. `--csv FILE`
-writes every advertise -> visible sample (nodes, seconds), e.g. for a simulator to draw routing delays from.
+node spent during the advertise rounds less what it spends idle (measured over 15 s before and after), per round.
+`--csv FILE` writes every advertise -> visible sample (nodes, seconds), e.g. for a simulator to draw routing delays
+from.
 
 Run: `.venv/bin/python -m benchmark.router_bench [--nodes 10 30 100] [--rounds 30] [--keys 5000] [--no-dht]
 [--csv FILE]`
@@ -34,6 +36,8 @@ import trio
 from benchmark.router_cluster import NodeProcess, running_cluster
 
 MIB = 1024 * 1024
+SETTLE = 10.0  # seconds after meshing before anything is measured (links the bootstrap made are closed by then)
+IDLE_WINDOW = 15.0  # seconds of idle CPU measured before and after the advertise rounds
 START_TIMEOUT = 300.0  # seconds one node process may take to start while the ones before it mesh (2 busy cores)
 
 
@@ -60,6 +64,7 @@ class Result:
     rss_after: float = math.nan
     rss_max: float = math.nan
     keys_per_second: float = math.nan
+    copies: float = math.nan  # announcement messages each node received per advertisement (mean)
 
 
 def mesh_timeout(size: int) -> float:
@@ -69,6 +74,16 @@ def mesh_timeout(size: int) -> float:
 
 async def usage(nodes: list[NodeProcess]) -> list[dict[str, float]]:
     return [await node.request("usage") for node in nodes]
+
+
+async def idle_cpu(nodes: list[NodeProcess]) -> tuple[list[float], list[float]]:
+    """Each node's CPU (fraction of a core) over `IDLE_WINDOW` s of no work, and its RSS at the end."""
+    before = await usage(nodes)
+    started = time.monotonic()
+    await trio.sleep(IDLE_WINDOW)
+    after = await usage(nodes)
+    elapsed = time.monotonic() - started
+    return [(b["cpu"] - a["cpu"]) / elapsed for a, b in zip(before, after, strict=True)], [u["rss"] for u in after]
 
 
 async def visibility(nodes: list[NodeProcess], rounds: int, rng: random.Random) -> list[float]:
@@ -136,35 +151,37 @@ async def measure(size: int, rounds: int, keys: int, root: Path, router_args: li
     cluster = running_cluster(root / f"n{size}", size, router_args, mesh_timeout(size), start_timeout=START_TIMEOUT)
     async with cluster as nodes:
         print(f"\n== {size} nodes {' '.join(router_args)} (meshed in {time.monotonic() - started:.1f} s)")
-        await trio.sleep(5)
-        before = await usage(nodes)
-        idle_started = time.monotonic()
-        await trio.sleep(10)
-        after = await usage(nodes)
-        idle_rate = [
-            (b["cpu"] - a["cpu"]) / (time.monotonic() - idle_started) for a, b in zip(before, after, strict=True)
-        ]
-        result.rss_idle = statistics.median(u["rss"] for u in after)
+        await trio.sleep(SETTLE)
+        idle_rate, rss = await idle_cpu(nodes)
+        result.rss_idle = statistics.median(rss)
         print(
             f"idle: CPU per node median {100 * statistics.median(idle_rate):.1f}% max {100 * max(idle_rate):.1f}% of "
-            f"a core; RSS per node median {result.rss_idle / MIB:.0f} MiB "
-            f"max {max(u['rss'] for u in after) / MIB:.0f} MiB"
+            f"a core; RSS per node median {result.rss_idle / MIB:.0f} MiB max {max(rss) / MIB:.0f} MiB"
         )
 
+        frames_before = [(await node.request("status"))["frames"] for node in nodes]
+        before = await usage(nodes)
         rounds_started = time.monotonic()
         result.delays = await visibility(nodes, rounds, rng)
         elapsed = time.monotonic() - rounds_started
-        spent = [
-            b["cpu"] - a["cpu"] - rate * elapsed
-            for a, b, rate in zip(after, await usage(nodes), idle_rate, strict=True)
-        ]
+        after = await usage(nodes)
+        frames_after = [(await node.request("status"))["frames"] for node in nodes]
+        idle_after, _ = await idle_cpu(nodes)
+        rates = [(a + b) / 2 for a, b in zip(idle_rate, idle_after, strict=True)]
+        spent = [b["cpu"] - a["cpu"] - rate * elapsed for a, b, rate in zip(before, after, rates, strict=True)]
         result.cpu_per_announcement = statistics.median(spent) / rounds
+        counts = list(zip(frames_before, frames_after, strict=True))
+        received = [(b["new"] + b["old"] - a["new"] - a["old"]) / rounds for a, b in counts]
+        passed = [(b["passed_on"] - a["passed_on"]) / rounds for a, b in counts]
+        result.copies = statistics.mean(received)
         delays = result.delays
         print(
             f"advertise -> visible elsewhere ({len(delays)} samples): p50 {ms(statistics.median(delays))}, "
             f"p95 {ms(percentile(delays, 95))}, max {ms(max(delays))}; CPU per advertisement per node "
-            f"(announce + DHT provide + the driver's watch, idle CPU taken out) "
-            f"median {ms(result.cpu_per_announcement)}"
+            f"(announce + the driver's watch, idle CPU before and after taken out) "
+            f"median {ms(result.cpu_per_announcement)}; messages per advertisement per node: received "
+            f"{result.copies:.2f} (max {max(received):.2f}), passed on {statistics.mean(passed):.2f} "
+            f"(max {max(passed):.2f})"
         )
 
         hot_keys = [f"sha256:hot{i:061d}" for i in range(200)]
@@ -224,6 +241,7 @@ def table(results: list[Result]) -> str:
             lambda r: f"{r.rss_idle / MIB:.0f} / {r.rss_after / MIB:.0f} / {r.rss_max / MIB:.0f}",
             "<= 128",
         ),
+        ("messages received per announcement per node", lambda r: f"{r.copies:.2f}", ""),
         ("keys/s visible everywhere", lambda r: f"{r.keys_per_second:.0f}", ""),
     ]
     header = "| | " + " | ".join(f"{r.size} nodes" for r in results) + " | goal |"

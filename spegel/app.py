@@ -172,6 +172,9 @@ async def serve_registry(settings: RegistrySettings, store: OpenedStore) -> None
             else:
                 router = await stack.enter_async_context(open_router(settings.router, settings.registry_addr))
                 peer_name, peers = router.name, functools.partial(_peer_rows, router)
+                metrics.export_router(
+                    lambda: len(router.origins.known), lambda: len(router.linked_peers()), lambda: router.settled
+                )
                 tracker = Tracker(TagFilteringRouter(router, settings.mirror.filters.excludes))
                 if not settings.mirrored_registries:
                     hosts_dir = settings.containerd.registry_config_path

@@ -218,6 +218,19 @@ class Metrics:
         """Count what this node advertises (`state`: key -> complete or in progress) at each scrape."""
         self.registry.register(AdvertisedCollector(state, self.registry_label))
 
+    def export_router(
+        self, members: Callable[[], float], links: Callable[[], float], settled: Callable[[], float]
+    ) -> None:
+        """Report the announcement overlay at each scrape: nodes known, links held, whether the links are the ones
+        this node wants (1) or still changing (0)."""
+        gauges = (
+            ("spegel_router_members", "Other nodes this node knows in the announcement overlay.", members),
+            ("spegel_router_links", "Peers this node exchanges announcements with directly.", links),
+            ("spegel_router_settled", "1 when this node holds the links it picks and no other it dialled.", settled),
+        )
+        for name, text, read in gauges:
+            Gauge(name, text, registry=self.registry).set_function(read)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

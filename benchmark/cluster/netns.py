@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import httpx
+
 from benchmark import spegelgo
 from benchmark.cluster import base, netplan
 from benchmark.cluster.base import (
@@ -275,7 +277,9 @@ class NetnsCluster:
                 self._save_state()
                 for mirror in mirrors:
                     mirror.wait_ready(ready_timeout(len(self.nodes)))
-            if mode in PEER_MODES:  # Spegel (Go) listens on the same router port
+            if mode in MIRROR_MODES:
+                self._wait_for_overlay(mirrors, run_dir / MESH_FILE)
+            elif mode in PEER_MODES:  # Spegel (Go) listens on the same router port
                 self._wait_for_mesh(run_dir / MESH_FILE)
         except DaemonError as exc:
             self.stop_nodes()
@@ -284,6 +288,31 @@ class NetnsCluster:
             self.stop_nodes()
             raise
         return self.nodes
+
+    def _wait_for_overlay(self, mirrors: list[Spegel], record: Path) -> None:
+        """Wait (at most `MESH_TIMEOUT` s) until every mirror knows every other node and holds the overlay links it
+        picks (its `spegel_router_members` and `spegel_router_settled` gauges), as in a cluster whose nodes have been
+        up for a while. Writes to `record` (JSON) how long it took and, when it gave up, each lagging node's
+        members and settled gauge."""
+        want = len(mirrors) - 1
+        started = time.monotonic()
+        while True:
+            lagging = {}
+            for node, mirror in zip(self.nodes, mirrors, strict=True):
+                try:
+                    members = mirror.metric("spegel_router_members")
+                    settled = mirror.metric("spegel_router_settled")
+                except httpx.HTTPError:
+                    members, settled = 0.0, 0.0
+                if members < want or settled < 1:
+                    lagging[node.name] = [members, settled]
+            waited = time.monotonic() - started
+            if not lagging or waited > MESH_TIMEOUT:
+                record.write_text(json.dumps({"seconds": round(waited, 2), "lagging": lagging}))
+                if lagging:
+                    log.warning("router overlay not settled after %.0f s (node: members, settled): %s", waited, lagging)
+                return
+            time.sleep(0.2)
 
     def _wait_for_mesh(self, record: Path) -> None:
         """Wait (at most `MESH_TIMEOUT` s) until every mirror has a router connection to every other node, as in

@@ -81,6 +81,7 @@ MAX_CONCURRENT_DIALS = 8
 MAX_LINK_QUEUE = 32 * 1024 * 1024  # bytes queued for one link: beyond, the link starts over with the states
 CHURN_WINDOW = 2.0  # seconds after the overlay graph changes during which messages go to every link
 SETTLE_LINK = 5.0  # seconds a link this node dialled is kept at least (its states get through)
+DIAL_RETRY = 10.0  # seconds before a target that could not be dialled is tried again
 IDLE_CONNECTION = 30.0  # seconds a connection that is not a link is kept unused
 PEERSTORE_TTL = 3600  # seconds an origin's listen addresses stay in the host's peer store
 MAX_DHT_SEARCHES = 16
@@ -213,6 +214,7 @@ class Libp2pRouter:
         self.addresses = PeerAddressPolicy(settings.networks)
         self.origins = overlay.Origins(self.name)
         self.gaps = 0  # messages that skipped numbers of their origin (its state was asked for)
+        self.frames = {"new": 0, "old": 0, "passed_on": 0}  # messages received new, received again, passed on
         self._sequence = Sequence(time.time_ns(), 0)
         self._pending = messages.PendingChanges()
         self._flush_wake = trio.Event()
@@ -226,6 +228,8 @@ class Libp2pRouter:
         self._links: dict[ID, _Link] = {}
         self._peer_addrs: dict[str, tuple[str, ...]] = {}  # origin -> its dialable listen multiaddrs
         self._dialing: set[ID] = set()
+        self._dial_failed: dict[ID, float] = {}  # targets whose last dial failed: when to try again
+        self.settled = False  # linked to every target and to no other peer it dialled
         self._used: dict[ID, float] = {}  # connections that are not links: when last used
         self._probed: dict[str, ID] = {}  # bootstrap addresses without /p2p: who answered there last time
         self._dial_limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
@@ -553,7 +557,9 @@ class Libp2pRouter:
         origin = message.origin
         verdict = self.origins.accept(origin, message.sequence, isinstance(message, messages.State))
         if verdict is overlay.Verdict.OLD:
+            self.frames["old"] += 1
             return 0
+        self.frames["new"] += 1
         direct = origin == str(peer)
         frame = messages.framed(body)
         if direct and isinstance(message, messages.State):
@@ -619,6 +625,7 @@ class Libp2pRouter:
         for name in chosen:
             if name not in (sender, origin):
                 names[name].put(frame)
+                self.frames["passed_on"] += 1
 
     def _note_graph(self) -> None:
         if self.origins.version != self._graph_version:
@@ -706,12 +713,15 @@ class Libp2pRouter:
             members = [name for name in self.origins.known if name in self._peer_addrs]
             wanted = {ID.from_base58(name) for name in overlay.targets(self.name, members, self._settings.degree)}
             for peer in wanted - self._links.keys() - self._dialing:
-                addrs = [multiaddr.Multiaddr(addr) for addr in self._peer_addrs[str(peer)]]
-                self._dialing.add(peer)
-                self._nursery.start_soon(self._dial, peer, addrs)
+                if self._dial_failed.get(peer, -math.inf) <= now:
+                    addrs = [multiaddr.Multiaddr(addr) for addr in self._peer_addrs[str(peer)]]
+                    self._dialing.add(peer)
+                    self._nursery.start_soon(self._dial, peer, addrs)
+            extra = [peer for peer, link in self._links.items() if link.initiated and peer not in wanted]
+            self.settled = wanted <= self._links.keys() and not extra
             if wanted <= self._links.keys():
-                for peer, link in list(self._links.items()):
-                    if link.initiated and peer not in wanted and now - link.opened > SETTLE_LINK:
+                for peer in extra:
+                    if now - self._links[peer].opened > SETTLE_LINK:
                         self._nursery.start_soon(self._unlink, peer)
             for peer, used in list(self._used.items()):
                 if peer not in self._links and peer not in self._dialing and now - used > IDLE_CONNECTION:
@@ -724,8 +734,10 @@ class Libp2pRouter:
                 with trio.fail_after(DIAL_TIMEOUT):
                     await self.host.connect(PeerInfo(peer, addrs))
             self._add_link(peer, initiated=True)
+            self._dial_failed.pop(peer, None)
         except Exception as exc:
             log.debug("cannot dial %s: %s", peer, exc)
+            self._dial_failed[peer] = trio.current_time() + DIAL_RETRY
         finally:
             self._dialing.discard(peer)
 
@@ -741,7 +753,8 @@ class Libp2pRouter:
                 log.debug("closing the connection to %s: %s", peer, exc)
 
     async def _bootstrap(self) -> None:
-        """Dial the bootstrap candidates, retrying with backoff until linked, then again every `rejoin` s whenever
+        """Dial the bootstrap candidates one at a time, in random order, until one link is made (its states name
+        every member, whom `_maintain` links to); retry with backoff until linked, then again every `rejoin` s whenever
         this node has no link left."""
         delays = backoff_delays()
         while True:
@@ -756,9 +769,10 @@ class Libp2pRouter:
             if candidates is not None:
                 self._bootstrap_addrs = {str(_without_peer_id(addr)) for addr in candidates}
                 others: list[bool] = []
-                async with trio.open_nursery() as nursery:
-                    for addr in candidates:
-                        nursery.start_soon(self._bootstrap_dial, addr, others)
+                for addr in random.sample(candidates, len(candidates)):  # one link is enough: its states name all
+                    await self._bootstrap_dial(addr, others)
+                    if self._links:
+                        break
                 self._alone = not any(others)
                 if self._links or self._alone:
                     await trio.sleep(self._settings.rejoin)
