@@ -9,9 +9,9 @@ An announcement goes from its origin to every node along the origin's shortest-p
 passes a message of origin O on to the links whose parent in O's tree it is (`children`). Every node sends each
 message on at most once per link, and when the views agree each node receives it once, so the cost of one
 announcement per node does not grow with the cluster. In a full mesh (clusters of up to `degree + 1` nodes) the
-tree is a star: the origin sends to everyone and nobody passes anything on, as before the overlay. While a node's
-view of the graph is changing (`churn`), it passes messages to all its links but the sender instead: views differ
-then, and a tree computed from another view might leave a node out.
+tree is a star: the origin sends to everyone and nobody passes anything on, as before the overlay. While the
+graph changes, views differ and a tree computed from a stale view can leave a node out; the router then has its
+links exchange summaries of the messages they hold (`messages.Have`), and a node asks for what it missed.
 
 Every origin numbers its messages (`Sequence`: an incarnation, the wall-clock time it started, and a counter);
 a node applies and passes on only messages newer than the last one it has of that origin (`Origins.accept`).
@@ -84,6 +84,17 @@ class Origins:
         successor = sequence == Sequence(record.sequence.incarnation, record.sequence.number + 1)
         record.sequence = sequence
         return Verdict.NEW if full or successor else Verdict.GAP
+
+    def lacks(self, origin: str, sequence: Sequence) -> bool:
+        """Whether a message of `origin` numbered `sequence` would be new here (a departed origin's old ones are
+        not)."""
+        if origin == self.me:
+            return False
+        record = self.known.get(origin)
+        if record is None:
+            gone = self.departed.get(origin)
+            return gone is None or sequence > gone
+        return sequence > record.sequence
 
     def set_links(self, origin: str, links: Iterable[str]) -> None:
         """`origin` says it is linked to `links` (an origin not `accept`ed first is ignored)."""

@@ -11,10 +11,13 @@ from node to node. Three kinds:
 - `Delta`: keys the origin added (or whose state changed) and withdrew, its links when they changed, and the
   peers it found gone (`Departure`, each with the last message the origin had of it).
 - `Want`: the origins whose state the sender asks this link for (it missed messages of theirs). Not passed on.
+- `Have`: the last message the sender has of the origins that changed lately, sent to every link while the
+  overlay changes (when a tree computed from a stale view can leave a node out); a link that lacks one asks for it
+  with a `Want`. Not passed on.
 
 A key entry is `[key, state]`, then the available byte count and the claim time when known; a tag's key carries
 the digest of its manifest appended (`registry/repository:tag@sha256:...`). Frames are bounded: at most
-`MAX_FRAME` bytes, `MAX_ENTRIES` keys (added or withdrawn), links, departures and wants each, a State at most
+`MAX_FRAME` bytes, `MAX_ENTRIES` keys (added or withdrawn), links, departures, wants and haves each, a State at most
 `MAX_STATE_KEYS` keys; `split` cuts a larger Delta into consecutive ones that mean the same.
 Any malformed or oversized frame raises `ProtocolError`; the reader then drops the stream, never the process.
 
@@ -85,7 +88,14 @@ class Want:
     origins: tuple[str, ...]
 
 
-Message = State | Delta | Want
+@dataclass(frozen=True)
+class Have:
+    """The last message the sender has of each of `origins` (those that changed lately)."""
+
+    origins: tuple[tuple[str, Sequence], ...]
+
+
+Message = State | Delta | Want | Have
 
 
 def encode(message: Message) -> bytes:
@@ -93,6 +103,9 @@ def encode(message: Message) -> bytes:
     body: dict[str, object]
     if isinstance(message, Want):
         return _frame({"type": "want", "origins": list(message.origins)})
+    if isinstance(message, Have):
+        entries = [[origin, sequence.incarnation, sequence.number] for origin, sequence in message.origins]
+        return _frame({"type": "have", "origins": entries})
     if isinstance(message, State):
         body = {
             "type": "state",
@@ -196,6 +209,9 @@ def decode(data: bytes) -> Message:
     try:
         if kind == "want":
             return Want(tuple(_text(origin) for origin in _list(body["origins"])))
+        if kind == "have":
+            entries = (_decode_departure(entry) for entry in _list(body["origins"]))
+            return Have(tuple((entry.peer_id, entry.sequence) for entry in entries))
         if kind == "state":
             return State(
                 origin=_text(body["origin"]),

@@ -79,7 +79,8 @@ WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
 MAX_CONCURRENT_DIALS = 8
 MAX_LINK_QUEUE = 32 * 1024 * 1024  # bytes queued for one link: beyond, the link starts over with the states
-CHURN_WINDOW = 2.0  # seconds after the overlay graph changes during which messages go to every link
+CHURN_WINDOW = 10.0  # seconds after the overlay graph changes during which links exchange summaries (`Have`)
+SUMMARY_INTERVAL = 1.0
 SETTLE_LINK = 5.0  # seconds a link this node dialled is kept at least (its states get through)
 DIAL_RETRY = 10.0  # seconds before a target that could not be dialled is tried again
 IDLE_CONNECTION = 30.0  # seconds a connection that is not a link is kept unused
@@ -222,6 +223,7 @@ class Libp2pRouter:
         self._graph_changed = -math.inf  # trio time the overlay graph last changed, as this node sees it
         self._snapshots: dict[str, tuple[Sequence, bytes]] = {}  # origin -> its state frame, at that sequence
         self._wanted: dict[str, float] = {}  # origin -> when its state was last asked for
+        self._fresh: set[str] = set()  # origins whose messages arrived since the last summary
         self._bootstrap_addrs: set[str] = set()  # the last bootstrap candidates (without /p2p): always dialable
         self._departed: dict[ID, float] = {}  # peers whose link went and that are not checked yet: when
         self._held: dict[str, Announcement] = {}
@@ -382,6 +384,7 @@ class Libp2pRouter:
         self._nursery.start_soon(self._flush)
         self._nursery.start_soon(self._refresh)
         self._nursery.start_soon(self._maintain)
+        self._nursery.start_soon(self._summarize)
         self._nursery.start_soon(self._expire)
         if self.dht is not None:
             self._nursery.start_soon(self._provide)
@@ -457,6 +460,7 @@ class Libp2pRouter:
 
     def _links_changed(self) -> None:
         self.origins.changed()
+        self._note_graph()
         self._pending.links_changed = True
         self._flush_wake.set()
 
@@ -469,6 +473,13 @@ class Libp2pRouter:
             if frame is not None:
                 frames.append(frame)
         return frames
+
+    def _state_of(self, origin: str) -> bytes | None:
+        """The frame of `origin`'s whole state: this node's own, or an origin's as this node has it."""
+        if origin == self.name:
+            self._flush_now()
+            return self._own_state(self._sequence)
+        return self._snapshot(origin)
 
     def _snapshot(self, origin: str) -> bytes | None:
         """The frame of `origin`'s whole state as this node has it (None when it has no usable address for it)."""
@@ -549,10 +560,13 @@ class Libp2pRouter:
         message = messages.decode(body)
         if isinstance(message, messages.Want):
             link = self._links.get(peer)
-            snapshots = [self._snapshot(origin) for origin in message.origins] if link is not None else []
+            snapshots = [self._state_of(origin) for origin in message.origins] if link is not None else []
             for snapshot in snapshots:
                 if link is not None and snapshot is not None:
                     link.put(snapshot)
+            return 0
+        if isinstance(message, messages.Have):
+            self._want(peer, [origin for origin, sequence in message.origins if self.origins.lacks(origin, sequence)])
             return 0
         origin = message.origin
         verdict = self.origins.accept(origin, message.sequence, isinstance(message, messages.State))
@@ -565,8 +579,10 @@ class Libp2pRouter:
         if direct and isinstance(message, messages.State):
             message, frame = self._resolved(message, remote_ip, frame)
         refused = self._apply(message, remote_ip if direct else None)
+        self._fresh.add(origin)
         if verdict is overlay.Verdict.GAP:
-            self._want(peer, origin)
+            self.gaps += 1
+            self._want(peer, [origin])
         self._pass_on(origin, str(peer), frame)
         self._changed.set()
         self._changed = trio.Event()
@@ -615,14 +631,9 @@ class Libp2pRouter:
         return refused
 
     def _pass_on(self, origin: str, sender: str, frame: bytes) -> None:
-        """Queue `frame` (a message of `origin` from `sender`) to the links below this node in `origin`'s tree;
-        to every link but the sender's while the graph is changing."""
+        """Queue `frame` (a message of `origin` from `sender`) to the links below this node in `origin`'s tree."""
         names = {str(peer): link for peer, link in self._links.items()}
-        if trio.current_time() - self._graph_changed < CHURN_WINDOW:
-            chosen: Iterable[str] = names
-        else:
-            chosen = self.origins.children(origin, names.keys())
-        for name in chosen:
+        for name in self.origins.children(origin, names.keys()):
             if name not in (sender, origin):
                 names[name].put(frame)
                 self.frames["passed_on"] += 1
@@ -632,17 +643,33 @@ class Libp2pRouter:
             self._graph_version = self.origins.version
             self._graph_changed = trio.current_time()
 
-    def _want(self, peer: ID, origin: str) -> None:
-        """Ask `peer` for `origin`'s whole state (at most once a second per origin)."""
-        self.gaps += 1
+    def _want(self, peer: ID, origins: Iterable[str]) -> None:
+        """Ask `peer` for the whole state of `origins` (each at most once a second)."""
         now = trio.current_time()
         link = self._links.get(peer)
-        if link is None or self._wanted.get(origin, -math.inf) > now - 1.0:
+        wanted = [origin for origin in origins if self._wanted.get(origin, -math.inf) <= now - 1.0]
+        if link is None or not wanted:
             return
-        if len(self._wanted) > overlay.MAX_ORIGINS:
+        if len(self._wanted) + len(wanted) > overlay.MAX_ORIGINS:
             self._wanted.clear()
-        self._wanted[origin] = now
-        link.put(messages.encode(messages.Want((origin,))))
+        self._wanted.update(dict.fromkeys(wanted, now))
+        link.put(messages.encode(messages.Want(tuple(wanted))))
+
+    async def _summarize(self) -> None:
+        """While the overlay graph is changing (and for `CHURN_WINDOW` s after), tell every link once a second
+        which origins' messages this node received (or sent) in that second, and their last numbers: a node that a
+        tree computed from a stale view left out asks for what it missed (`Have`, `Want`)."""
+        while True:
+            await trio.sleep(SUMMARY_INTERVAL)
+            fresh, self._fresh = self._fresh, set()
+            if trio.current_time() - self._graph_changed > CHURN_WINDOW:
+                continue
+            entries = [(self.name, self._sequence)]
+            entries += [(o, self.origins.known[o].sequence) for o in fresh if o in self.origins.known]
+            for start in range(0, len(entries), messages.MAX_ENTRIES):
+                frame = messages.encode(messages.Have(tuple(entries[start : start + messages.MAX_ENTRIES])))
+                for link in self._links.values():
+                    link.put(frame)
 
     # Departures.
 
