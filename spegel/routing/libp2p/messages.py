@@ -6,14 +6,14 @@ names its origin (a peer id) and its place among the origin's messages (`Sequenc
 from node to node. Three kinds:
 
 - `State`: everything the origin holds, its registry address, its listen addresses and the peers it is linked to.
-  The origin sends it on every new link and periodically; a node sends the states of all the origins it knows on a
-  new link, and of one origin when a link asks for it. The receiver replaces what it knew of the origin.
+  The origin sends it on every new link and periodically; a node sends an origin's state when a link asks for
+  it. The receiver replaces what it knew of the origin.
 - `Delta`: keys the origin added (or whose state changed) and withdrew, its links when they changed, and the
   peers it found gone (`Departure`, each with the last message the origin had of it).
 - `Want`: the origins whose state the sender asks this link for (it missed messages of theirs). Not passed on.
-- `Have`: the last message the sender has of the origins that changed lately, sent to every link while the
-  overlay changes (when a tree computed from a stale view can leave a node out); a link that lacks one asks for it
-  with a `Want`. Not passed on.
+- `Have`: the last message the sender has of origins: of all it knows on a new link, of those that changed
+  lately to every link while the overlay changes (when a tree computed from a stale view can leave a node out); a
+  link that lacks one asks for its state with a `Want`. Not passed on.
 
 A key entry is `[key, state]`, then the available byte count and the claim time when known; a tag's key carries
 the digest of its manifest appended (`registry/repository:tag@sha256:...`). Frames are bounded: at most

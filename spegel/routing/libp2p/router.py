@@ -5,7 +5,8 @@ that pick it; see `spegel.routing.overlay`) and keeps one announcement stream op
 (`messages.ANNOUNCE_PROTOCOL`). It writes its own changes there, a burst of advertisements as one `Delta`, and its
 whole `State` every `refresh` seconds (anti-entropy, and it keeps its entries alive everywhere); it passes the
 messages of every other origin on along that origin's shortest-path tree over the overlay, so each message reaches
-every node once, and a new link first gets the states of all origins the node knows. Receivers keep a
+every node once; a new link first gets the node's state and the last message it has of every origin (the
+peer asks for the states it lacks). Receivers keep a
 `HolderIndex`; entries an origin stops refreshing expire after `ttl`. Lookups read the index (no I/O) and fall
 back to the DHT only when it knows no holder, within the caller's timeout (the DHT search itself runs on in the
 background: see workarounds). Bootstrapping to one node is enough: its states name every member, and each node
@@ -81,6 +82,7 @@ MAX_CONCURRENT_DIALS = 8
 MAX_LINK_QUEUE = 32 * 1024 * 1024  # bytes queued for one link: beyond, the link starts over with the states
 CHURN_WINDOW = 10.0  # seconds after the overlay graph changes during which links exchange summaries (`Have`)
 SUMMARY_INTERVAL = 1.0
+HAVE_GRACE = 0.5  # seconds a newer message a link has may take to arrive along the tree before it is asked for
 SETTLE_LINK = 5.0  # seconds a link this node dialled is kept at least (its states get through)
 DIAL_RETRY = 10.0  # seconds before a target that could not be dialled is tried again
 IDLE_CONNECTION = 30.0  # seconds a connection that is not a link is kept unused
@@ -224,6 +226,7 @@ class Libp2pRouter:
         self._snapshots: dict[str, tuple[Sequence, bytes]] = {}  # origin -> its state frame, at that sequence
         self._wanted: dict[str, float] = {}  # origin -> when its state was last asked for
         self._fresh: set[str] = set()  # origins whose messages arrived since the last summary
+        self._lacking: dict[str, tuple[ID, Sequence, float]] = {}  # origin -> a link that has newer, what, since
         self._bootstrap_addrs: set[str] = set()  # the last bootstrap candidates (without /p2p): always dialable
         self._departed: dict[ID, float] = {}  # peers whose link went and that are not checked yet: when
         self._held: dict[str, Announcement] = {}
@@ -465,14 +468,16 @@ class Libp2pRouter:
         self._flush_wake.set()
 
     def _snapshot_frames(self) -> list[bytes]:
-        """What a new link gets first: this node's state, then every origin's it knows."""
+        """What a new link gets first: this node's state, then the last message it has of every origin it knows
+        (the link asks for the states it lacks)."""
         self._flush_now()
-        frames = [self._own_state(self._sequence)]
-        for origin in self.origins.known:
-            frame = self._snapshot(origin)
-            if frame is not None:
-                frames.append(frame)
-        return frames
+        known = [(origin, record.sequence) for origin, record in self.origins.known.items()]
+        return [self._own_state(self._sequence), *self._have_frames(known)]
+
+    @staticmethod
+    def _have_frames(entries: list[tuple[str, Sequence]]) -> list[bytes]:
+        step = messages.MAX_ENTRIES
+        return [messages.encode(messages.Have(tuple(entries[i : i + step]))) for i in range(0, len(entries), step)]
 
     def _state_of(self, origin: str) -> bytes | None:
         """The frame of `origin`'s whole state: this node's own, or an origin's as this node has it."""
@@ -566,7 +571,7 @@ class Libp2pRouter:
                     link.put(snapshot)
             return 0
         if isinstance(message, messages.Have):
-            self._want(peer, [origin for origin, sequence in message.origins if self.origins.lacks(origin, sequence)])
+            self._heard_of(peer, message)
             return 0
         origin = message.origin
         verdict = self.origins.accept(origin, message.sequence, isinstance(message, messages.State))
@@ -661,15 +666,43 @@ class Libp2pRouter:
         tree computed from a stale view left out asks for what it missed (`Have`, `Want`)."""
         while True:
             await trio.sleep(SUMMARY_INTERVAL)
+            self._want_lacking()
             fresh, self._fresh = self._fresh, set()
             if trio.current_time() - self._graph_changed > CHURN_WINDOW:
                 continue
             entries = [(self.name, self._sequence)]
             entries += [(o, self.origins.known[o].sequence) for o in fresh if o in self.origins.known]
-            for start in range(0, len(entries), messages.MAX_ENTRIES):
-                frame = messages.encode(messages.Have(tuple(entries[start : start + messages.MAX_ENTRIES])))
+            for frame in self._have_frames(entries):
                 for link in self._links.values():
                     link.put(frame)
+
+    def _heard_of(self, peer: ID, have: messages.Have) -> None:
+        """`peer` has the messages `have` names: ask it at once for the states of origins unknown here; newer
+        messages of known ones are usually on their way along the tree, so ask only if they still lack a second
+        later (`_want_lacking`)."""
+        unknown = []
+        now = trio.current_time()
+        for origin, sequence in have.origins:
+            if not self.origins.lacks(origin, sequence):
+                continue
+            if origin in self.origins.known:
+                if len(self._lacking) < overlay.MAX_ORIGINS:
+                    self._lacking[origin] = (peer, sequence, now)
+            else:
+                unknown.append(origin)
+        self._want(peer, unknown)
+
+    def _want_lacking(self) -> None:
+        now = trio.current_time()
+        due: dict[ID, list[str]] = {}
+        for origin, (peer, sequence, since) in list(self._lacking.items()):
+            if now - since < HAVE_GRACE:
+                continue
+            del self._lacking[origin]
+            if self.origins.lacks(origin, sequence):
+                due.setdefault(peer, []).append(origin)
+        for peer, origins in due.items():
+            self._want(peer, origins)
 
     # Departures.
 
