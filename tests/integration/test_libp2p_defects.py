@@ -152,6 +152,19 @@ async def sink(stream: INetStream) -> None:
         pass
 
 
+@pytest.mark.parametrize("ours", [False, True])
+async def test_the_swarm_dials_every_peer_in_its_peer_store_unless_auto_dialling_is_stopped(ours: bool) -> None:
+    a = build_host(create_new_key_pair()) if ours else new_host(key_pair=create_new_key_pair())
+    b = build_host(create_new_key_pair()) if ours else new_host(key_pair=create_new_key_pair())
+    async with running(a, b):
+        a.get_peerstore().add_addrs(b.get_id(), b.get_transport_addrs(), 3600)
+        await a.get_network().auto_connector.maybe_connect()  # what its background task and disconnects call
+        with trio.move_on_after(3):
+            while b.get_id() not in a.get_connected_peers():
+                await trio.sleep(0.05)
+        assert (b.get_id() in a.get_connected_peers()) is not ours
+
+
 async def test_a_cancelled_stream_write_breaks_the_whole_connection() -> None:
     a, b = build_host(create_new_key_pair()), build_host(create_new_key_pair())
     b.set_stream_handler("/sink/1", sink)

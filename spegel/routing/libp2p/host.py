@@ -34,7 +34,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from spegel.routing.base import RouterConfigError
 from spegel.routing.libp2p.addresses import IPAddress
-from spegel.routing.libp2p.workarounds import dial_connection_config
+from spegel.routing.libp2p.workarounds import dial_connection_config, stop_auto_dialling
 
 IDENTITY_FILE = "identity.key"
 _PSK_HEADER = "/key/swarm/psk/1.0.0/"
@@ -109,15 +109,18 @@ def listen_multiaddr(address: str) -> multiaddr.Multiaddr:
 
 
 def build_host(key_pair: KeyPair, psk: str | None = None) -> IHost:
-    """A host that speaks TCP, Noise and yamux only; with `psk`, only to members of that private network."""
+    """A host that speaks TCP, Noise and yamux only; with `psk`, only to members of that private network. It dials
+    only when asked to (see `workarounds.stop_auto_dialling`)."""
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL): Yamux},
         psk=psk,
         connection_config=dial_connection_config(),
     )
+    stop_auto_dialling(host)
+    return host
 
 
 def restrict_dials(host: IHost, allowed: Callable[[multiaddr.Multiaddr], bool]) -> None:

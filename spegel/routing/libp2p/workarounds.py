@@ -17,6 +17,9 @@ that shows the defect and fails when a new library version changes it (the versi
 6. A DHT server logs a warning ("Failed to read DHT message from stream: ") each time a client closes a stream
    after a fire-and-forget ADD_PROVIDER, i.e. for every provider record it receives: `quiet_dht_eof_warnings`
    drops exactly that warning (with an empty error), not others.
+7. The swarm's auto-connector dials peers from the peer store (every peer the DHT or the router learnt of) until
+   the host holds 150 connections, and setting its watermarks to 0 makes the pruner close every connection:
+   `stop_auto_dialling` replaces its dial round by one that does nothing, so the host dials only when asked.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 import trio
+from libp2p.abc import IHost
 from libp2p.kad_dht import provider_store
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.network.config import ConnectionConfig
@@ -35,6 +39,17 @@ from libp2p.network.config import ConnectionConfig
 def dial_connection_config() -> ConnectionConfig:
     """Connection settings whose dials return as soon as one connection is up (no fixed 250 ms wait)."""
     return ConnectionConfig(max_connections_per_peer=1)
+
+
+def stop_auto_dialling(host: IHost) -> None:
+    """Keep `host`'s swarm from dialling peers of its own: its auto-connector dials every peer in the peer store
+    until the host has 150 connections (the midpoint of its watermarks; it cannot be turned off by configuration
+    without also making the pruner close every connection), which would undo the overlay's bounded links."""
+
+    async def no_dials() -> None:
+        return None
+
+    host.get_network().auto_connector.maybe_connect = no_dials  # type: ignore[attr-defined,method-assign]
 
 
 LIBRARY_PROVIDER_RECORD_TTL = provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL  # as shipped, before any change
