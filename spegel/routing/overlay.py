@@ -10,8 +10,9 @@ passes a message of origin O on to the links whose parent in O's tree it is (`ch
 message on at most once per link, and when the views agree each node receives it once, so the cost of one
 announcement per node does not grow with the cluster. In a full mesh (clusters of up to `degree + 1` nodes) the
 tree is a star: the origin sends to everyone and nobody passes anything on, as before the overlay. While the
-graph changes, views differ and a tree computed from a stale view can leave a node out; the router then has its
-links exchange summaries of the messages they hold (`messages.Have`), and a node asks for what it missed.
+graph changes, views differ and a tree computed from a stale view can leave a node out; once the graph settles,
+every origin that announced something meanwhile sends one more (empty) message, and a node that missed one sees
+the gap.
 
 Every origin numbers its messages (`Sequence`: an incarnation, the wall-clock time it started, and a counter);
 a node applies and passes on only messages newer than the last one it has of that origin (`Origins.accept`).

@@ -11,9 +11,8 @@ from node to node. Three kinds:
 - `Delta`: keys the origin added (or whose state changed) and withdrew, its links when they changed, and the
   peers it found gone (`Departure`, each with the last message the origin had of it).
 - `Want`: the origins whose state the sender asks this link for (it missed messages of theirs). Not passed on.
-- `Have`: the last message the sender has of origins: of all it knows on a new link, of those that changed
-  lately to every link while the overlay changes (when a tree computed from a stale view can leave a node out); a
-  link that lacks one asks for its state with a `Want`. Not passed on.
+- `Have`: the last message the sender has of every origin it knows, sent on a new link; the link asks for the
+  states it lacks with a `Want`. Not passed on.
 
 A key entry is `[key, state]`, then the available byte count and the claim time when known; a tag's key carries
 the digest of its manifest appended (`registry/repository:tag@sha256:...`). Frames are bounded: at most

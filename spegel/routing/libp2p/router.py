@@ -80,9 +80,8 @@ WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
 MAX_CONCURRENT_DIALS = 8
 MAX_LINK_QUEUE = 32 * 1024 * 1024  # bytes queued for one link: beyond, the link starts over with the states
-CHURN_WINDOW = 10.0  # seconds after the overlay graph changes during which links exchange summaries (`Have`)
-SUMMARY_INTERVAL = 1.0
-HAVE_GRACE = 0.5  # seconds a newer message a link has may take to arrive along the tree before it is asked for
+CHURN_WINDOW = 10.0  # seconds without a change after which the overlay graph counts as settled
+HAVE_GRACE = 2.0  # seconds a newer message a link has may take to arrive along the tree before it is asked for
 SETTLE_LINK = 5.0  # seconds a link this node dialled is kept at least (its states get through)
 DIAL_RETRY = 10.0  # seconds before a target that could not be dialled is tried again
 IDLE_CONNECTION = 30.0  # seconds a connection that is not a link is kept unused
@@ -217,7 +216,7 @@ class Libp2pRouter:
         self.addresses = PeerAddressPolicy(settings.networks)
         self.origins = overlay.Origins(self.name)
         self.gaps = 0  # messages that skipped numbers of their origin (its state was asked for)
-        self.frames = {"new": 0, "old": 0, "passed_on": 0}  # messages received new, received again, passed on
+        self.frames = {"new": 0, "old": 0, "passed_on": 0, "want": 0, "have": 0}  # messages received and passed on
         self._sequence = Sequence(time.time_ns(), 0)
         self._pending = messages.PendingChanges()
         self._flush_wake = trio.Event()
@@ -225,7 +224,7 @@ class Libp2pRouter:
         self._graph_changed = -math.inf  # trio time the overlay graph last changed, as this node sees it
         self._snapshots: dict[str, tuple[Sequence, bytes]] = {}  # origin -> its state frame, at that sequence
         self._wanted: dict[str, float] = {}  # origin -> when its state was last asked for
-        self._fresh: set[str] = set()  # origins whose messages arrived since the last summary
+        self._spoke_in_churn = False  # this node announced something while the overlay graph was changing
         self._lacking: dict[str, tuple[ID, Sequence, float]] = {}  # origin -> a link that has newer, what, since
         self._bootstrap_addrs: set[str] = set()  # the last bootstrap candidates (without /p2p): always dialable
         self._departed: dict[ID, float] = {}  # peers whose link went and that are not checked yet: when
@@ -387,7 +386,7 @@ class Libp2pRouter:
         self._nursery.start_soon(self._flush)
         self._nursery.start_soon(self._refresh)
         self._nursery.start_soon(self._maintain)
-        self._nursery.start_soon(self._summarize)
+        self._nursery.start_soon(self._settle)
         self._nursery.start_soon(self._expire)
         if self.dht is not None:
             self._nursery.start_soon(self._provide)
@@ -413,7 +412,12 @@ class Libp2pRouter:
         first = Sequence(self._sequence.incarnation, self._sequence.number + 1)
         parts = messages.split(self._pending.take(self.name, first, self._link_names()))
         self._sequence = parts[-1].sequence
-        frame = b"".join(map(messages.encode, parts))
+        self._announce(b"".join(map(messages.encode, parts)))
+
+    def _announce(self, frame: bytes) -> None:
+        """Send `frame`, a message of this node's, to every link."""
+        if trio.current_time() - self._graph_changed < CHURN_WINDOW:
+            self._spoke_in_churn = True
         for link in self._links.values():
             link.put(frame)
 
@@ -424,9 +428,7 @@ class Libp2pRouter:
             await trio.sleep(self._settings.refresh_interval * random.uniform(0.9, 1.1))
             self._flush_now()
             self._pending.clear()
-            frame = self._own_state(self._next_sequence())
-            for link in self._links.values():
-                link.put(frame)
+            self._announce(self._own_state(self._next_sequence()))
 
     def _own_state(self, sequence: Sequence) -> bytes:
         """The frame of this node's whole state as of `sequence` (nothing may be pending): at most
@@ -564,6 +566,7 @@ class Libp2pRouter:
         origin's limit)."""
         message = messages.decode(body)
         if isinstance(message, messages.Want):
+            self.frames["want"] += 1
             link = self._links.get(peer)
             snapshots = [self._state_of(origin) for origin in message.origins] if link is not None else []
             for snapshot in snapshots:
@@ -571,6 +574,7 @@ class Libp2pRouter:
                     link.put(snapshot)
             return 0
         if isinstance(message, messages.Have):
+            self.frames["have"] += 1
             self._heard_of(peer, message)
             return 0
         origin = message.origin
@@ -584,7 +588,6 @@ class Libp2pRouter:
         if direct and isinstance(message, messages.State):
             message, frame = self._resolved(message, remote_ip, frame)
         refused = self._apply(message, remote_ip if direct else None)
-        self._fresh.add(origin)
         if verdict is overlay.Verdict.GAP:
             self.gaps += 1
             self._want(peer, [origin])
@@ -660,26 +663,22 @@ class Libp2pRouter:
         self._wanted.update(dict.fromkeys(wanted, now))
         link.put(messages.encode(messages.Want(tuple(wanted))))
 
-    async def _summarize(self) -> None:
-        """While the overlay graph is changing (and for `CHURN_WINDOW` s after), tell every link once a second
-        which origins' messages this node received (or sent) in that second, and their last numbers: a node that a
-        tree computed from a stale view left out asks for what it missed (`Have`, `Want`)."""
+    async def _settle(self) -> None:
+        """Once a second: ask for the states that links have newer than this node (`_want_lacking`); and once the
+        overlay graph has not changed for `CHURN_WINDOW` s, if this node announced anything while it changed, send an
+        empty message with its next number: a node that a tree computed from a stale view left out sees the gap and
+        asks for this node's state."""
         while True:
-            await trio.sleep(SUMMARY_INTERVAL)
+            await trio.sleep(1.0)
             self._want_lacking()
-            fresh, self._fresh = self._fresh, set()
-            if trio.current_time() - self._graph_changed > CHURN_WINDOW:
-                continue
-            entries = [(self.name, self._sequence)]
-            entries += [(o, self.origins.known[o].sequence) for o in fresh if o in self.origins.known]
-            for frame in self._have_frames(entries):
-                for link in self._links.values():
-                    link.put(frame)
+            if self._spoke_in_churn and trio.current_time() - self._graph_changed >= CHURN_WINDOW:
+                self._spoke_in_churn = False
+                self._announce(messages.encode(messages.Delta(self.name, self._next_sequence())))
 
     def _heard_of(self, peer: ID, have: messages.Have) -> None:
         """`peer` has the messages `have` names: ask it at once for the states of origins unknown here; newer
-        messages of known ones are usually on their way along the tree, so ask only if they still lack a second
-        later (`_want_lacking`)."""
+        messages of known ones are usually on their way along the tree, so ask only if they still lack them
+        `HAVE_GRACE` s later (`_want_lacking`)."""
         unknown = []
         now = trio.current_time()
         for origin, sequence in have.origins:
