@@ -10,12 +10,14 @@ Operations: `status` (connected and linked peers, the members it knows, the keys
 many it refused, how many messages skipped numbers); `advertise` (keys,
 state, available); `withdraw` (keys); `lookup` (key, count, timeout:
 holders and seconds taken); `lookups` (keys, count, timeout: latencies in seconds and how many found); `watch`
-(keys, timeout: the wall-clock time each key first became visible); `usage` (CPU seconds, RSS bytes).
+(keys, timeout: the wall-clock time each key first became visible); `inspect` (origin: what this node knows of it);
+`usage` (CPU seconds, RSS bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -101,6 +103,16 @@ async def execute(router: Libp2pRouter, command: dict[str, Any]) -> dict[str, An
         return {"latencies": latencies, "found": found}
     if op == "watch":
         return {"seen": await _watch(router, command["keys"], command.get("timeout", 10.0))}
+    if op == "inspect":
+        origin, now = command["origin"], trio.current_time()
+        record = router.origins.known.get(origin)
+        return {
+            "sequence": None if record is None else list(dataclasses.astuple(record.sequence)),
+            "address": router.index.address(origin),
+            "heard": router.index.heard(origin, now),
+            "holds": router.index.holds(origin),
+            "linked": origin in {str(peer) for peer in router.linked_peers()},
+        }
     if op == "usage":
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {"cpu": usage.ru_utime + usage.ru_stime, "rss": rss_bytes()}

@@ -3,7 +3,8 @@
 Every node links to a bounded number of others (`targets`: its successor on a hash ring, so the overlay is
 connected, and the `degree - 1` members with the highest rendezvous score with it), not to every node: links and
 connections per node stay bounded as the cluster grows. Links are two-way, and each node tells every other which
-peers it is linked to (its announcements carry the list), so every node knows the whole overlay graph.
+peers it is linked to (its announcements carry the list), so every node knows the whole overlay graph: the links
+both ends list.
 
 An announcement goes from its origin to every node along the origin's shortest-path tree over that graph: a node
 passes a message of origin O on to the links whose parent in O's tree it is (`children`). Every node sends each
@@ -53,6 +54,7 @@ class Origin:
     """What a node knows of one origin: the last message's sequence, and the peers it says it is linked to."""
 
     sequence: Sequence
+    whole: bool = False  # its whole state is here: a State, and no gap since
     links: frozenset[str] = frozenset()
 
 
@@ -68,7 +70,9 @@ class Origins:
 
     def accept(self, origin: str, sequence: Sequence, full: bool) -> Verdict:
         """Record a message of `origin` numbered `sequence` (`full`: it carries the whole state) and say what to do
-        with it. A full state is never a gap; a partial one is when it is not the direct successor of the last."""
+        with it. A full state is never a gap, and is new also at the last number when the whole state is not here
+        (the last message was a gap); a partial one is a gap when it is not the direct successor of the last, or
+        the whole state is not here."""
         if origin == self.me:
             return Verdict.OLD
         record = self.known.get(origin)
@@ -77,14 +81,18 @@ class Origins:
             if len(self.known) >= MAX_ORIGINS or (gone is not None and sequence <= gone):
                 return Verdict.OLD  # too many, or a late message of a departed origin
             self.departed.pop(origin, None)
-            self.known[origin] = Origin(sequence)
+            self.known[origin] = Origin(sequence, whole=full)
             self.version += 1
             return Verdict.NEW if full else Verdict.GAP
+        if full and not record.whole and sequence >= record.sequence:
+            record.sequence, record.whole = sequence, True
+            return Verdict.NEW
         if sequence <= record.sequence:
             return Verdict.OLD
         successor = sequence == Sequence(record.sequence.incarnation, record.sequence.number + 1)
         record.sequence = sequence
-        return Verdict.NEW if full or successor else Verdict.GAP
+        record.whole = full or (successor and record.whole)
+        return Verdict.NEW if record.whole else Verdict.GAP
 
     def lacks(self, origin: str, sequence: Sequence) -> bool:
         """Whether a message of `origin` numbered `sequence` would be new here (a departed origin's old ones are
@@ -95,7 +103,7 @@ class Origins:
         if record is None:
             gone = self.departed.get(origin)
             return gone is None or sequence > gone
-        return sequence > record.sequence
+        return sequence > record.sequence or not record.whole
 
     def set_links(self, origin: str, links: Iterable[str]) -> None:
         """`origin` says it is linked to `links` (an origin not `accept`ed first is ignored)."""
@@ -127,7 +135,8 @@ class Origins:
 
     def children(self, origin: str, my_links: Collection[str]) -> list[str]:
         """The links of this node that receive `origin`'s messages from it: those whose parent in `origin`'s
-        shortest-path tree is this node, and those the graph does not know yet."""
+        shortest-path tree is this node, and those the tree does not reach (unknown yet, or linked by links only one
+        end lists so far: they may get a message twice, never not at all)."""
         parents = self._tree(origin, my_links)
         return [link for link in my_links if link != origin and parents.get(link, self.me) == self.me]
 
@@ -154,19 +163,11 @@ class Origins:
         return parents
 
     def _graph(self, my_links: Collection[str]) -> dict[str, set[str]]:
-        """The overlay as this node knows it, every link both ways."""
-        graph: dict[str, set[str]] = {name: set() for name in self.known}
-        graph[self.me] = set()
-        lists: Iterable[tuple[str, Collection[str]]] = [
-            *((name, record.links) for name, record in self.known.items()),
-            (self.me, my_links),
-        ]
-        for name, links in lists:
-            for other in links:
-                if other in graph:
-                    graph[name].add(other)
-                    graph[other].add(name)
-        return graph
+        """The overlay as this node knows it: the links both ends say they hold (a link only one end lists may not
+        carry anything yet, or any more)."""
+        lists = {name: record.links for name, record in self.known.items()}
+        lists[self.me] = frozenset(my_links)
+        return {name: {other for other in links if name in lists.get(other, ())} for name, links in lists.items()}
 
 
 def ring_position(member: str) -> bytes:

@@ -473,7 +473,7 @@ class Libp2pRouter:
         """What a new link gets first: this node's state, then the last message it has of every origin it knows
         (the link asks for the states it lacks)."""
         self._flush_now()
-        known = [(origin, record.sequence) for origin, record in self.origins.known.items()]
+        known = [(origin, record.sequence) for origin, record in self.origins.known.items() if record.whole]
         return [self._own_state(self._sequence), *self._have_frames(known)]
 
     @staticmethod
@@ -492,7 +492,7 @@ class Libp2pRouter:
         """The frame of `origin`'s whole state as this node has it (None when it has no usable address for it)."""
         record = self.origins.known.get(origin)
         registry = self.index.address(origin)
-        if record is None or registry is None:
+        if record is None or registry is None or not record.whole:
             return None
         cached = self._snapshots.get(origin)
         if cached is not None and cached[0] == record.sequence:
