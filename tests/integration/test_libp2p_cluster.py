@@ -109,3 +109,40 @@ async def test_a_node_that_cannot_start_says_why(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         with pytest.raises(NodeError, match="router address"):
             await NodeProcess.start(nursery, "bad", tmp_path / "bad", "127.0.0.1:1", ["--router-addr", "nowhere"])
+
+
+async def test_announcements_pass_over_a_sparse_overlay_to_every_node(tmp_path: Path) -> None:
+    """Eight nodes that each pick 2 peers to link to: no node links to everyone, yet every node's announcement
+    reaches every other node, each about once, and a killed node is forgotten by every node, also by those it was
+    not linked to."""
+    nodes_count = 8
+    args = [*psk_args(tmp_path), "--router-degree", "2"]
+    async with running_cluster(tmp_path, nodes_count, args) as nodes:
+        with trio.fail_after(30):  # the links made to bootstrap are closed once each node holds those it picks
+            while True:
+                statuses = [await node.request("status") for node in nodes]
+                if all(len(status["linked"]) < nodes_count - 1 for status in statuses):
+                    break
+                await trio.sleep(0.5)
+        before = [status["frames"] for status in statuses]
+        for i, node in enumerate(nodes):
+            await node.request("advertise", keys=[f"sha256:{i + 100:064x}"])
+        for i in range(nodes_count):
+            for j, other in enumerate(nodes):
+                if i != j:
+                    assert await wait_found(other, f"sha256:{i + 100:064x}") == [
+                        [f"127.0.0.1:{20000 + i}", "complete", None]
+                    ]
+        after = [(await node.request("status"))["frames"] for node in nodes]
+        received = sum(a["new"] + a["old"] - b["new"] - b["old"] for a, b in zip(after, before, strict=True))
+        assert nodes_count * (nodes_count - 1) <= received <= 2 * nodes_count * (nodes_count - 1)
+
+        victim = nodes[3]
+        linked = {node.name: status["linked"] for node, status in zip(nodes, statuses, strict=True)}
+        strangers = [node for node in nodes if node is not victim and victim.peer_id not in linked[node.name]]
+        assert strangers
+        await victim.kill()
+        with trio.fail_after(30):  # the peer grace (10 s), a failed dial, the news passed on
+            for node in strangers:
+                while victim.peer_id in (await node.request("status"))["members"]:
+                    await trio.sleep(0.2)
