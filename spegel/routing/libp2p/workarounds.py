@@ -49,7 +49,7 @@ def stop_auto_dialling(host: IHost) -> None:
     async def no_dials() -> None:
         return None
 
-    host.get_network().auto_connector.maybe_connect = no_dials  # type: ignore[attr-defined,method-assign]
+    host.get_network().auto_connector.maybe_connect = no_dials  # type: ignore[attr-defined]
 
 
 LIBRARY_PROVIDER_RECORD_TTL = provider_store.PROVIDER_RECORD_EXPIRATION_INTERVAL  # as shipped, before any change
