@@ -78,6 +78,7 @@ async def execute(router: Libp2pRouter, command: dict[str, Any]) -> dict[str, An
             "linked": sorted(str(peer) for peer in router.linked_peers()),
             "members": sorted(router.origins.known),
             "gaps": router.gaps,
+            "settled": router.settled,
             "frames": router.frames,
             "holds": {peer: router.index.holds(peer) for peer in router.index.known_peers()},
             "refused": router.index.refused,

@@ -121,9 +121,11 @@ async def test_announcements_pass_over_a_sparse_overlay_to_every_node(tmp_path: 
         with trio.fail_after(30):  # the links made to bootstrap are closed once each node holds those it picks
             while True:
                 statuses = [await node.request("status") for node in nodes]
-                if all(len(status["linked"]) < nodes_count - 1 for status in statuses):
+                if all(status["settled"] and len(status["linked"]) < nodes_count - 1 for status in statuses):
                     break
                 await trio.sleep(0.5)
+        await trio.sleep(12)  # the overlay still (10 s): the last messages of its settling are through
+        statuses = [await node.request("status") for node in nodes]
         before = [status["frames"] for status in statuses]
         for i, node in enumerate(nodes):
             await node.request("advertise", keys=[f"sha256:{i + 100:064x}"])

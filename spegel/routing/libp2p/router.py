@@ -812,32 +812,39 @@ class Libp2pRouter:
                 log.debug("closing the connection to %s: %s", peer, exc)
 
     async def _bootstrap(self) -> None:
-        """Dial the bootstrap candidates one at a time, in random order, until one link is made (its states name
-        every member, whom `_maintain` links to); retry with backoff until linked, then again every `rejoin` s whenever
-        this node has no link left."""
+        """Link to the bootstrap candidates in one order every node shares (sorted by address), until one link is
+        made: every node then reaches the first candidate that answers, whose states name every member, whom
+        `_maintain` links to. Retry with backoff until linked. Then, every `rejoin` s, link to each candidate that no
+        known member listens at (a node that started apart, or a part of the cluster that formed apart, is joined);
+        with no link left, start over."""
         delays = backoff_delays()
         while True:
-            if self._links:
-                await trio.sleep(self._settings.rejoin)
-                continue
             try:
-                candidates = await self._settings.bootstrapper.candidates()
+                candidates = sorted(await self._settings.bootstrapper.candidates(), key=str)
             except BootstrapError as exc:
                 log.warning("bootstrap: %s", exc)
                 candidates = None
             if candidates is not None:
                 self._bootstrap_addrs = {str(_without_peer_id(addr)) for addr in candidates}
+                linked = bool(self._links)
                 others: list[bool] = []
-                for addr in random.sample(candidates, len(candidates)):  # one link is enough: its states name all
+                for addr in self._strangers(candidates) if linked else candidates:
                     await self._bootstrap_dial(addr, others)
-                    if self._links:
+                    if self._links and not linked:
                         break
-                self._alone = not any(others)
+                if not linked:
+                    self._alone = not any(others)
                 if self._links or self._alone:
                     await trio.sleep(self._settings.rejoin)
                     delays = backoff_delays()
                     continue
             await trio.sleep(next(delays))
+
+    def _strangers(self, candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+        """The candidates no known member (nor this node) listens at."""
+        known = {addr for addrs in self._peer_addrs.values() for addr in addrs}
+        known.update(str(addr) for addr in self.host.get_transport_addrs())
+        return [addr for addr in candidates if str(_without_peer_id(addr)) not in known]
 
     async def _bootstrap_dial(self, addr: multiaddr.Multiaddr, others: list[bool]) -> None:
         """Link to the node at `addr`; appends to `others` whether it may be another node than this one."""
