@@ -254,6 +254,28 @@ async def test_a_peer_without_the_key_or_offering_plaintext_cannot_connect_or_an
 # ---- announced addresses --------------------------------------------------------------------------------------
 
 
+async def test_a_passed_on_state_of_an_origin_that_is_no_peer_id_drops_the_stream_and_the_node_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        node = await NodeProcess.start(
+            nursery, "node", tmp_path / "node", "127.0.0.1:5000", ["--router-psk-file", write_psk(tmp_path / "psk")]
+        )
+        try:
+            async with rogue_peer() as rogue:
+                target = await rogue.connect(node.addrs[0])
+                own = rogue.state(":5000", [Announcement("sha256:" + "2" * 64)])
+                garbage = rogue.state("127.0.0.1:5001", [], ("/ip4/127.0.0.1/tcp/1",), origin="not a peer id!")
+                await rogue.announce(target, own, garbage)
+                await until(lambda: "is not a peer id" in node.stderr_tail(), what="the bad origin refused")
+                await trio.sleep(2)  # the node's overlay upkeep (every second) runs with what it holds
+                status = await node.request("status")
+                assert "not a peer id!" not in status["members"] and rogue.peer_id in status["members"]
+        finally:
+            await node.close()
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_registry_address_with_a_path_or_on_another_host_is_never_requested(tmp_path: Path) -> None:
     digest = "sha256:" + "5a" * 32
     blob_path = f"/v2/team/app/blobs/{digest}"

@@ -578,6 +578,8 @@ class Libp2pRouter:
             self._heard_of(peer, message)
             return 0
         origin = message.origin
+        if origin not in self.origins.known:
+            _peer_id(origin)  # a new origin must be a peer id: it may become a target to dial, or a claim's owner
         verdict = self.origins.accept(origin, message.sequence, isinstance(message, messages.State))
         if verdict is overlay.Verdict.OLD:
             self.frames["old"] += 1
@@ -990,6 +992,14 @@ async def _read_frame(stream: INetStream, limit: int) -> bytes:
 async def _reset(stream: INetStream) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(1):
         await stream.reset()
+
+
+def _peer_id(text: str) -> ID:
+    """The peer id `text` names; ProtocolError when it names none."""
+    try:
+        return ID.from_base58(text)
+    except Exception:
+        raise messages.ProtocolError(f"origin {text[:100]!r} is not a peer id") from None
 
 
 def _without_peer_id(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
