@@ -20,6 +20,13 @@ def payload_rate(bits_per_second: float) -> float:
     return GOODPUT * bits_per_second / 8
 
 
+def payload_bytes(wire_bytes: float) -> float:
+    """The TCP payload in `wire_bytes` counted on a link with its framing (a tc counter): the same `GOODPUT`
+    share the rates of the bounds use, so that upstream bytes and bounds are both in payload (NaN stays NaN:
+    a phase with no traffic record)."""
+    return GOODPUT * wire_bytes
+
+
 def lower_bound(size: float, nodes: int, upstream: float, node: float) -> float:
     """Seconds until the last of `nodes` nodes can hold `size` bytes: max(S/U, S/B, N*S/(U + N*B))."""
     _positive(upstream=upstream, node=node, nodes=nodes)

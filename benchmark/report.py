@@ -26,6 +26,7 @@ import pandas as pd
 from matplotlib.patches import Patch
 
 from benchmark import report_html, tables
+from benchmark.bound import GOODPUT, payload_bytes
 from benchmark.runner import TABLES
 from benchmark.units import format_rate, format_size
 
@@ -347,7 +348,7 @@ def goals(meta: dict[str, Any], frames: dict[str, pd.DataFrame], latency: pd.Dat
             )
         sent = traffic[(traffic["image"] == image) & (traffic["mode"] == "inflight") & (traffic["phase"] == "create")]
         if bounds and not sent.empty:
-            ratio = sent["upstream_bytes"].median() / bounds.size
+            ratio = payload_bytes(sent["upstream_bytes"].median()) / bounds.size
             results.append(
                 (f"{image}: create, inflight: upstream bytes ≤ 1.5 x S", f"{ratio:.2f} x S", _verdict(ratio <= 1.5))
             )
@@ -516,8 +517,8 @@ def _markdown(
         )
     out.append("## Upstream traffic\n")
     out.append(
-        "Bytes the upstream registry sent per phase (tc counter of its link, framing included), as a multiple "
-        "of the image size S, beside what its access log claims (more: containerd closes open-ended chunk "
+        f"Bytes the upstream registry sent per phase (TCP payload: the tc counter of its link times {GOODPUT}, the "
+        "payload share the bounds' rates use), as a multiple of the image size S, beside what its access log claims (more: containerd closes open-ended chunk "
         "requests early); `peer MiB` is what the nodes' containerd got through their mirror from peers, `of "
         "which in flight` what peers sent of downloads still in progress (medians per phase).\n"
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.bound import lower_bound, no_sharing_bound, payload_rate
+from benchmark.bound import lower_bound, no_sharing_bound, payload_bytes, payload_rate
 
 MODE_ORDER = ("upstream", "proxy", "spegel-go", "image", "layer", "inflight")
 PHASE_ORDER = ("create", "update", "advertise")
@@ -232,7 +232,7 @@ def side_by_side(
     def upstream(image: str, mode: str, phase: str) -> float:
         size = meta["images"].get(f"{image}/{phase}", {}).get("size")
         in_phase = traffic[traffic["phase"] == phase] if not traffic.empty else traffic
-        return median(in_phase, image, mode, "upstream_bytes", size) if size else math.nan
+        return payload_bytes(median(in_phase, image, mode, "upstream_bytes")) / size if size else math.nan
 
     def failed(image: str, mode: str) -> float:
         runs = done[(done["image"] == image) & (done["mode"] == mode) & done["phase"].isin(["create", "update"])]
@@ -280,7 +280,7 @@ def traffic_table(traffic: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
         return pd.DataFrame(columns=["image", "phase", "mode", *STAT_COLUMNS])
     frame = traffic.copy()
     frame["upstream_ratio"] = [
-        r.upstream_bytes / meta["images"][f"{r.image}/{r.phase}"]["size"] for r in frame.itertuples()
+        payload_bytes(r.upstream_bytes) / meta["images"][f"{r.image}/{r.phase}"]["size"] for r in frame.itertuples()
     ]
     table = summarize(frame, ["image", "phase", "mode"], "upstream_ratio")
     if "upstream_log_bytes" in frame:

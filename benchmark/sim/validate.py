@@ -26,6 +26,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from benchmark import report, tables
+from benchmark.bound import payload_bytes
 from benchmark.progress import Progress
 from benchmark.scenario import ClusterSpec, ImageShape, Scenario, plan
 from benchmark.sim.cluster import SIMULATED_MODES
@@ -100,7 +101,7 @@ def create_figures(directory: Path) -> pd.DataFrame:
     slowest = done.groupby(["image", "mode"])["slowest"].median().rename("slowest")
     traffic = frames["traffic"]
     traffic = traffic[traffic["phase"] == "create"].copy()
-    traffic["upstream"] = [r.upstream_bytes / meta["images"][f"{r.image}/create"]["size"] for r in traffic.itertuples()]
+    traffic["upstream"] = [payload_bytes(r.upstream_bytes) / meta["images"][f"{r.image}/create"]["size"] for r in traffic.itertuples()]
     upstream = traffic.groupby(["image", "mode"])["upstream"].median()
     figures = pd.concat([slowest, upstream], axis=1).reset_index()
     figures["bound"] = [tables.Bounds.of(meta, image, "create").lower for image in figures["image"]]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmark import tables
+from benchmark.bound import GOODPUT
 from benchmark.__main__ import main
 from benchmark.report import build, goals, markdown_table
 
@@ -91,7 +92,7 @@ def _traffic() -> pd.DataFrame:
                     "mode": mode,
                     "repetition": rep,
                     "phase": "create",
-                    "upstream_bytes": ratio * SIZE,
+                    "upstream_bytes": ratio * SIZE / GOODPUT,  # on the wire: the ratio is of payload
                     "upstream_log_bytes": ratio * SIZE * 1.1,
                     "bytes_peer": 0 if mode == "upstream" else SIZE,
                     "bytes_inflight": 0 if mode == "upstream" else SIZE // 2,
