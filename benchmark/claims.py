@@ -348,7 +348,8 @@ def per_run(report: Path, tables: dict[str, pd.DataFrame]) -> str:
         cpu = usage[usage["run"] == row.run].groupby("process")["cpu_seconds"].median()
         lines.append(
             f"{row.run} | {row.load_start:.1f}/{row.load_end:.1f} | {run_pulls['duration'].max():.1f} | "
-            f"{run_pulls['duration'].max() / bounds.lower:.2f} | {payload_bytes(row.upstream_bytes) / bounds.size:.2f} | "
+            f"{run_pulls['duration'].max() / bounds.lower:.2f} | "
+            f"{payload_bytes(row.upstream_bytes) / bounds.size:.2f} | "
             f"{' '.join(str(n) for n in roots)} | {stalls} | {tail.median():.1f}/{tail.max():.1f} | "
             f"{cpu.get('spegel', math.nan):.1f} / {cpu.get('containerd', math.nan):.1f}"
         )

@@ -518,9 +518,10 @@ def _markdown(
     out.append("## Upstream traffic\n")
     out.append(
         f"Bytes the upstream registry sent per phase (TCP payload: the tc counter of its link times {GOODPUT}, the "
-        "payload share the bounds' rates use), as a multiple of the image size S, beside what its access log claims (more: containerd closes open-ended chunk "
-        "requests early); `peer MiB` is what the nodes' containerd got through their mirror from peers, `of "
-        "which in flight` what peers sent of downloads still in progress (medians per phase).\n"
+        "payload share the bounds' rates use), as a multiple of the image size S, beside what its access log "
+        "claims (more: containerd closes open-ended chunk requests early); `peer MiB` is what the nodes' "
+        "containerd got through their mirror from peers, `of which in flight` what peers sent "
+        "of downloads still in progress (medians per phase).\n"
     )
     out.append(
         markdown_table(

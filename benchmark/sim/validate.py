@@ -101,7 +101,9 @@ def create_figures(directory: Path) -> pd.DataFrame:
     slowest = done.groupby(["image", "mode"])["slowest"].median().rename("slowest")
     traffic = frames["traffic"]
     traffic = traffic[traffic["phase"] == "create"].copy()
-    traffic["upstream"] = [payload_bytes(r.upstream_bytes) / meta["images"][f"{r.image}/create"]["size"] for r in traffic.itertuples()]
+    traffic["upstream"] = [
+        payload_bytes(r.upstream_bytes) / meta["images"][f"{r.image}/create"]["size"] for r in traffic.itertuples()
+    ]
     upstream = traffic.groupby(["image", "mode"])["upstream"].median()
     figures = pd.concat([slowest, upstream], axis=1).reset_index()
     figures["bound"] = [tables.Bounds.of(meta, image, "create").lower for image in figures["image"]]

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from benchmark import tables
-from benchmark.bound import GOODPUT
 from benchmark.__main__ import main
+from benchmark.bound import GOODPUT
 from benchmark.report import build, goals, markdown_table
 
 MiB = 1 << 20
