@@ -234,6 +234,7 @@ class Libp2pRouter:
         self._dialing: set[ID] = set()
         self._dial_failed: dict[ID, float] = {}  # targets whose last dial failed: when to try again
         self.settled = False  # linked to every target and to no other peer it dialled
+        self._targets: tuple[frozenset[str], frozenset[ID]] = (frozenset(), frozenset())  # members -> targets
         self._used: dict[ID, float] = {}  # connections that are not links: when last used
         self._probed: dict[str, ID] = {}  # bootstrap addresses without /p2p: who answered there last time
         self._dial_limiter = trio.CapacityLimiter(MAX_CONCURRENT_DIALS)
@@ -771,8 +772,7 @@ class Libp2pRouter:
         while True:
             await trio.sleep(1.0)
             now = trio.current_time()
-            members = [name for name in self.origins.known if name in self._peer_addrs]
-            wanted = {ID.from_base58(name) for name in overlay.targets(self.name, members, self._settings.degree)}
+            wanted = self._wanted_links()
             for peer in wanted - self._links.keys() - self._dialing:
                 if self._dial_failed.get(peer, -math.inf) <= now:
                     addrs = [multiaddr.Multiaddr(addr) for addr in self._peer_addrs[str(peer)]]
@@ -788,6 +788,15 @@ class Libp2pRouter:
                 if peer not in self._links and peer not in self._dialing and now - used > IDLE_CONNECTION:
                     del self._used[peer]
                     self._nursery.start_soon(self._disconnect, peer)
+
+    def _wanted_links(self) -> frozenset[ID]:
+        """The overlay's targets of this node among the members it can dial (computed again only when they
+        change: it hashes every member)."""
+        members = frozenset(name for name in self.origins.known if name in self._peer_addrs)
+        if members != self._targets[0]:
+            chosen = overlay.targets(self.name, members, self._settings.degree)
+            self._targets = (members, frozenset(ID.from_base58(name) for name in chosen))
+        return self._targets[1]
 
     async def _dial(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         try:
