@@ -135,9 +135,12 @@ async def test_announcements_pass_over_a_sparse_overlay_to_every_node(tmp_path: 
                     assert await wait_found(other, f"sha256:{i + 100:064x}") == [
                         [f"127.0.0.1:{20000 + i}", "complete", None]
                     ]
-        after = [(await node.request("status"))["frames"] for node in nodes]
+        after_statuses = [await node.request("status") for node in nodes]
+        after = [status["frames"] for status in after_statuses]
         received = sum(a["new"] + a["old"] - b["new"] - b["old"] for a, b in zip(after, before, strict=True))
         assert nodes_count * (nodes_count - 1) <= received <= 2 * nodes_count * (nodes_count - 1)
+        # handling the frames is counted: every node received some, and it took CPU time
+        assert all(a["handling_seconds"] > b["handling_seconds"] for a, b in zip(after_statuses, statuses, strict=True))
 
         victim = nodes[3]
         linked = {node.name: status["linked"] for node, status in zip(nodes, statuses, strict=True)}

@@ -217,6 +217,7 @@ class Libp2pRouter:
         self.origins = overlay.Origins(self.name)
         self.gaps = 0  # messages that skipped numbers of their origin (its state was asked for)
         self.frames = {"new": 0, "old": 0, "passed_on": 0, "want": 0, "have": 0}  # messages received and passed on
+        self.handling_seconds = 0.0  # CPU spent decoding, applying and passing on received frames
         self._sequence = Sequence(time.time_ns(), 0)
         self._pending = messages.PendingChanges()
         self._flush_wake = trio.Event()
@@ -548,12 +549,16 @@ class Libp2pRouter:
         refused = 0
         try:
             while data := await stream.read(READ_CHUNK):
-                decoder.feed(data)
-                for frame in decoder.frames():
-                    refused_now = self._handle(peer, remote_ip, frame)
-                    if refused_now and not refused:
-                        log.warning("%s announces more than %d keys: refusing the rest", peer, self.index.max_keys)
-                    refused += refused_now
+                started = time.process_time()
+                try:
+                    decoder.feed(data)
+                    for frame in decoder.frames():
+                        refused_now = self._handle(peer, remote_ip, frame)
+                        if refused_now and not refused:
+                            log.warning("%s announces more than %d keys: refusing the rest", peer, self.index.max_keys)
+                        refused += refused_now
+                finally:
+                    self.handling_seconds += time.process_time() - started
         except messages.ProtocolError as exc:
             log.warning("dropping announcements from %s: %s", peer, exc)
         except Exception as exc:
