@@ -27,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -290,49 +291,47 @@ class NetnsCluster:
         return self.nodes
 
     def _wait_for_overlay(self, mirrors: list[Spegel], record: Path) -> None:
-        """Wait (at most `MESH_TIMEOUT` s) until every mirror knows every other node and holds the overlay links it
-        picks (its `spegel_router_members` and `spegel_router_settled` gauges), as in a cluster whose nodes have been
-        up for a while. Writes to `record` (JSON) how long it took and, when it gave up, each lagging node's
-        members and settled gauge."""
+        """Wait until every mirror knows every other node and holds the overlay links it picks (its
+        `spegel_router_members` and `spegel_router_settled` gauges); a lagging node is recorded with both."""
         want = len(mirrors) - 1
+        by_node = {node.name: mirror for node, mirror in zip(self.nodes, mirrors, strict=True)}
+
+        def lag(node: Node) -> list[float] | None:
+            try:
+                members = by_node[node.name].metric("spegel_router_members")
+                settled = by_node[node.name].metric("spegel_router_settled")
+            except httpx.HTTPError:
+                members, settled = 0.0, 0.0
+            return [members, settled] if members < want or settled < 1 else None
+
+        self._wait_for_routers(record, lag, "router overlay not settled (node: members, settled)")
+
+    def _wait_for_mesh(self, record: Path) -> None:
+        """Wait until every mirror has a router connection to every other node (Spegel's full mesh); a lagging node
+        is recorded with how many peers it lacks."""
+        addresses = {ep.address for ep in self.net.nodes}
+        endpoints = {ep.name: ep for ep in self.net.nodes}
+
+        def lag(node: Node) -> int | None:
+            ep = endpoints[node.name]
+            out = run(["ip", "netns", "exec", ep.netns, "ss", "-Htn", "state", "established"])
+            lacking = addresses - {ep.address} - netplan.connected_peers(out, ROUTER_PORT)
+            return len(lacking) or None
+
+        self._wait_for_routers(record, lag, "router mesh incomplete (node: peers missing)")
+
+    def _wait_for_routers(self, record: Path, lag: Callable[[Node], object | None], what: str) -> None:
+        """Wait (at most `MESH_TIMEOUT` s) until `lag` is None for every node, as in a cluster whose nodes have been
+        up for a while: a rollout that starts while the routers still connect measures them, not the mirror. Writes
+        to `record` (JSON) how long it took and, when it gave up, what `lag` said of each lagging node."""
         started = time.monotonic()
         while True:
-            lagging = {}
-            for node, mirror in zip(self.nodes, mirrors, strict=True):
-                try:
-                    members = mirror.metric("spegel_router_members")
-                    settled = mirror.metric("spegel_router_settled")
-                except httpx.HTTPError:
-                    members, settled = 0.0, 0.0
-                if members < want or settled < 1:
-                    lagging[node.name] = [members, settled]
+            lagging = {node.name: found for node in self.nodes if (found := lag(node)) is not None}
             waited = time.monotonic() - started
             if not lagging or waited > MESH_TIMEOUT:
                 record.write_text(json.dumps({"seconds": round(waited, 2), "lagging": lagging}))
                 if lagging:
-                    log.warning("router overlay not settled after %.0f s (node: members, settled): %s", waited, lagging)
-                return
-            time.sleep(0.2)
-
-    def _wait_for_mesh(self, record: Path) -> None:
-        """Wait (at most `MESH_TIMEOUT` s) until every mirror has a router connection to every other node, as in
-        a cluster whose nodes have been up for a while: a rollout that starts while the mesh is still forming
-        measures the mesh, not the mirror. Writes to `record` (JSON) how long it took and which nodes still
-        lacked how many peers when it gave up."""
-        addresses = {ep.address for ep in self.net.nodes}
-        started = time.monotonic()
-        while True:
-            missing = {}
-            for ep in self.net.nodes:
-                out = run(["ip", "netns", "exec", ep.netns, "ss", "-Htn", "state", "established"])
-                lacking = addresses - {ep.address} - netplan.connected_peers(out, ROUTER_PORT)
-                if lacking:
-                    missing[ep.name] = len(lacking)
-            waited = time.monotonic() - started
-            if not missing or waited > MESH_TIMEOUT:
-                record.write_text(json.dumps({"seconds": round(waited, 2), "missing": missing}))
-                if missing:
-                    log.warning("router mesh incomplete after %.0f s (node: peers missing): %s", waited, missing)
+                    log.warning("%s after %.0f s: %s", what, waited, lagging)
                 return
             time.sleep(0.2)
 

@@ -64,7 +64,7 @@ def test_spegel_go_mode_runs_the_given_binary_on_every_node(tmp_path: Path) -> N
 
     nodes = sorted(p for p in (work / "runs" / "2MiB-2-spegel-go-rep0").iterdir() if p.is_dir())
     mesh = json.loads((work / "runs" / "2MiB-2-spegel-go-rep0" / "mesh.json").read_text())
-    assert mesh["missing"] == {}  # waited for, as for our mirror: every node connected to every other
+    assert mesh["lagging"] == {}  # waited for, as for our mirror: every node connected to every other
     ids = {node.name: spegelgo.peer_id(_seed((node / "spegel-data" / "private.key").read_text())) for node in nodes}
     for node in nodes:
         args = json.loads((node / "spegel-data" / "standin-registry.json").read_text())

@@ -209,8 +209,7 @@ def decode(data: bytes) -> Message:
         if kind == "want":
             return Want(tuple(_text(origin) for origin in _list(body["origins"])))
         if kind == "have":
-            entries = (_decode_departure(entry) for entry in _list(body["origins"]))
-            return Have(tuple((entry.peer_id, entry.sequence) for entry in entries))
+            return Have(tuple(_origin_sequence(entry) for entry in _list(body["origins"])))
         if kind == "state":
             return State(
                 origin=_text(body["origin"]),
@@ -228,7 +227,7 @@ def decode(data: bytes) -> Message:
                 added=tuple(_decode_announcement(a) for a in _list(body["add"])),
                 withdrawn=tuple(_key(k) for k in _list(body["del"])),
                 links=None if links is None else tuple(_text(peer) for peer in _list(links)),
-                gone=tuple(_decode_departure(g) for g in _list(body["gone"])),
+                gone=tuple(Departure(*_origin_sequence(g)) for g in _list(body["gone"])),
             )
     except KeyError as exc:
         raise ProtocolError(f"{kind} message lacks {exc}") from None
@@ -347,10 +346,11 @@ def _counter(raw: object) -> bool:
     return isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 2**63
 
 
-def _decode_departure(raw: object) -> Departure:
+def _origin_sequence(raw: object) -> tuple[str, Sequence]:
+    """`[origin, incarnation, number]`, as a departure and a `Have` entry are written."""
     if not isinstance(raw, list) or len(raw) != 3:
-        raise ProtocolError(f"bad departure {_short(raw)}")
-    return Departure(_text(raw[0]), _sequence(raw[1:]))
+        raise ProtocolError(f"bad origin and sequence {_short(raw)}")
+    return _text(raw[0]), _sequence(raw[1:])
 
 
 def _key(raw: object) -> str:

@@ -756,9 +756,7 @@ class Libp2pRouter:
         addrs = [multiaddr.Multiaddr(addr) for addr in self._peer_addrs.get(name, ())]
         if addrs:
             try:
-                async with self._dial_limiter:
-                    with trio.fail_after(DIAL_TIMEOUT):
-                        await self.host.connect(PeerInfo(peer, addrs))
+                await self._connect(peer, addrs)
                 return  # still there (it closed the link, or the link broke): the idle connection goes later
             except Exception as exc:
                 log.debug("%s is gone: %s", name, exc)
@@ -805,9 +803,7 @@ class Libp2pRouter:
 
     async def _dial(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         try:
-            async with self._dial_limiter:
-                with trio.fail_after(DIAL_TIMEOUT):
-                    await self.host.connect(PeerInfo(peer, addrs))
+            await self._connect(peer, addrs)
             self._add_link(peer, initiated=True)
             self._dial_failed.pop(peer, None)
         except Exception as exc:
@@ -815,6 +811,12 @@ class Libp2pRouter:
             self._dial_failed[peer] = trio.current_time() + DIAL_RETRY
         finally:
             self._dialing.discard(peer)
+
+    async def _connect(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        """Connect to `peer` at `addrs` (a few dials at a time, each within `DIAL_TIMEOUT`); raises when it fails."""
+        async with self._dial_limiter:
+            with trio.fail_after(DIAL_TIMEOUT):
+                await self.host.connect(PeerInfo(peer, addrs))
 
     async def _unlink(self, peer: ID) -> None:
         if self._drop_link(peer) is not None:
