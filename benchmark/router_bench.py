@@ -10,11 +10,11 @@ Prints, for each cluster size:
 - CPU and RSS per node after the workload.
 
 Ends with one table over all sizes (the issue's goals beside it). CPU per announcement per node is the CPU each node
-spent handling the frames it received during the advertise rounds (decoding, applying, passing on: the router's
-`handling_seconds`, process CPU time), per round. The CPU of the transport below (noise, yamux) is not in it: it
-costs about the same per frame at every size, and the frames per announcement are printed beside it. Process CPU
-less idle CPU, the earlier measure, was lost in the idle CPU's drift at 100 nodes (and the DHT provides of the keys
-advertised, 30 s later, fall into any idle window after the rounds).
+spent handling the announcements (deltas) it received during the advertise rounds (decoding, applying, passing on:
+the router's `handling_seconds`, process CPU time), per round. Not in it: the transport below (noise, yamux), which
+costs about the same per frame at every size, and the full states every node refreshes every ttl / 3, which reach
+every node (printed beside it, per second). Process CPU less idle CPU, the earlier measure, was lost in the idle
+CPU's drift at 100 nodes (and the DHT provides of the keys advertised, 30 s later, fall into any idle window).
 `--csv FILE` writes every advertise -> visible sample (nodes, seconds), e.g. for a simulator to draw routing delays
 from.
 
@@ -164,24 +164,27 @@ async def measure(size: int, rounds: int, keys: int, root: Path, router_args: li
         )
 
         status_before = [await node.request("status") for node in nodes]
+        rounds_started = time.monotonic()
         result.delays = await visibility(nodes, rounds, rng)
+        rounds_took = time.monotonic() - rounds_started
         status_after = [await node.request("status") for node in nodes]
-        counts = [(a["frames"], b["frames"]) for a, b in zip(status_before, status_after, strict=True)]
-        received = [(b["new"] + b["old"] - a["new"] - a["old"]) / rounds for a, b in counts]
-        passed = [(b["passed_on"] - a["passed_on"]) / rounds for a, b in counts]
-        result.copies = statistics.mean(received)
-        handling = [
-            (b["handling_seconds"] - a["handling_seconds"]) / rounds
-            for a, b in zip(status_before, status_after, strict=True)
-        ]
+        pairs = list(zip(status_before, status_after, strict=True))
+        deltas = [(b["handled"]["delta"] - a["handled"]["delta"]) / rounds for a, b in pairs]
+        frames = [sum(b["handled"].values()) - sum(a["handled"].values()) for a, b in pairs]
+        states = [(b["handled"]["state"] - a["handled"]["state"]) / rounds_took for a, b in pairs]
+        passed = [(b["frames"]["passed_on"] - a["frames"]["passed_on"]) / rounds for a, b in pairs]
+        handling = [(b["handling_seconds"]["delta"] - a["handling_seconds"]["delta"]) / rounds for a, b in pairs]
+        result.copies = statistics.mean(deltas)
         result.cpu_per_announcement = statistics.median(handling)
         delays = result.delays
         print(
             f"advertise -> visible elsewhere ({len(delays)} samples): p50 {ms(statistics.median(delays))}, "
-            f"p95 {ms(percentile(delays, 95))}, max {ms(max(delays))}; messages per advertisement per node: "
-            f"received {result.copies:.2f} (max {max(received):.2f}), passed on {statistics.mean(passed):.2f} "
-            f"(max {max(passed):.2f}); CPU handling them per advertisement per node: median "
-            f"{ms(result.cpu_per_announcement)}, max {ms(max(handling))}"
+            f"p95 {ms(percentile(delays, 95))}, max {ms(max(delays))}; per advertisement per node: deltas received "
+            f"{result.copies:.2f} (max {max(deltas):.2f}), passed on {statistics.mean(passed):.2f} (max "
+            f"{max(passed):.2f}), CPU handling them median {ms(result.cpu_per_announcement)} "
+            f"(max {ms(max(handling))}); "
+            f"beside them each node received {statistics.mean(frames) / rounds:.2f} frames of all kinds per round, "
+            f"{statistics.mean(states):.2f} full states a second (every node's refresh, every ttl / 3)"
         )
 
         hot_keys = [f"sha256:hot{i:061d}" for i in range(200)]
@@ -241,7 +244,7 @@ def table(results: list[Result]) -> str:
             lambda r: f"{r.rss_idle / MIB:.0f} / {r.rss_after / MIB:.0f} / {r.rss_max / MIB:.0f}",
             "<= 128",
         ),
-        ("messages received per announcement per node", lambda r: f"{r.copies:.2f}", ""),
+        ("deltas received per announcement per node", lambda r: f"{r.copies:.2f}", ""),
         ("keys/s visible everywhere", lambda r: f"{r.keys_per_second:.0f}", ""),
     ]
     header = "| | " + " | ".join(f"{r.size} nodes" for r in results) + " | goal |"

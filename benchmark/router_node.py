@@ -80,6 +80,7 @@ async def execute(router: Libp2pRouter, command: dict[str, Any]) -> dict[str, An
             "gaps": router.gaps,
             "settled": router.settled,
             "frames": router.frames,
+            "handled": router.handled,
             "handling_seconds": router.handling_seconds,
             "holds": {peer: router.index.holds(peer) for peer in router.index.known_peers()},
             "refused": router.index.refused,

@@ -76,6 +76,12 @@ CLAIM_REQUEST_LIMIT = 4096  # bytes of a claim frame: one key
 CLAIM_READ_TIMEOUT = 5.0
 SILENT_OWNER_SKIP = 30.0  # seconds a peer that did not answer a claim is not chosen as an owner
 DIAL_TIMEOUT = 5.0
+_KINDS: dict[type, str] = {
+    messages.State: "state",
+    messages.Delta: "delta",
+    messages.Want: "want",
+    messages.Have: "have",
+}  # message type -> its label in the frame counters
 WRITE_TIMEOUT = 10.0
 READ_CHUNK = 256 * 1024
 MAX_CONCURRENT_DIALS = 8
@@ -217,7 +223,9 @@ class Libp2pRouter:
         self.origins = overlay.Origins(self.name)
         self.gaps = 0  # messages that skipped numbers of their origin (its state was asked for)
         self.frames = {"new": 0, "old": 0, "passed_on": 0, "want": 0, "have": 0}  # messages received and passed on
-        self.handling_seconds = 0.0  # CPU spent decoding, applying and passing on received frames
+        # frames received by kind, and the CPU spent handling them (decoding, applying, passing on)
+        self.handled = dict.fromkeys(_KINDS.values(), 0)
+        self.handling_seconds = dict.fromkeys(_KINDS.values(), 0.0)
         self._sequence = Sequence(time.time_ns(), 0)
         self._pending = messages.PendingChanges()
         self._flush_wake = trio.Event()
@@ -549,16 +557,12 @@ class Libp2pRouter:
         refused = 0
         try:
             while data := await stream.read(READ_CHUNK):
-                started = time.process_time()
-                try:
-                    decoder.feed(data)
-                    for frame in decoder.frames():
-                        refused_now = self._handle(peer, remote_ip, frame)
-                        if refused_now and not refused:
-                            log.warning("%s announces more than %d keys: refusing the rest", peer, self.index.max_keys)
-                        refused += refused_now
-                finally:
-                    self.handling_seconds += time.process_time() - started
+                decoder.feed(data)
+                for frame in decoder.frames():
+                    refused_now = self._handle(peer, remote_ip, frame)
+                    if refused_now and not refused:
+                        log.warning("%s announces more than %d keys: refusing the rest", peer, self.index.max_keys)
+                    refused += refused_now
         except messages.ProtocolError as exc:
             log.warning("dropping announcements from %s: %s", peer, exc)
         except Exception as exc:
@@ -569,8 +573,17 @@ class Libp2pRouter:
     def _handle(self, peer: ID, remote_ip: str | None, body: bytes) -> int:
         """Handle one frame (`body`, as `FrameDecoder` gives it) from linked `peer`: answer a Want; apply a message
         new from its origin and pass it on along the origin's tree. Returns how many keys were refused (the
-        origin's limit)."""
+        origin's limit). Counts the frame and its CPU time by kind (`handled`, `handling_seconds`)."""
+        started = time.process_time()
         message = messages.decode(body)
+        kind = _KINDS[type(message)]
+        try:
+            return self._handle_message(peer, remote_ip, body, message)
+        finally:
+            self.handled[kind] += 1
+            self.handling_seconds[kind] += time.process_time() - started
+
+    def _handle_message(self, peer: ID, remote_ip: str | None, body: bytes, message: messages.Message) -> int:
         if isinstance(message, messages.Want):
             self.frames["want"] += 1
             link = self._links.get(peer)
