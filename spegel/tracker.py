@@ -88,17 +88,19 @@ class Tracker:
     def accept_claims(self, accepted: bool) -> None:
         self.claims_accepted = accepted
 
-    async def claim(self, digest: Digest) -> float | None:
-        """The node is about to download `digest`, which no peer holds complete: advertise it in progress at once
-        with the claim's time (`time.time()`), so that peers asking in the next moments follow this node's
-        download instead of all going upstream, and return that time. None when claims are not accepted, or
+    async def claim(self, digest: Digest, since: float | None = None) -> float | None:
+        """The node is about to download `digest`, which no peer holds complete: advertise it in progress at once,
+        claimed at `since` (wall-clock seconds, its rank among claimants; None: now), so that peers asking in the
+        next moments follow this node's download instead of all going upstream, and return the claim's `since`
+        (an open claim keeps its own). None when claims are not accepted, or
         when the blob is already advertised unclaimed (its download is under way). A claim is withdrawn
         `claim_grace` seconds later unless a download or the content has appeared (see `expire_claims`)."""
         if not self.claims_accepted:
             return None
         key = str(digest)
         async with self._lock:
-            await self._apply(self.advertisements.claim(key, time.time(), trio.current_time() + self.claim_grace))
+            claimed = time.time() if since is None else since
+            await self._apply(self.advertisements.claim(key, claimed, trio.current_time() + self.claim_grace))
             return self.advertisements.claim_since(key)
 
     async def expire_claims(self, source: ContentSource) -> None:

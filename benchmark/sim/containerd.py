@@ -6,7 +6,8 @@
   a 206 larger than a chunk makes containerd fetch chunk 0 on that request and every further chunk with its
   own request (open-ended, read for one chunk and closed); the bytes go to disk in order, so the prefix on
   disk grows a chunk at a time. A 200 is read as one stream. A 404 sends it to the next host (upstream)
-  at once.
+  at once, with a request that takes a slot anew: the 404's slot is released and the upstream request waits
+  at the back of the queue (`dockerFetcher.open` acquires a slot per host it tries and releases it on error).
 - After a blob is committed its layer is unpacked, one layer at a time in order; the pull ends when the
   last layer is unpacked.
 """
@@ -126,7 +127,9 @@ class _Fetch:
 
     def _mirror_answer(self, answer: PeerAnswer | None) -> None:
         if answer is None:
-            self._upstream_answer()
+            slots = self.containerd.slots
+            slots.release()
+            slots.acquire(self._upstream_answer)
         elif answer.ranged:
             self._chunked(lambda i, done: self._from_mirror(answer, i, done))
         else:

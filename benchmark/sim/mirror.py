@@ -27,6 +27,9 @@ from spegel.mirror.backend import CLAIMANTS_SEEN, MirrorOptions
 from spegel.routing.base import Holder
 
 DEFAULTS = MirrorOptions()
+# Every node pulls one image per phase, all of one repository (as a rolling update pulls a new tag): claims are
+# ranked by when a node's requests for it began (`decide.PullStarts`), as in `MirrorBackend`.
+REPOSITORY = "sim"
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,13 @@ class MirrorNode:
         self.load: dict[str, int] = {}
         self.latency = decide.LatencyTracker()
         self.claimed: dict[str, float] = {}
+        self.pulls = decide.PullStarts()
         self._rotation = itertools.count()
 
     # --- a request ---
 
     def open(self, digest: str, answer: Callable[[PeerAnswer | None], None]) -> None:
+        self.pulls.started(REPOSITORY, self.world.sim.now)
         self.world.sim.after(self.world.timing.lookup, lambda: self._looked(digest, answer))
 
     def _looked(self, digest: str, answer: Callable[[PeerAnswer | None], None]) -> None:
@@ -69,7 +74,7 @@ class MirrorNode:
         hedge = self.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=False, claims=self.config.claims, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
-            since = self._claim(digest)
+            since = self._claim(digest, self.pulls.started(REPOSITORY, self.world.sim.now))
             if self.config.ordered:
                 timeout = self.config.claim_timeout
                 self.world.owners.order(
@@ -109,11 +114,11 @@ class MirrorNode:
         found = self.world.router.lookup(self.world.sim.now, self.node, digest, count)
         return decide.order_holders(found, self.load, next(self._rotation))
 
-    def _claim(self, digest: str) -> float:
-        """Announce this node's download of `digest` in progress (once); the claim's time."""
+    def _claim(self, digest: str, since: float) -> float:
+        """Announce this node's download of `digest` in progress (once), ranked at `since`; the claim's rank."""
         if digest not in self.claimed:
-            self.claimed[digest] = self.world.sim.now
-            self.world.router.announce(self.world.sim.now, self.node, digest, complete=False, since=self.world.sim.now)
+            self.claimed[digest] = since
+            self.world.router.announce(self.world.sim.now, self.node, digest, complete=False, since=since)
         return self.claimed[digest]
 
     def _act(
@@ -124,7 +129,7 @@ class MirrorNode:
             return
         self.world.counters.requests_miss += 1
         if decision.claim and self.config.claims:
-            self._claim(digest)
+            self._claim(digest, self.pulls.started(REPOSITORY, self.world.sim.now))
         self.world.sim.after(self.world.timing.rtt, lambda: answer(None))
 
     # --- the bytes ---

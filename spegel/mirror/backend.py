@@ -49,9 +49,10 @@ class InProgressSource(Protocol):
 
 
 class DownloadClaims(Protocol):
-    async def claim(self, digest: Digest) -> float | None:
+    async def claim(self, digest: Digest, since: float) -> float | None:
         """This node's containerd is about to download `digest`, which no peer holds complete: announce the
-        download in progress. Returns the claim's time (wall-clock seconds), or None when no claim is made."""
+        download in progress, ranked at `since` (wall-clock seconds; see `decide.PullStarts`). Returns the rank
+        of the claim (an open claim keeps its first), or None when no claim is made."""
         ...
 
 
@@ -89,12 +90,15 @@ class MirrorBackend:
         self.claims = claims
         self.copies = Copies(options.spool_dir)
         self._peer_gets: dict[Digest, trio.Lock] = {}  # by digest, while GETs of it go to peers
+        self.pulls = decide.PullStarts()  # when this node's containerd began pulling each repository
 
     def ready(self) -> bool:
         return self.router.ready()
 
     async def manifest(self, request: ManifestRequest) -> ManifestContent:
         reference = request.reference
+        if not request.mirrored:
+            self.pulls.started(reference.repository, time.time())
         try:
             content = await read_manifest(self.store, reference)
             self._count(reference.registry, "local")
@@ -121,6 +125,8 @@ class MirrorBackend:
 
     async def blob(self, request: BlobRequest) -> BlobReader:
         registry, digest = request.registry, request.digest
+        if not request.mirrored:
+            self.pulls.started(request.repository, time.time())
         if not request.mirrored and not request.head:
             # containerd fetches a blob this mirror just copied and verified in chunks: each chunk from the copy,
             # without asking containerd's content store (a gRPC call per chunk) for what it cannot have yet
@@ -161,7 +167,7 @@ class MirrorBackend:
         hedge = self.peers.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=request.head, claims=claims is not None, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
-            decision = await self._claim(digest, holders, hedge)
+            decision = await self._claim(digest, self.pulls.started(request.repository, time.time()), holders, hedge)
         reason = "no holder"
         if isinstance(decision, decide.Follow):
             try:
@@ -172,8 +178,8 @@ class MirrorBackend:
                 self._count(registry, "peer")
                 return _Counted(blob, self.metrics, "peer", digest)
         self._count(registry, "miss")
-        if decision.claim and claims is not None:
-            await claims.claim(digest)  # containerd fetches it upstream now: peers may follow
+        if decision.claim and claims is not None:  # containerd fetches it upstream now: peers may follow
+            await claims.claim(digest, self.pulls.started(request.repository, time.time()))
         raise NotFound(f"{digest}: {reason}")
 
     async def _open(self, request: BlobRequest, follow: decide.Follow) -> BlobReader:
@@ -221,13 +227,16 @@ class MirrorBackend:
             raise NotFound(f"no bytes of {digest} here")
         return found[0]
 
-    async def _claim(self, digest: Digest, holders: list[Holder], hedge: float) -> decide.Follow | decide.Miss:
-        """Claim the download of `digest` and let `decide.after_claim` say whom to follow (or 404: this node is the
-        first claimant). The claim is announced (peers find this node's download as it goes) and placed in order
-        by the key's owner (`Router.order_claim`), whose answer is final; when the owner cannot be asked, this node
-        waits `miss_settle` for the claims of nodes that asked at the same moment and orders the claims it sees
-        by their time. When no claim is made (the download is already advertised), follow `holders` as found."""
-        since = await self.claims.claim(digest) if self.claims is not None else None
+    async def _claim(
+        self, digest: Digest, pull_start: float, holders: list[Holder], hedge: float
+    ) -> decide.Follow | decide.Miss:
+        """Claim the download of `digest`, ranked at `pull_start` (when this node began pulling its repository), and
+        let `decide.after_claim` say whom to follow (or 404: this node is the first claimant). The claim is
+        announced (peers find this node's download as it goes) and placed in order by the key's owner
+        (`Router.order_claim`), whose answer is final; when the owner cannot be asked, this node waits
+        `miss_settle` for the claims of nodes that asked at the same moment and orders the claims it sees by their
+        rank. When no claim is made (the download is already advertised), follow `holders` as found."""
+        since = await self.claims.claim(digest, pull_start) if self.claims is not None else None
         if since is None:
             return decide.unclaimed(holders, hedge)
         key = str(digest)

@@ -11,6 +11,7 @@ A blob request from this node's containerd that no local content answers goes th
 2. after a claim and the settle: `after_claim(found, mine, ...)`: `Follow` the claimants ahead of this node in
    claim order (no hedging), or `Miss` when none is ahead (this node is the first claimant: it goes upstream).
 3. `resume_candidates(holders, failed)`: after a transfer broke, which holders may resume it.
+A claim is ranked by when this node began pulling the blob's repository (`PullStarts`), not by the claim's own time.
 `order_holders` picks which holder serves each request (chunks go to the least loaded); `hedge_delay` says
 when a second holder is asked.
 """
@@ -18,7 +19,7 @@ when a second holder is asked.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -161,3 +162,32 @@ class LatencyTracker:
 
     def hedge_delay(self) -> float:
         return hedge_delay(self._samples, self._initial, self._minimum, self._maximum)
+
+
+class PullStarts:
+    """When this node's containerd began pulling each repository: the time of its first request for the
+    repository, kept while requests for it keep coming and forgotten `idle` seconds after the last one (the next
+    pull starts anew). At most `max_entries` repositories are kept (the least recently asked for go first).
+
+    Claims are ranked by it (the `since` of `claim_order`; the claim owner's first window): every claim of one pull
+    carries the same time, so the owners of an image's layers, each ordering the claims that reach it together,
+    put the same node first for every layer. That node downloads the whole image upstream, and every other node
+    waits only on nodes ranked before it. Ranked by each claim's own time, a different node came first per layer,
+    and each first claimant's download slots in containerd (`max_concurrent_downloads`) could all be taken by
+    waits on the other first claimants: a cycle that only the followers' wait limit broke."""
+
+    def __init__(self, idle: float = 60.0, max_entries: int = 1024) -> None:
+        if idle <= 0 or max_entries < 1:
+            raise ValueError("idle and max_entries must be positive")
+        self.idle, self.max_entries = idle, max_entries
+        self._pulls: OrderedDict[str, tuple[float, float]] = OrderedDict()  # repository -> (start, last request)
+
+    def started(self, repository: str, now: float) -> float:
+        """Note a request for `repository` at `now`; returns when its pull began."""
+        start, last = self._pulls.pop(repository, (now, now))
+        if now - last > self.idle:
+            start = now
+        self._pulls[repository] = (start, max(last, now))
+        while len(self._pulls) > self.max_entries:
+            self._pulls.popitem(last=False)
+        return start

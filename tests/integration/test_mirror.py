@@ -25,6 +25,7 @@ from spegel.oci.digest import Digest
 from spegel.registry.app import create_app
 from spegel.registry.server import serve_app
 from spegel.routing.base import Holder, KeyState, Router
+from spegel.routing.claims import ClaimBook
 from spegel.routing.memory import MemoryNetwork
 from spegel.store.base import NotFound
 from spegel.store.layout import OCILayoutStore, write_layout
@@ -469,14 +470,14 @@ async def test_a_tag_is_served_only_as_the_manifest_its_holder_announced(tmp_pat
 
 class DelayedClaims:
     """The watcher's part (inflight mode) over a memory router: a claim is announced in progress with its
-    time, reaching the other routers `latency` seconds later, as an announcement crosses the network."""
+    rank, reaching the other routers `latency` seconds later, as an announcement crosses the network."""
 
     def __init__(self, router: Router, nursery: trio.Nursery, latency: float) -> None:
         self.router, self.nursery, self.latency = router, nursery, latency
         self.claims: list[float] = []
 
-    async def claim(self, digest: Digest) -> float:
-        self.claims.append(time.time())
+    async def claim(self, digest: Digest, since: float) -> float:
+        self.claims.append(since)
         self.nursery.start_soon(self._announce, str(digest), self.claims[-1])
         return self.claims[-1]
 
@@ -486,18 +487,20 @@ class DelayedClaims:
 
 
 class Download:
-    """What a claimant serves its followers: the blob as its own download would deliver it (one stream)."""
+    """What a claimant serves its followers: each blob of `blobs` as its own download would deliver it (one
+    stream); a blob whose data is None was abandoned."""
 
-    def __init__(self, digest: Digest, data: bytes | None) -> None:
-        self.digest, self.data = digest, data  # data None: the download was abandoned
+    def __init__(self, blobs: dict[Digest, bytes | None]) -> None:
+        self.blobs = blobs
         self.asked = self.opened = 0
 
     async def open_in_progress(self, digest: Digest, wait: float) -> Download.Reader:
         self.asked += 1
-        if digest != self.digest or self.data is None:
+        data = self.blobs.get(digest)
+        if data is None:
             raise NotFound(str(digest))
         self.opened += 1
-        return Download.Reader(self.data)
+        return Download.Reader(data)
 
     class Reader:
         ranged = False
@@ -535,7 +538,7 @@ async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(
             router = network.join(name)
             if ordered_by == "announcements":
                 router.order_claim = no_owner  # type: ignore[method-assign]
-            claims, download = DelayedClaims(router, nursery, latency=0.1), Download(layer, data)
+            claims, download = DelayedClaims(router, nursery, latency=0.1), Download({layer: data})
             address, metrics = await start_mirror(
                 nursery, empty_layout(tmp_path / name), router, options, download, claims
             )
@@ -567,6 +570,46 @@ async def test_claims_send_only_the_first_claimant_upstream_and_chain_the_rest(
         nursery.cancel_scope.cancel()
 
 
+async def test_claims_rank_every_layer_of_a_pull_by_when_the_pull_began(tmp_path: Path) -> None:
+    """a asks for the first layer of an image, then b for the second, a for the second and b for the first, all
+    within the owner's window. Ranked by when each node began pulling the repository, a is first for both
+    layers (404: its containerd goes upstream) and b follows a for both; ranked by each claim's own time, b
+    would be first for the second layer while a waited on it, and each first claimant's download slots could
+    be held by waits on the other's layer."""
+    image = build(ImageSpec(layers=(1 << 20, 1 << 20), compression="none", seed=11))
+    first_layer, second_layer = (layer.digest for layer in image.platforms[0].layers)
+    blobs: dict[Digest, bytes | None] = {digest: image.read_blob(digest) for digest in (first_layer, second_layer)}
+    network = MemoryNetwork()
+    network.claims = ClaimBook(window=0.6)  # every claim below reaches the owner within a key's first window
+    async with trio.open_nursery() as nursery:
+        mirrors = {}
+        for name in ("a", "b"):
+            router = network.join(name)
+            claims, download = DelayedClaims(router, nursery, latency=0), Download(blobs)
+            address, _ = await start_mirror(
+                nursery, empty_layout(tmp_path / name), router, MirrorOptions(), download, claims
+            )
+            network.index.set_address(name, address)
+            mirrors[name] = (address, download)
+        answers: dict[tuple[str, Digest], httpx.Response] = {}
+
+        async def get(name: str, digest: Digest, after: float) -> None:
+            await trio.sleep(after)
+            async with httpx.AsyncClient(base_url=f"http://{mirrors[name][0]}") as client:
+                url = f"/v2/team/app/blobs/{digest}"
+                answers[name, digest] = await client.get(url, params={"ns": "example.com"})
+
+        async with trio.open_nursery() as asking:
+            for at, (name, digest) in enumerate(
+                [("a", first_layer), ("b", second_layer), ("a", second_layer), ("b", first_layer)]
+            ):
+                asking.start_soon(get, name, digest, 0.05 * at)
+        assert [answers["a", d].status_code for d in (first_layer, second_layer)] == [404, 404]
+        assert [answers["b", d].content == blobs[d] for d in (first_layer, second_layer)] == [True, True]
+        assert (mirrors["a"][1].opened, mirrors["b"][1].opened) == (2, 0)  # b followed a's downloads, both
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_follower_falls_back_to_an_earlier_claimant_when_the_nearest_has_nothing(tmp_path: Path, image) -> None:
     """a claimed first and is downloading; b claimed next but its download is gone; c, claiming last, asks
     b (the nearest) first, gets nothing, and streams from a instead of going upstream."""
@@ -578,7 +621,7 @@ async def test_a_follower_falls_back_to_an_earlier_claimant_when_the_nearest_has
         routers = {}
         for name, held in (("a", data), ("b", None), ("c", data)):
             routers[name] = router = network.join(name)
-            claims, download = DelayedClaims(router, nursery, latency=0), Download(layer, held)
+            claims, download = DelayedClaims(router, nursery, latency=0), Download({layer: held})
             address, _ = await start_mirror(
                 nursery, empty_layout(tmp_path / name), router, MirrorOptions(), download, claims
             )

@@ -198,3 +198,28 @@ def test_fanout_one_is_the_chain_and_fanout_must_be_positive() -> None:
     assert [h.peer for h in tree.holders] == ["b", "c", "a"]  # d is 4th: its parent in a binary tree is b
     with pytest.raises(ValueError):
         decide.after_claim(found, (4.0, "d"), retries=3, fanout=0)
+
+
+def test_a_pull_keeps_the_time_of_its_first_request_while_requests_keep_coming() -> None:
+    pulls = decide.PullStarts(idle=10.0)
+    assert pulls.started("team/app", 100.0) == 100.0
+    assert pulls.started("team/app", 108.0) == 100.0  # within the idle time of the last request
+    assert pulls.started("team/app", 117.0) == 100.0  # 9 s after the last one: still the same pull
+    assert pulls.started("team/other", 118.0) == 118.0  # each repository has its own pull
+    assert pulls.started("team/app", 130.0) == 130.0  # 13 s idle: a new pull
+    assert pulls.started("team/app", 129.0) == 130.0  # a request timed before the last one changes nothing
+
+
+def test_pull_starts_keep_the_most_recently_asked_repositories() -> None:
+    pulls = decide.PullStarts(idle=60.0, max_entries=2)
+    pulls.started("a", 1.0)
+    pulls.started("b", 2.0)
+    pulls.started("a", 3.0)  # a is now the most recent
+    pulls.started("c", 4.0)  # b is dropped
+    assert (pulls.started("a", 5.0), pulls.started("b", 6.0)) == (1.0, 6.0)
+
+
+@pytest.mark.parametrize("idle, entries", [(0.0, 1), (-1.0, 1), (1.0, 0)])
+def test_pull_starts_refuse_bounds_that_keep_nothing(idle: float, entries: int) -> None:
+    with pytest.raises(ValueError):
+        decide.PullStarts(idle=idle, max_entries=entries)
