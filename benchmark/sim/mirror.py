@@ -61,15 +61,18 @@ class MirrorNode:
         self.latency = decide.LatencyTracker()
         self.claimed: dict[str, float] = {}
         self.pulls = decide.PullStarts()
+        self.misses = decide.MissOrder()
+        self._held: dict[int, Callable[[PeerAnswer | None], None]] = {}  # 404s waiting for their turn, by ticket
         self._rotation = itertools.count()
 
     # --- a request ---
 
     def open(self, digest: str, answer: Callable[[PeerAnswer | None], None]) -> None:
         self.pulls.started(REPOSITORY, self.world.sim.now)
-        self.world.sim.after(self.world.timing.lookup, lambda: self._looked(digest, answer))
+        ticket = self.misses.ask(REPOSITORY) if self.config.claims else None
+        self.world.sim.after(self.world.timing.lookup, lambda: self._looked(digest, answer, ticket))
 
-    def _looked(self, digest: str, answer: Callable[[PeerAnswer | None], None]) -> None:
+    def _looked(self, digest: str, answer: Callable[[PeerAnswer | None], None], ticket: int | None) -> None:
         holders = self._lookup(digest, self.config.resolve_retries)
         hedge = self.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=False, claims=self.config.claims, hedge_delay=hedge)
@@ -78,28 +81,35 @@ class MirrorNode:
             if self.config.ordered:
                 timeout = self.config.claim_timeout
                 self.world.owners.order(
-                    self.node, digest, since, timeout, lambda ahead: self._placed(digest, since, ahead, answer)
+                    self.node, digest, since, timeout, lambda ahead: self._placed(digest, since, ahead, answer, ticket)
                 )
             else:
-                self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer))
+                self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer, ticket))
             return
-        self._act(decision, digest, answer)
+        self._act(decision, digest, answer, ticket)
 
     def _placed(
-        self, digest: str, since: float, ahead: list[str] | None, answer: Callable[[PeerAnswer | None], None]
+        self,
+        digest: str,
+        since: float,
+        ahead: list[str] | None,
+        answer: Callable[[PeerAnswer | None], None],
+        ticket: int | None,
     ) -> None:
         """The owner placed this node's claim after `ahead` (None: it did not answer in time, so the settle)."""
         if ahead is None:
-            self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer))
+            self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer, ticket))
             return
         config, router = self.config, self.world.router
         next(self._rotation)  # as the mirror's lookup of the complete holders would have
         complete = router.complete_last(self.world.sim.now, self.node, digest, config.resolve_retries)
         options = {"retries": config.resolve_retries, "fanout": config.fanout, "chain": config.chain}
         decision = after_owner(complete, ahead, lambda place: router.placed(ahead[place], place), **options)
-        self._act(decision, digest, answer)
+        self._act(decision, digest, answer, ticket)
 
-    def _settled(self, digest: str, since: float, answer: Callable[[PeerAnswer | None], None]) -> None:
+    def _settled(
+        self, digest: str, since: float, answer: Callable[[PeerAnswer | None], None], ticket: int | None
+    ) -> None:
         """After the settle: `decide.after_claim` over the claims this node sees, its own at `since`."""
         mine, config, router = (since, self.name), self.config, self.world.router
         options = {"retries": config.resolve_retries, "fanout": config.fanout, "chain": config.chain}
@@ -108,7 +118,7 @@ class MirrorNode:
             decision = router.after_claim(self.world.sim.now, self.node, digest, mine, **options)
         else:
             decision = decide.after_claim(self._lookup(digest, config.claimants_seen), mine, **options)
-        self._act(decision, digest, answer)
+        self._act(decision, digest, answer, ticket)
 
     def _lookup(self, digest: str, count: int) -> list[Holder]:
         found = self.world.router.lookup(self.world.sim.now, self.node, digest, count)
@@ -122,15 +132,32 @@ class MirrorNode:
         return self.claimed[digest]
 
     def _act(
-        self, decision: decide.Follow | decide.Miss, digest: str, answer: Callable[[PeerAnswer | None], None]
+        self,
+        decision: decide.Follow | decide.Miss,
+        digest: str,
+        answer: Callable[[PeerAnswer | None], None],
+        ticket: int | None = None,
     ) -> None:
+        """Carry out `decision`. A 404 of a request with a `ticket` waits for its turn (`decide.MissOrder`);
+        without one (after every holder failed), it is answered at once."""
         if isinstance(decision, decide.Follow):
+            if ticket is not None:
+                self._answer_misses(self.misses.decided(REPOSITORY, ticket, miss=False))
             _Attempts(self, decision, digest, answer).next()
             return
         self.world.counters.requests_miss += 1
         if decision.claim and self.config.claims:
             self._claim(digest, self.pulls.started(REPOSITORY, self.world.sim.now))
-        self.world.sim.after(self.world.timing.rtt, lambda: answer(None))
+        if ticket is None:
+            self.world.sim.after(self.world.timing.rtt, lambda: answer(None))
+            return
+        self._held[ticket] = answer
+        self._answer_misses(self.misses.decided(REPOSITORY, ticket, miss=True))
+
+    def _answer_misses(self, tickets: list[int]) -> None:
+        for ticket in tickets:
+            answer = self._held.pop(ticket)
+            self.world.sim.after(self.world.timing.rtt, lambda answer=answer: answer(None))
 
     # --- the bytes ---
 

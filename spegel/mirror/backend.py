@@ -91,6 +91,8 @@ class MirrorBackend:
         self.copies = Copies(options.spool_dir)
         self._peer_gets: dict[Digest, trio.Lock] = {}  # by digest, while GETs of it go to peers
         self.pulls = decide.PullStarts()  # when this node's containerd began pulling each repository
+        self.misses = decide.MissOrder()  # 404s of a pull answered in the order its requests came
+        self._turns: dict[int, trio.Event] = {}  # by ticket: a 404 held until the earlier requests are decided
 
     def ready(self) -> bool:
         return self.router.ready()
@@ -160,16 +162,30 @@ class MirrorBackend:
                 self._peer_gets.pop(digest, None)
 
     async def _from_peers(self, request: BlobRequest) -> BlobReader:
-        """The blob from the peers that hold it (see `_open`), or NotFound when none can send it."""
-        registry, digest = request.registry, request.digest
+        """The blob from the peers that hold it (see `_open`), or NotFound when none can send it. With claims, a
+        GET's 404 waits until the pull's earlier GETs are decided (`decide.MissOrder`)."""
+        pull, claims = request.repository, self.claims
+        ticket = self.misses.ask(pull) if claims is not None and not request.head else None
+        try:
+            return await self._decide_and_open(request, ticket)
+        finally:
+            if ticket is not None:
+                self._wake(self.misses.forget(pull, ticket))
+                self._turns.pop(ticket, None)
+
+    async def _decide_and_open(self, request: BlobRequest, ticket: int | None) -> BlobReader:
+        registry, digest, pull = request.registry, request.digest, request.repository
         holders = await self._lookup(str(digest))
         claims = self.claims
         hedge = self.peers.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=request.head, claims=claims is not None, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
-            decision = await self._claim(digest, self.pulls.started(request.repository, time.time()), holders, hedge)
+            decision = await self._claim(digest, self.pulls.started(pull, time.time()), holders, hedge)
         reason = "no holder"
         if isinstance(decision, decide.Follow):
+            if ticket is not None:  # decided: a 404 after every holder failed is not held back
+                self._wake(self.misses.decided(pull, ticket, miss=False))
+                ticket = None
             try:
                 blob = await self._open(request, decision)
             except (PeerError, OSError) as exc:  # OSError: no holder sent bytes that match the digest
@@ -179,8 +195,28 @@ class MirrorBackend:
                 return _Counted(blob, self.metrics, "peer", digest)
         self._count(registry, "miss")
         if decision.claim and claims is not None:  # containerd fetches it upstream now: peers may follow
-            await claims.claim(digest, self.pulls.started(request.repository, time.time()))
+            await claims.claim(digest, self.pulls.started(pull, time.time()))
+        if ticket is not None:
+            await self._in_turn(pull, ticket)
         raise NotFound(f"{digest}: {reason}")
+
+    async def _in_turn(self, pull: str, ticket: int) -> None:
+        """Wait until the 404 of `ticket` may be sent: every earlier request of `pull` is decided (or
+        `claim_timeout` passed: each of them is decided within its claim's wait)."""
+        released = self.misses.decided(pull, ticket, miss=True)
+        if ticket in released:
+            self._wake(released)
+            return
+        turn = self._turns[ticket] = trio.Event()
+        self._wake(released)
+        with trio.move_on_after(self.options.claim_timeout):
+            await turn.wait()
+
+    def _wake(self, tickets: list[int]) -> None:
+        for ticket in tickets:
+            turn = self._turns.pop(ticket, None)
+            if turn is not None:
+                turn.set()
 
     async def _open(self, request: BlobRequest, follow: decide.Follow) -> BlobReader:
         """For a GET, the blob copied whole from `follow.holders` and verified (`PeerBlob.verified`); for a HEAD,

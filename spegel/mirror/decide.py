@@ -12,6 +12,7 @@ A blob request from this node's containerd that no local content answers goes th
    claim order (no hedging), or `Miss` when none is ahead (this node is the first claimant: it goes upstream).
 3. `resume_candidates(holders, failed)`: after a transfer broke, which holders may resume it.
 A claim is ranked by when this node began pulling the blob's repository (`PullStarts`), not by the claim's own time.
+The 404s of one pull are answered in the order containerd asked (`MissOrder`).
 `order_holders` picks which holder serves each request (chunks go to the least loaded); `hedge_delay` says
 when a second holder is asked.
 """
@@ -191,3 +192,62 @@ class PullStarts:
         while len(self._pulls) > self.max_entries:
             self._pulls.popitem(last=False)
         return start
+
+
+class MissOrder:
+    """Answers the 404s of each pull in the order its requests came.
+
+    containerd's download slots (`max_concurrent_downloads`) are one first-in-first-out queue, and after a 404
+    from its mirror, its request to the upstream joins the back of that queue. It unpacks the layers in order,
+    so a first layer that downloads last holds every unpack until the end. The decisions of a pull's requests
+    come in any order (each waits for its own claim's owner), so the 404s are held back: one is answered only
+    once every request of the same pull (`key`) that came before it is decided. Decisions to follow peers are
+    not held. A request takes a ticket when it comes (`ask`); `decided` and `forget` return the tickets whose
+    404 may be sent now, first first. Holds only the requests in progress."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._undecided: dict[str, set[int]] = {}
+        self._held: dict[str, list[int]] = {}  # misses decided, waiting for earlier requests; ascending
+
+    def __len__(self) -> int:
+        """The pulls with a request in progress."""
+        return len(self._undecided.keys() | self._held.keys())
+
+    def ask(self, key: str) -> int:
+        """A request of pull `key` came: its ticket."""
+        ticket = self._next
+        self._next += 1
+        self._undecided.setdefault(key, set()).add(ticket)
+        return ticket
+
+    def decided(self, key: str, ticket: int, miss: bool) -> list[int]:
+        """The request `ticket` is decided: a 404 (`miss`) or not. Returns the held 404s that may be sent now."""
+        undecided = self._undecided.get(key, set())
+        if ticket not in undecided:
+            return []
+        undecided.discard(ticket)
+        if miss:
+            self._held.setdefault(key, []).append(ticket)
+            self._held[key].sort()
+        return self._release(key)
+
+    def forget(self, key: str, ticket: int) -> list[int]:
+        """The request `ticket` is gone (answered, failed or cancelled): it holds back no 404 any more."""
+        self._undecided.get(key, set()).discard(ticket)
+        held = self._held.get(key, [])
+        if ticket in held:
+            held.remove(ticket)
+        return self._release(key)
+
+    def _release(self, key: str) -> list[int]:
+        undecided = self._undecided.get(key, set())
+        first_undecided = min(undecided, default=None)
+        held = self._held.get(key, [])
+        cut = len(held) if first_undecided is None else sum(1 for t in held if t < first_undecided)
+        released, self._held[key] = held[:cut], held[cut:]
+        if not self._held[key]:
+            del self._held[key]
+        if not undecided:
+            self._undecided.pop(key, None)
+        return released

@@ -24,7 +24,7 @@ from spegel.mirror.policy import RegistryFilters
 from spegel.oci.digest import Digest
 from spegel.registry.app import create_app
 from spegel.registry.server import serve_app
-from spegel.routing.base import Holder, KeyState, Router
+from spegel.routing.base import ClaimOrder, Holder, KeyState, Router
 from spegel.routing.claims import ClaimBook
 from spegel.routing.memory import MemoryNetwork
 from spegel.store.base import NotFound
@@ -607,6 +607,46 @@ async def test_claims_rank_every_layer_of_a_pull_by_when_the_pull_began(tmp_path
         assert [answers["a", d].status_code for d in (first_layer, second_layer)] == [404, 404]
         assert [answers["b", d].content == blobs[d] for d in (first_layer, second_layer)] == [True, True]
         assert (mirrors["a"][1].opened, mirrors["b"][1].opened) == (2, 0)  # b followed a's downloads, both
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_404s_of_a_pull_are_answered_in_the_order_its_requests_came(tmp_path: Path) -> None:
+    """containerd asks for two layers; the first one's claim takes 0.5 s to be placed, the second's none. The
+    second layer's 404 waits for the first's decision: containerd's request to the upstream joins the back of
+    its download queue after a 404, so 404s sent out of order reorder its downloads."""
+    image = build(ImageSpec(layers=(1 << 20, 1 << 20), compression="none", seed=13))
+    first_layer, second_layer = (layer.digest for layer in image.platforms[0].layers)
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        router = network.join("a")
+        network.join("b")  # a cluster of two: claims are made
+        placed = router.order_claim
+
+        async def slow_for_the_first(key: str, timeout: float, since: float) -> ClaimOrder | None:
+            if key == str(first_layer):
+                await trio.sleep(0.5)
+            return await placed(key, timeout, since)
+
+        router.order_claim = slow_for_the_first  # type: ignore[method-assign]
+        claims = DelayedClaims(router, nursery, latency=0)
+        address, _ = await start_mirror(
+            nursery, empty_layout(tmp_path / "a"), router, MirrorOptions(), Download({}), claims
+        )
+        network.index.set_address("a", address)
+        answered: dict[Digest, tuple[int, float]] = {}
+        started = trio.current_time()
+
+        async def get(digest: Digest, after: float) -> None:
+            await trio.sleep(after)
+            async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+                answer = await client.get(f"/v2/team/app/blobs/{digest}", params={"ns": "example.com"})
+            answered[digest] = (answer.status_code, trio.current_time() - started)
+
+        async with trio.open_nursery() as asking:
+            asking.start_soon(get, first_layer, 0)
+            asking.start_soon(get, second_layer, 0.1)
+        assert answered[first_layer][0] == answered[second_layer][0] == 404  # both first claimants
+        assert answered[second_layer][1] >= 0.45  # not before the first layer's claim was placed
         nursery.cancel_scope.cancel()
 
 

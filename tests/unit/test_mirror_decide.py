@@ -223,3 +223,53 @@ def test_pull_starts_keep_the_most_recently_asked_repositories() -> None:
 def test_pull_starts_refuse_bounds_that_keep_nothing(idle: float, entries: int) -> None:
     with pytest.raises(ValueError):
         decide.PullStarts(idle=idle, max_entries=entries)
+
+
+def test_a_404_waits_for_the_earlier_requests_of_its_pull() -> None:
+    order = decide.MissOrder()
+    first, second, third = (order.ask("team/app") for _ in range(3))
+    other = order.ask("team/other")
+    assert order.decided("team/app", third, miss=True) == []  # first and second are undecided
+    assert order.decided("team/other", other, miss=True) == [other]  # another pull: its own order
+    assert order.decided("team/app", second, miss=True) == []  # still behind first
+    assert order.decided("team/app", first, miss=False) == [second, third]  # following peers is never held
+    assert len(order) == 0  # nothing in progress is kept
+
+
+def test_a_404_is_sent_at_once_when_every_earlier_request_is_decided() -> None:
+    order = decide.MissOrder()
+    first, second = order.ask("p"), order.ask("p")
+    assert order.decided("p", first, miss=True) == [first]  # a later request never holds an earlier one back
+    assert order.decided("p", first, miss=True) == []  # decided once
+    assert order.decided("p", second, miss=True) == [second]
+
+
+def test_a_request_that_is_gone_holds_no_404_back() -> None:
+    order = decide.MissOrder()
+    cancelled, waiting = order.ask("p"), order.ask("p")
+    assert order.decided("p", waiting, miss=True) == []
+    assert order.forget("p", cancelled) == [waiting]
+    assert order.forget("p", waiting) == [] and len(order) == 0
+    held_then_gone = order.ask("p")
+    later = order.ask("p")
+    order.decided("p", later, miss=True)
+    order.forget("p", later)  # the held 404's client went away
+    assert order.decided("p", held_then_gone, miss=True) == [held_then_gone]
+    assert len(order) == 0
+
+
+@settings(deadline=None)  # the machine is shared: time is not what these test
+@given(st.permutations(range(6)), st.lists(st.booleans(), min_size=6, max_size=6))
+def test_404s_go_out_in_request_order_and_none_is_lost(decided_in: list[int], misses: list[bool]) -> None:
+    order = decide.MissOrder()
+    tickets = [order.ask("p") for _ in range(6)]
+    sent: list[int] = []
+    decided: set[int] = set()
+    for index in decided_in:
+        released = order.decided("p", tickets[index], miss=misses[index])
+        decided.add(index)
+        for ticket in released:  # every earlier request was decided when a 404 goes out
+            assert all(i in decided for i in range(tickets.index(ticket)))
+        sent += released
+    assert sent == [t for t, miss in zip(tickets, misses, strict=True) if miss]  # all of them, in order
+    assert len(order) == 0
