@@ -1,13 +1,15 @@
-"""Validate the simulator against measured runs: `python -m benchmark.sim.validate REPORT_DIR... --out DIR`.
+"""Validate the simulator against measured runs: `python -m benchmark.sim.validate REPORT_DIR... [--before
+REPORT_DIR...] --out DIR`.
 
 For every measured report (a netns run's `meta.json` + `data/`), the same scenario is simulated (same nodes,
 links, images, modes, repetitions; `proxy` and `spegel-go` are not simulated) and, per image and mode, the
 `create` phase's slowest node (median over repetitions) and upstream bytes (median, in image sizes) are set
 side by side. Announcements become visible after the router benchmark's delays, or, for runs that recorded
 which claims each node saw (`data/pairs.csv`), after delays fitted to that record. The simulated mirror
-decides as the measured one did (`AS_MEASURED`: a chain over the claim order, 20 ms settle, 256 claimants
-looked at); a second simulation with the mirror's options as they are now
-shows what the current design changes at that scale. Writes `DIR/README.md`, `DIR/validation.png`,
+decides as the measured one did: with its options as they are now for the reports given first, and for those
+given after `--before`, as before the claims' owner (`AS_MEASURED`: a chain over the claim order, 20 ms settle,
+256 claimants looked at), plus a second simulation with the options as they are now, to show what the current
+design changes at that scale. Writes `DIR/README.md`, `DIR/validation.png`,
 `DIR/validation.csv` and each simulated run under `DIR/runs/<report>/` and `DIR/runs/<report>-now/`.
 """
 
@@ -68,6 +70,10 @@ EXPLAINED.update(
         for name, image in (("scale-8", "128MiB-4"), ("scale-12", "64MiB-4"), ("scale-12-stall", "64MiB-4"))
     }
 )
+REBUILD = (
+    "reports/default reports/storm reports/suite reports/scale-12-order "
+    "--before reports/scale-8 reports/scale-12 reports/scale-12-stall"
+)
 AS_MEASURED = MirrorConfig(claims=True, ordered=False, settle=0.02, claimants_seen=256, fanout=1, chain=0)
 
 
@@ -120,17 +126,22 @@ def delays_of(measured: Path) -> DelayModel | None:
     return DelayModel.fit(pairs["age"].to_numpy(), pairs["visible"].to_numpy())
 
 
-def validate(measured_dirs: list[Path], out: Path) -> pd.DataFrame:
+def validate(current: list[Path], before: list[Path], out: Path) -> pd.DataFrame:
+    """Simulate each measured report: those in `current` with the mirror's options as they are now, those in
+    `before` as `AS_MEASURED` (and as now, beside it); write the comparison into `out`."""
     rows = []
-    for measured in measured_dirs:
+    for measured, design in [(d, "now") for d in current] + [(d, "before") for d in before]:
         meta = json.loads((measured / "meta.json").read_text())
         scenario = scenario_of(meta)
         model = dataclasses.replace(model_of(scenario), delays=delays_of(measured))
-        simulated, now = out / "runs" / measured.name, out / "runs" / f"{measured.name}-now"
-        run(scenario, simulated, Progress(len(plan(scenario))), dataclasses.replace(model, mirror=AS_MEASURED))
+        now = out / "runs" / f"{measured.name}-now"
         run(scenario, now, Progress(len(plan(scenario))), model)
-        for directory in (simulated, now):
-            report.build(directory)
+        report.build(now)
+        simulated = now
+        if design == "before":
+            simulated = out / "runs" / measured.name
+            run(scenario, simulated, Progress(len(plan(scenario))), dataclasses.replace(model, mirror=AS_MEASURED))
+            report.build(simulated)
         both = create_figures(measured).merge(create_figures(simulated), on=["image", "mode"], suffixes=("", "_sim"))
         both = both.merge(
             create_figures(now)[["image", "mode", "slowest", "upstream"]], on=["image", "mode"], suffixes=("", "_now")
@@ -139,6 +150,7 @@ def validate(measured_dirs: list[Path], out: Path) -> pd.DataFrame:
         rows.append(
             both.assign(
                 report=measured.name,
+                design=design,
                 nodes=scenario.cluster.nodes,
                 commit=meta.get("commit", ""),
                 delays=f"{delays.median * 1000:.0f} / {delays.p95 * 1000:.0f}" + (" fit" if model.delays else ""),
@@ -181,15 +193,15 @@ def _markdown(table: pd.DataFrame) -> str:
         'The scenario of each measured netns report, simulated (`backend = "sim"`, same nodes, links, images, '
         "modes, repetitions), beside what was measured. `create`, medians over repetitions: the slowest node's "
         f"pull time and the upstream bytes in image sizes. Goal: within {TOLERANCE:.0%}. "
-        f"{inside} of {len(table)} rows are within it on both figures. The last two columns: the same scenario "
-        "simulated with the mirror's options as they are now (see `reports/sim-scale/`).\n",
-        "Rebuild: `python -m benchmark.sim.validate reports/default reports/storm reports/suite reports/scale-8 "
-        "reports/scale-12 reports/scale-12-stall --out "
-        "reports/sim-validation`.\n",
+        f"{inside} of {len(table)} rows are within it on both figures. `design`: the mirror the report measured, "
+        "and simulated: `now`, as it is; `before`, the chain before the claims' owner. The last two columns: the "
+        "same scenario simulated with the mirror's options as they are now (see `reports/sim-scale/`).\n",
+        f"Rebuild: `python -m benchmark.sim.validate {REBUILD} --out reports/sim-validation`.\n",
         report.markdown_table(
             table,
             {
                 "report": "report",
+                "design": "design",
                 "nodes": "N",
                 "delays": "announce p50 / p95 (ms)",
                 "image": "image",
@@ -217,7 +229,12 @@ def _markdown(table: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark.sim.validate", description=__doc__)
-    parser.add_argument("reports", type=Path, nargs="+", help="measured report directories (meta.json + data/)")
+    parser.add_argument(
+        "reports", type=Path, nargs="+", help="report directories (meta.json + data/) measured with the mirror as it is"
+    )
+    parser.add_argument(
+        "--before", type=Path, nargs="*", default=[], help="report directories measured before the claims' owner"
+    )
     parser.add_argument("--out", type=Path, default=Path("reports/sim-validation"))
     parser.add_argument("--rebuild", action="store_true", help="only rewrite the report from OUT/validation.csv")
     args = parser.parse_args(argv)
@@ -226,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         _plot(table, args.out / "validation.png")
         (args.out / "README.md").write_text(_markdown(table))
         return 0
-    table = validate(args.reports, args.out)
+    table = validate(args.reports, args.before, args.out)
     print(table.to_string(index=False))
     return 0
 
