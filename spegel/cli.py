@@ -313,9 +313,9 @@ def add_router_flags(parser: FlagParser) -> None:
         "--router-dht-provide-delay",
         group=group,
         type=duration,
-        default=30.0,
+        default=120.0,
         help="how long after a key is advertised it is provided in the DHT (connected peers have it from the "
-        "announcement at once; deferring the DHT walk keeps it out of pull storms; default: 30s)",
+        "announcement at once; deferring the DHT walk keeps it out of pull storms; default: 120s)",
     )
     parser.flag(
         "--router-dht",

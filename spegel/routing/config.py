@@ -45,7 +45,7 @@ class RouterOptions:
     refresh: float | None = None  # default: a third of the TTL
     rejoin: float = 60.0
     dht_provide_rate: float = 1.0
-    dht_provide_delay: float = 30.0  # seconds from a key's advertisement to its DHT provide
+    dht_provide_delay: float = 120.0  # seconds from a key's advertisement to its DHT provide
     dht: bool = True
     insecure_no_psk: bool = False  # join a non-loopback cluster without a key
     peer_networks: tuple[str, ...] = ()  # CIDRs peers may name besides their own host

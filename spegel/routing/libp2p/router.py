@@ -105,7 +105,8 @@ class RouterSettings:
     key is provided in the DHT `provide_delay` seconds after it is advertised, not at once: every node has it from
     the announcement, and the walk a provide makes costs every peer it reaches CPU, which in a pull storm is the CPU
     the announcements need (a 12-node storm spent ~40 % of its mirrors' CPU in provides made while the image was
-    still arriving)."""
+    still arriving; with a 30 s delay, the provides of the manifest and config, on disk in the first seconds,
+    doubled the mirrors' CPU 30-38 s into a 44 s storm: reports/scale-12-provide)."""
 
     listen: multiaddr.Multiaddr
     key_pair: KeyPair
@@ -116,7 +117,7 @@ class RouterSettings:
     rejoin: float = 60.0
     dht: bool = True
     provide_rate: float = 1.0
-    provide_delay: float = 30.0
+    provide_delay: float = 120.0
     networks: tuple[Network, ...] = ()
     max_keys_per_peer: int = 50_000
     peer_grace: float = 10.0
