@@ -9,7 +9,6 @@ downloads through `claim` (the `DownloadClaims` of `spegel.mirror.backend`) whil
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -88,9 +87,9 @@ class Tracker:
     def accept_claims(self, accepted: bool) -> None:
         self.claims_accepted = accepted
 
-    async def claim(self, digest: Digest, since: float | None = None) -> float | None:
+    async def claim(self, digest: Digest, since: float) -> float | None:
         """The node is about to download `digest`, which no peer holds complete: advertise it in progress at once,
-        claimed at `since` (wall-clock seconds, its rank among claimants; None: now), so that peers asking in the
+        claimed at `since` (wall-clock seconds, its rank among claimants), so that peers asking in the
         next moments follow this node's download instead of all going upstream, and return the claim's `since`
         (an open claim keeps its own). None when claims are not accepted, or
         when the blob is already advertised unclaimed (its download is under way). A claim is withdrawn
@@ -99,8 +98,7 @@ class Tracker:
             return None
         key = str(digest)
         async with self._lock:
-            claimed = time.time() if since is None else since
-            await self._apply(self.advertisements.claim(key, claimed, trio.current_time() + self.claim_grace))
+            await self._apply(self.advertisements.claim(key, since, trio.current_time() + self.claim_grace))
             return self.advertisements.claim_since(key)
 
     async def expire_claims(self, source: ContentSource) -> None:

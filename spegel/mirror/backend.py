@@ -175,12 +175,13 @@ class MirrorBackend:
 
     async def _decide_and_open(self, request: BlobRequest, ticket: int | None) -> BlobReader:
         registry, digest, pull = request.registry, request.digest, request.repository
+        pull_start = self.pulls.started(pull, time.time())  # the rank of any claim this request makes
         holders = await self._lookup(str(digest))
         claims = self.claims
         hedge = self.peers.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=request.head, claims=claims is not None, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
-            decision = await self._claim(digest, self.pulls.started(pull, time.time()), holders, hedge)
+            decision = await self._claim(digest, pull_start, holders, hedge)
         reason = "no holder"
         if isinstance(decision, decide.Follow):
             if ticket is not None:  # decided: a 404 after every holder failed is not held back
@@ -195,7 +196,7 @@ class MirrorBackend:
                 return _Counted(blob, self.metrics, "peer", digest)
         self._count(registry, "miss")
         if decision.claim and claims is not None:  # containerd fetches it upstream now: peers may follow
-            await claims.claim(digest, self.pulls.started(pull, time.time()))
+            await claims.claim(digest, pull_start)
         if ticket is not None:
             await self._in_turn(pull, ticket)
         raise NotFound(f"{digest}: {reason}")

@@ -210,7 +210,7 @@ async def test_a_claim_survives_the_relist_after_an_image_delete(
             async with trio.open_nursery() as nursery:
                 await store.client.pull_image(gone_name)
                 await nursery.start(watcher.run)
-                assert await tracker.claim(claimed) is not None
+                assert await tracker.claim(claimed, time.time()) is not None
                 await store.client.remove_image(gone_name)
                 await router.wait_for(lambda state: not gone_keys & set(state))  # both re-lists have run
                 nursery.cancel_scope.cancel()
