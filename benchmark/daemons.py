@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -60,11 +61,41 @@ class DaemonError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now (the kernel's pick for port 0)."""
+    """A TCP port that is free on `host` right now and that no one else is handed a moment later.
+
+    The kernel gives outgoing connections and port-0 binds ports from its ephemeral range, so a port picked
+    there can be taken by any dial before the daemon binds it. The pick is therefore random from the ports
+    just below that range, skipping the ones this process handed out already, and checked by a bind."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    low = _ephemeral_low()
+    if low - 1024 < _PICK_SPAN // 4:  # almost every port is ephemeral here: take the kernel's pick
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+    for _ in range(200):
+        port = random.randrange(max(1024, low - _PICK_SPAN), low)
+        if port in _handed_out:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise DaemonError(f"no free TCP port on {host} below {low}")
+
+
+_PICK_SPAN = 12000  # how many ports below the ephemeral range free_port picks from
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
+    """The first port of the kernel's ephemeral range (32768, Linux's default, when it cannot be read)."""
+    try:
+        return int(Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_address(host: str = "127.0.0.1") -> str:
