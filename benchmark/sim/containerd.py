@@ -1,7 +1,9 @@
 """One node's containerd pulling an image, as `../shared/notes/containerd-2.1.md` describes 2.1.9:
 
 - `max_concurrent_downloads` is one semaphore over the daemon: every HTTP transfer (a blob's first request,
-  each later chunk) holds a slot; blobs queue in manifest order (config first), chunks as they are opened.
+  each later chunk) holds a slot; blobs queue in manifest order, chunks as they are opened. The layers are
+  asked for once the config is committed (2.1.9's unpacker reads the config before it fetches the layers,
+  `core/unpack/unpacker.go`).
 - Every blob is asked for with `Range: bytes=0-` from the first host (the node's mirror, when it has one):
   a 206 larger than a chunk makes containerd fetch chunk 0 on that request and every further chunk with its
   own request (open-ended, read for one chunk and closed); the bytes go to disk in order, so the prefix on
@@ -83,11 +85,18 @@ class _Pull:
         self.layers = [b for b in blobs if b.layer]
 
     def begin(self) -> None:
-        for blob in self.blobs:
+        """The config and other blobs that are not layers first; the layers once they are all committed."""
+        first = [b for b in self.blobs if not b.layer] or self.layers
+        self._fetch(first)
+
+    def _fetch(self, blobs: list[Blob]) -> None:
+        for blob in blobs:
             self.containerd.slots.acquire(lambda blob=blob: _Fetch(self, blob).begin())
 
     def blob_committed(self, blob: Blob) -> None:
         self.committed[blob.digest] = self.containerd.world.sim.now
+        if not blob.layer and all(b.digest in self.committed for b in self.blobs if not b.layer):
+            self._fetch(self.layers)
         self._unpack()
 
     def _unpack(self) -> None:

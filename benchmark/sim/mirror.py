@@ -37,6 +37,7 @@ class MirrorConfig:
     claims: bool  # --advertise inflight: downloads are claimed and shared while in progress
     resolve_retries: int = DEFAULTS.resolve_retries
     ordered: bool = True  # claims are placed by the key's owner (Router.order_claim); False: the settle alone
+    led: bool = True  # a node led in the pull defers its first claims and ranks claims by their time (PullStarts)
     claim_timeout: float = DEFAULTS.claim_timeout
     settle: float = DEFAULTS.miss_settle
     inflight_wait: float = DEFAULTS.inflight_wait
@@ -72,12 +73,25 @@ class MirrorNode:
         ticket = self.misses.ask(REPOSITORY) if self.config.claims else None
         self.world.sim.after(self.world.timing.lookup, lambda: self._looked(digest, answer, ticket))
 
-    def _looked(self, digest: str, answer: Callable[[PeerAnswer | None], None], ticket: int | None) -> None:
+    def _looked(
+        self,
+        digest: str,
+        answer: Callable[[PeerAnswer | None], None],
+        ticket: int | None,
+        deadline: float | None = None,
+    ) -> None:
         holders = self._lookup(digest, self.config.resolve_retries)
         hedge = self.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=False, claims=self.config.claims, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
-            since = self._claim(digest, self.pulls.started(REPOSITORY, self.world.sim.now))
+            now = self.world.sim.now
+            deadline = now + self.config.claim_timeout if deadline is None else deadline
+            led = self.config.led and self.pulls.led(REPOSITORY)
+            if decide.defer_claim(holders, led) and now < deadline:
+                wait = min(decide.DEFER_POLL, deadline - now)
+                self.world.sim.after(wait, lambda: self._looked(digest, answer, ticket, deadline))
+                return
+            since = self._claim(digest, self._rank())
             if self.config.ordered:
                 timeout = self.config.claim_timeout
                 self.world.owners.order(
@@ -86,7 +100,7 @@ class MirrorNode:
             else:
                 self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer, ticket))
             return
-        self._act(decision, digest, answer, ticket)
+        self._decided(decision, digest, answer, ticket)
 
     def _placed(
         self,
@@ -105,7 +119,7 @@ class MirrorNode:
         complete = router.complete_last(self.world.sim.now, self.node, digest, config.resolve_retries)
         options = {"retries": config.resolve_retries, "fanout": config.fanout, "chain": config.chain}
         decision = after_owner(complete, ahead, lambda place: router.placed(ahead[place], place), **options)
-        self._act(decision, digest, answer, ticket)
+        self._decided(decision, digest, answer, ticket)
 
     def _settled(
         self, digest: str, since: float, answer: Callable[[PeerAnswer | None], None], ticket: int | None
@@ -118,7 +132,22 @@ class MirrorNode:
             decision = router.after_claim(self.world.sim.now, self.node, digest, mine, **options)
         else:
             decision = decide.after_claim(self._lookup(digest, config.claimants_seen), mine, **options)
+        self._decided(decision, digest, answer, ticket)
+
+    def _decided(
+        self,
+        decision: decide.Follow | decide.Miss,
+        digest: str,
+        answer: Callable[[PeerAnswer | None], None],
+        ticket: int | None,
+    ) -> None:
+        """As `MirrorBackend` once a request is decided: note whether this node is the blob's first claimant."""
+        self.pulls.decided(REPOSITORY, first=isinstance(decision, decide.Miss))
         self._act(decision, digest, answer, ticket)
+
+    def _rank(self) -> float:
+        now = self.world.sim.now
+        return self.pulls.rank(REPOSITORY, now) if self.config.led else self.pulls.started(REPOSITORY, now)
 
     def _lookup(self, digest: str, count: int) -> list[Holder]:
         found = self.world.router.lookup(self.world.sim.now, self.node, digest, count)
@@ -147,7 +176,7 @@ class MirrorNode:
             return
         self.world.counters.requests_miss += 1
         if decision.claim and self.config.claims:
-            self._claim(digest, self.pulls.started(REPOSITORY, self.world.sim.now))
+            self._claim(digest, self._rank())
         if ticket is None:
             self.world.sim.after(self.world.timing.rtt, lambda: answer(None))
             return

@@ -53,9 +53,9 @@ DESIGNS = (
     Design(
         "inflight, chain (before)",
         "inflight",
-        MirrorConfig(claims=True, ordered=False, settle=0.02, claimants_seen=256, fanout=1, chain=0),
+        MirrorConfig(claims=True, ordered=False, led=False, settle=0.02, claimants_seen=256, fanout=1, chain=0),
     ),
-    Design("inflight, settle (before)", "inflight", MirrorConfig(claims=True, ordered=False)),
+    Design("inflight, settle (before)", "inflight", MirrorConfig(claims=True, ordered=False, led=False)),
     Design("inflight", "inflight", None),
 )
 

@@ -88,7 +88,7 @@ REBUILD = (
     "reports/default reports/storm reports/suite reports/scale-12-provide "
     "--before reports/scale-8 reports/scale-12 reports/scale-12-stall"
 )
-AS_MEASURED = MirrorConfig(claims=True, ordered=False, settle=0.02, claimants_seen=256, fanout=1, chain=0)
+AS_MEASURED = MirrorConfig(claims=True, ordered=False, led=False, settle=0.02, claimants_seen=256, fanout=1, chain=0)
 
 
 def scenario_of(meta: dict[str, Any]) -> Scenario:

@@ -175,13 +175,16 @@ class MirrorBackend:
 
     async def _decide_and_open(self, request: BlobRequest, ticket: int | None) -> BlobReader:
         registry, digest, pull = request.registry, request.digest, request.repository
-        pull_start = self.pulls.started(pull, time.time())  # the rank of any claim this request makes
+        self.pulls.started(pull, time.time())
         holders = await self._lookup(str(digest))
         claims = self.claims
         hedge = self.peers.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=request.head, claims=claims is not None, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
-            decision = await self._claim(digest, pull_start, holders, hedge)
+            holders = await self._deferred(str(digest), pull, holders)
+            decision = await self._claim(digest, self.pulls.rank(pull, time.time()), holders, hedge)
+        if not request.head:
+            self.pulls.decided(pull, first=isinstance(decision, decide.Miss))
         reason = "no holder"
         if isinstance(decision, decide.Follow):
             if ticket is not None:  # decided: a 404 after every holder failed is not held back
@@ -196,7 +199,7 @@ class MirrorBackend:
                 return _Counted(blob, self.metrics, "peer", digest)
         self._count(registry, "miss")
         if decision.claim and claims is not None:  # containerd fetches it upstream now: peers may follow
-            await claims.claim(digest, pull_start)
+            await claims.claim(digest, self.pulls.rank(pull, time.time()))
         if ticket is not None:
             await self._in_turn(pull, ticket)
         raise NotFound(f"{digest}: {reason}")
@@ -264,16 +267,29 @@ class MirrorBackend:
             raise NotFound(f"no bytes of {digest} here")
         return found[0]
 
+    async def _deferred(self, key: str, pull: str, holders: list[Holder]) -> list[Holder]:
+        """`holders`, looked up again every `decide.DEFER_POLL` while `decide.defer_claim` says this node's claim
+        waits (at most `claim_timeout`)."""
+        started = trio.current_time()
+        deadline = started + self.options.claim_timeout
+        while decide.defer_claim(holders, self.pulls.led(pull)) and trio.current_time() < deadline:
+            await trio.sleep(decide.DEFER_POLL)
+            holders = await self._lookup(key, timeout=0)
+        waited = trio.current_time() - started
+        if waited > 0:  # for benchmark.claims
+            log.info("claim deferred", extra={"key": key, "waited": round(waited, 3), "found": len(holders)})
+        return holders
+
     async def _claim(
-        self, digest: Digest, pull_start: float, holders: list[Holder], hedge: float
+        self, digest: Digest, rank: float, holders: list[Holder], hedge: float
     ) -> decide.Follow | decide.Miss:
-        """Claim the download of `digest`, ranked at `pull_start` (when this node began pulling its repository), and
+        """Claim the download of `digest`, ranked at `rank` (`decide.PullStarts.rank`), and
         let `decide.after_claim` say whom to follow (or 404: this node is the first claimant). The claim is
         announced (peers find this node's download as it goes) and placed in order by the key's owner
         (`Router.order_claim`), whose answer is final; when the owner cannot be asked, this node waits
         `miss_settle` for the claims of nodes that asked at the same moment and orders the claims it sees by their
         rank. When no claim is made (the download is already advertised), follow `holders` as found."""
-        since = await self.claims.claim(digest, pull_start) if self.claims is not None else None
+        since = await self.claims.claim(digest, rank) if self.claims is not None else None
         if since is None:
             return decide.unclaimed(holders, hedge)
         key = str(digest)

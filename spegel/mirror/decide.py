@@ -7,11 +7,13 @@ and time samples. Outputs say what to do. `MirrorBackend` (the real mirror) and 
 
 A blob request from this node's containerd that no local content answers goes through:
 1. `after_lookup(holders, ...)`: CLAIM when claims are on, it is a GET and no holder has the blob complete;
-   else `Follow` the holders (best first, hedged) or `Miss` (404: containerd goes upstream).
+   else `Follow` the holders (best first, hedged) or `Miss` (404: containerd goes upstream). A claim that no
+   other node has made yet waits while this node is led in the pull (`defer_claim`).
 2. after a claim and the settle: `after_claim(found, mine, ...)`: `Follow` the claimants ahead of this node in
    claim order (no hedging), or `Miss` when none is ahead (this node is the first claimant: it goes upstream).
 3. `resume_candidates(holders, failed)`: after a transfer broke, which holders may resume it.
-A claim is ranked by when this node began pulling the blob's repository (`PullStarts`), not by the claim's own time.
+A claim is ranked by when this node began pulling the blob's repository (`PullStarts.rank`), not by the claim's own
+time, until the node is led in the pull.
 The 404s of one pull are answered in the order containerd asked (`MissOrder`).
 `order_holders` picks which holder serves each request (chunks go to the least loaded); `hedge_delay` says
 when a second holder is asked.
@@ -79,6 +81,27 @@ def unclaimed(holders: Sequence[Holder], hedge_delay: float) -> Follow | Miss:
     if not holders:
         return Miss(claim=True)
     return Follow(tuple(holders), hedge_delay, claim_on_failure=True)
+
+
+DEFER_POLL = 0.05  # seconds between the lookups of a deferred claim (`defer_claim`)
+
+
+def defer_claim(holders: Sequence[Holder], led: bool) -> bool:
+    """Whether a claim that would make this node the blob's first claimant waits (up to the claim timeout, looking
+    again every `DEFER_POLL`) for another node to claim the blob first: while nobody holds or claims it (`holders`
+    is empty) and this node is `led` in the pull (`PullStarts.led`).
+
+    The claims of one blob reach its owner over up to a second or more in a storm on a busy machine, longer than the
+    owner's first window, so the first claimant of each layer would be whoever's claim came first, and an image
+    could have several. That can starve one of them: the requests a node follows peers for hold its containerd's
+    download slots (`max_concurrent_downloads`) until the peers' downloads end, and after a 404 containerd's
+    upstream request joins the back of that queue (`reports/scale-12-long`, rep 0: a layer's first claimant had
+    all its slots waiting on another first claimant for 46 s; the nodes that followed it gave up after the
+    in-flight wait and fetched the layer upstream again). containerd fetches an image's config before its layers,
+    so every node's config claim is placed before any of its layer claims: the config's first claimant leads the
+    pull, asks for every layer at once and is led by no one; the nodes it leads wait for a layer's first claim
+    and follow it."""
+    return led and not holders
 
 
 def claims_ahead(found: Iterable[Holder], mine: ClaimKey) -> list[Holder]:
@@ -181,17 +204,48 @@ class PullStarts:
         if idle <= 0 or max_entries < 1:
             raise ValueError("idle and max_entries must be positive")
         self.idle, self.max_entries = idle, max_entries
-        self._pulls: OrderedDict[str, tuple[float, float]] = OrderedDict()  # repository -> (start, last request)
+        self._pulls: OrderedDict[str, _Pull] = OrderedDict()  # by repository, least recently asked for first
 
     def started(self, repository: str, now: float) -> float:
         """Note a request for `repository` at `now`; returns when its pull began."""
-        start, last = self._pulls.pop(repository, (now, now))
-        if now - last > self.idle:
-            start = now
-        self._pulls[repository] = (start, max(last, now))
+        pull = self._pulls.pop(repository, None)
+        if pull is None or now - pull.last > self.idle:
+            pull = _Pull(start=now, last=now)
+        pull.last = max(pull.last, now)
+        self._pulls[repository] = pull
         while len(self._pulls) > self.max_entries:
             self._pulls.popitem(last=False)
-        return start
+        return pull.start
+
+    def decided(self, repository: str, first: bool) -> None:
+        """A GET of a blob of `repository`'s current pull was decided: this node is its `first` claimant (it
+        downloads it upstream), or not (it gets it from peers)."""
+        pull = self._pulls.get(repository)
+        if pull is not None:
+            pull.firsts += first
+            pull.behind += not first
+
+    def led(self, repository: str) -> bool:
+        """Whether another node leads this node's current pull of `repository`: some of its blobs come from peers,
+        and this node is the first claimant of none (see `defer_claim`). containerd asks for the config first, so
+        this is known before any layer is asked for: the config's first claimant leads."""
+        pull = self._pulls.get(repository)
+        return pull is not None and pull.behind > 0 and pull.firsts == 0
+
+    def rank(self, repository: str, now: float) -> float:
+        """The rank (claim time) of a claim of a blob of `repository` made at `now`: when the pull began, or `now`
+        when the node is `led`, so that an owner that places it together with the leader's claim puts the
+        leader first (a led node's pull may have begun earlier; its config claim reached the owner later)."""
+        start = self.started(repository, now)
+        return now if self.led(repository) else start
+
+
+@dataclass
+class _Pull:
+    start: float  # the first request's time
+    last: float  # the latest request's time
+    firsts: int = 0  # blobs of this pull this node is the first claimant of
+    behind: int = 0  # blobs of this pull it gets from peers
 
 
 class MissOrder:

@@ -610,6 +610,48 @@ async def test_claims_rank_every_layer_of_a_pull_by_when_the_pull_began(tmp_path
         nursery.cancel_scope.cancel()
 
 
+async def test_a_node_led_in_a_pull_waits_for_the_leader_to_claim_a_layer_it_asked_for_first(tmp_path: Path) -> None:
+    """a is the first claimant of the image's config and b follows it, so a leads the pull. b's containerd then
+    asks for the layer 0.3 s before a's does: b's claim waits until a has claimed the layer, and b follows a. Not
+    waiting, b would be the layer's first claimant while a waits on it, two first claimants in one image (their
+    download slots can all end up waiting on each other, reports/scale-12-long rep 0)."""
+    image = build(ImageSpec(layers=(1 << 20,), compression="none", seed=17))
+    config, layer = image.platforms[0].config.digest, image.platforms[0].layers[0].digest
+    blobs: dict[Digest, bytes | None] = {digest: image.read_blob(digest) for digest in (config, layer)}
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        mirrors = {}
+        for name in ("a", "b"):
+            router = network.join(name)
+            claims, download = DelayedClaims(router, nursery, latency=0.05), Download(blobs)
+            address, _ = await start_mirror(
+                nursery, empty_layout(tmp_path / name), router, MirrorOptions(), download, claims
+            )
+            network.index.set_address(name, address)
+            mirrors[name] = (address, download)
+        answers: dict[tuple[str, Digest], tuple[int, float]] = {}
+
+        async def get(name: str, digest: Digest) -> None:
+            async with httpx.AsyncClient(base_url=f"http://{mirrors[name][0]}") as client:
+                url = f"/v2/team/app/blobs/{digest}"
+                response = await client.get(url, params={"ns": "example.com"})
+                answers[name, digest] = (response.status_code, trio.current_time())
+                assert response.status_code == 404 or response.content == blobs[digest]
+
+        await get("a", config)
+        await trio.sleep(0.1)  # a's claim reaches b
+        await get("b", config)
+        asked = trio.current_time()
+        async with trio.open_nursery() as asking:
+            asking.start_soon(get, "b", layer)
+            await trio.sleep(0.3)
+            asking.start_soon(get, "a", layer)
+        assert [answers[name, layer][0] for name in ("a", "b")] == [404, 200]
+        assert answers["b", layer][1] - asked >= 0.3  # b waited for a's claim
+        assert (mirrors["a"][1].opened, mirrors["b"][1].opened) == (2, 0)  # b had both from a's downloads
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_404s_of_a_pull_are_answered_in_the_order_its_requests_came(tmp_path: Path) -> None:
     """containerd asks for two layers; the first one's claim takes 0.5 s to be placed, the second's none. The
     second layer's 404 waits for the first's decision: containerd's request to the upstream joins the back of

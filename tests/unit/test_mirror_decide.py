@@ -219,6 +219,43 @@ def test_pull_starts_keep_the_most_recently_asked_repositories() -> None:
     assert (pulls.started("a", 5.0), pulls.started("b", 6.0)) == (1.0, 6.0)
 
 
+def test_a_node_is_led_in_a_pull_once_a_blob_comes_from_peers_and_it_is_first_for_none() -> None:
+    pulls = decide.PullStarts(idle=10.0)
+    pulls.started("team/app", 100.0)
+    assert not pulls.led("team/app") and pulls.rank("team/app", 100.5) == 100.0  # ranked by the pull's start
+    pulls.decided("team/app", first=False)  # the config comes from a peer
+    assert pulls.led("team/app")
+    assert pulls.rank("team/app", 101.0) == 101.0  # ranked by the claim's time: behind the leader's claims
+    assert not pulls.led("team/other")  # each repository has its own pull
+    pulls.decided("team/app", first=True)  # once it is a first claimant, it leads too
+    assert not pulls.led("team/app") and pulls.rank("team/app", 102.0) == 100.0
+    pulls.started("team/app", 113.0)  # 11 s idle: a new pull, led by no one yet
+    assert not pulls.led("team/app")
+
+
+def test_a_leader_is_the_config_s_first_claimant() -> None:
+    pulls = decide.PullStarts()
+    pulls.started("team/app", 5.0)
+    pulls.decided("team/app", first=True)  # the config: this node downloads it upstream
+    pulls.decided("team/app", first=False)  # a layer another node claimed first
+    assert not pulls.led("team/app")
+    pulls.decided("gone/app", first=False)  # a pull it does not know of: nothing to note
+    assert not pulls.led("gone/app")
+
+
+@pytest.mark.parametrize(
+    "holders, led, defers",
+    [
+        ([], True, True),  # nobody has claimed it: the leader will
+        ([], False, False),  # a leader (or a node in no pull) claims at once
+        ([Holder("b:5000", KeyState.IN_PROGRESS, since=1.0, peer="b")], True, False),  # someone claimed: claim behind
+        ([Holder("b:5000")], True, False),
+    ],
+)
+def test_a_led_node_defers_only_the_claims_nobody_made_yet(holders: list[Holder], led: bool, defers: bool) -> None:
+    assert decide.defer_claim(holders, led) is defers
+
+
 @pytest.mark.parametrize("idle, entries", [(0.0, 1), (-1.0, 1), (1.0, 0)])
 def test_pull_starts_refuse_bounds_that_keep_nothing(idle: float, entries: int) -> None:
     with pytest.raises(ValueError):
