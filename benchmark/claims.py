@@ -111,7 +111,8 @@ class Claim:
 
 def read_mirror_log(lines: list[str], node: str) -> tuple[str, list[Claim], list[dict[str, Any]]]:
     """From one mirror's JSON log: its registry host, its claims, and its incidents (node, digest, time, kind):
-    `404` (answered to its containerd for a blob GET: containerd goes upstream), `broke` (a peer transfer broke
+    `404` (answered to its containerd for a blob GET: containerd goes upstream), `deferred` (a claim waited for
+    the node that leads the pull to claim first: `decide.defer_claim`), `broke` (a peer transfer broke
     and is resumed elsewhere), and the reason a body to its containerd was cut short (`stalled`: the download
     followed wrote nothing for the stall timeout; `all holders failed`; ...)."""
     host, claims, incidents = "", [], []
@@ -133,6 +134,10 @@ def read_mirror_log(lines: list[str], node: str) -> tuple[str, list[Claim], list
             blob = _BLOB_PATH.search(str(record.get("path", "")))
             if blob is not None and record.get("method") == "GET":
                 incidents.append({"node": node, "digest": blob[1], "time": rfc3339(record["time"]), "kind": "404"})
+        elif message == "claim deferred":
+            incidents.append(
+                {"node": node, "digest": record.get("key"), "time": rfc3339(record["time"]), "kind": "deferred"}
+            )
         elif message in ("blob body cut short", "peer transfer broke"):
             kind = "broke" if message == "peer transfer broke" else _cut_reason(str(record.get("error", "")))
             incidents.append(
@@ -324,7 +329,8 @@ def propagation(pairs_table: pd.DataFrame) -> str:
 
 def per_run(report: Path, tables: dict[str, pd.DataFrame]) -> str:
     """One line per run: load average, slowest node over the bound, upstream bytes over S, upstream roots per
-    layer, stalls, and the time from each node's last blob commit to the end of its pull (unpacking: CPU)."""
+    layer and how many nodes they are (1: one first claimant for the whole image), stalls, and the time from each
+    node's last blob commit to the end of its pull (unpacking: CPU)."""
     data = report / "data"
     meta = json.loads((report / "meta.json").read_text())
     pulls, traffic = pd.read_csv(data / "pulls.csv"), pd.read_csv(data / "traffic.csv")
@@ -333,7 +339,7 @@ def per_run(report: Path, tables: dict[str, pd.DataFrame]) -> str:
     commits = events[(events["event"] == "commit") & (events["layer"] >= 0)].groupby(["run", "node"])["time"].max()
     hops_table, incidents = tables["hops"], tables["incidents"]
     lines = [
-        "run | load start/end | slowest (s) | / bound | upstream x S | roots per layer | stalls | "
+        "run | load start/end | slowest (s) | / bound | upstream x S | roots per layer | nodes with a root | stalls | "
         "unpack tail p50/max (s) | CPU s per node: spegel / containerd"
     ]
     for row in traffic.itertuples():
@@ -350,7 +356,8 @@ def per_run(report: Path, tables: dict[str, pd.DataFrame]) -> str:
             f"{row.run} | {row.load_start:.1f}/{row.load_end:.1f} | {run_pulls['duration'].max():.1f} | "
             f"{run_pulls['duration'].max() / bounds.lower:.2f} | "
             f"{payload_bytes(row.upstream_bytes) / bounds.size:.2f} | "
-            f"{' '.join(str(n) for n in roots)} | {stalls} | {tail.median():.1f}/{tail.max():.1f} | "
+            f"{' '.join(str(n) for n in roots)} | {layers[layers['followed'] == '']['node'].nunique()} | {stalls} | "
+            f"{tail.median():.1f}/{tail.max():.1f} | "
             f"{cpu.get('spegel', math.nan):.1f} / {cpu.get('containerd', math.nan):.1f}"
         )
     return "\n".join(lines)
