@@ -91,13 +91,14 @@ class MirrorNode:
                 wait = min(decide.DEFER_POLL, deadline - now)
                 self.world.sim.after(wait, lambda: self._looked(digest, answer, ticket, deadline))
                 return
-            since = self._claim(digest, self._rank())
-            if self.config.ordered:
+            rank = self._rank()
+            if self.config.ordered:  # placed first, then announced (as `MirrorBackend._claim`)
                 timeout = self.config.claim_timeout
                 self.world.owners.order(
-                    self.node, digest, since, timeout, lambda ahead: self._placed(digest, since, ahead, answer, ticket)
+                    self.node, digest, rank, timeout, lambda ahead: self._placed(digest, rank, ahead, answer, ticket)
                 )
             else:
+                since = self._claim(digest, rank)
                 self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer, ticket))
             return
         self._decided(decision, digest, answer, ticket)
@@ -110,7 +111,9 @@ class MirrorNode:
         answer: Callable[[PeerAnswer | None], None],
         ticket: int | None,
     ) -> None:
-        """The owner placed this node's claim after `ahead` (None: it did not answer in time, so the settle)."""
+        """The owner placed this node's claim after `ahead` (None: it did not answer in time, so the settle); the
+        claim is announced now."""
+        since = self._claim(digest, since)
         if ahead is None:
             self.world.sim.after(self.config.settle, lambda: self._settled(digest, since, answer, ticket))
             return

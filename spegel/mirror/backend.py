@@ -271,29 +271,32 @@ class MirrorBackend:
         """`holders`, looked up again every `decide.DEFER_POLL` while `decide.defer_claim` says this node's claim
         waits (at most `claim_timeout`)."""
         started = trio.current_time()
-        deadline = started + self.options.claim_timeout
+        deadline, deferred = started + self.options.claim_timeout, False
         while decide.defer_claim(holders, self.pulls.led(pull)) and trio.current_time() < deadline:
+            deferred = True
             await trio.sleep(decide.DEFER_POLL)
             holders = await self._lookup(key, timeout=0)
-        waited = trio.current_time() - started
-        if waited > 0:  # for benchmark.claims
-            log.info("claim deferred", extra={"key": key, "waited": round(waited, 3), "found": len(holders)})
+        if deferred:  # for benchmark.claims
+            waited = round(trio.current_time() - started, 3)
+            log.info("claim deferred", extra={"key": key, "waited": waited, "found": len(holders)})
         return holders
 
     async def _claim(
         self, digest: Digest, rank: float, holders: list[Holder], hedge: float
     ) -> decide.Follow | decide.Miss:
-        """Claim the download of `digest`, ranked at `rank` (`decide.PullStarts.rank`), and
-        let `decide.after_claim` say whom to follow (or 404: this node is the first claimant). The claim is
-        announced (peers find this node's download as it goes) and placed in order by the key's owner
-        (`Router.order_claim`), whose answer is final; when the owner cannot be asked, this node waits
-        `miss_settle` for the claims of nodes that asked at the same moment and orders the claims it sees by their
-        rank. When no claim is made (the download is already advertised), follow `holders` as found."""
+        """Claim the download of `digest`, ranked at `rank` (`decide.PullStarts.rank`), and let
+        `decide.after_claim` say whom to follow (or 404: this node is the first claimant). The claim is placed in
+        order by the key's owner (`Router.order_claim`), whose answer is final, and then announced (peers find this
+        node's download as it goes): a node that sees the claim knows it is placed, so a led node that waited for
+        it (`decide.defer_claim`) is placed behind it. When the owner cannot be asked, this node announces the
+        claim, waits `miss_settle` for the claims of nodes that asked at the same moment and orders the claims it
+        sees by their rank. When no claim is made (the download is already advertised), follow `holders` as
+        found."""
+        key = str(digest)
+        order = await self.router.order_claim(key, self.options.claim_timeout, rank)
         since = await self.claims.claim(digest, rank) if self.claims is not None else None
         if since is None:
             return decide.unclaimed(holders, hedge)
-        key = str(digest)
-        order = await self.router.order_claim(key, self.options.claim_timeout, since)
         if order is None:
             await trio.sleep(self.options.miss_settle)
             found = await self._lookup(key, timeout=0, count=CLAIMANTS_SEEN)
