@@ -614,13 +614,14 @@ async def test_a_node_led_in_a_pull_waits_for_the_leader_to_claim_a_layer_it_ask
     """a is the first claimant of the image's config and b follows it, so a leads the pull. b's containerd then
     asks for the layer 0.3 s before a's does: b's claim waits until a has claimed the layer, and b follows a. Not
     waiting, b would be the layer's first claimant while a waits on it, two first claimants in one image (their
-    download slots can all end up waiting on each other, reports/scale-12-long rep 0)."""
+    download slots can all end up waiting on each other, reports/scale-12-long rep 0). a's claim takes 0.3 s to
+    reach the owner: announced before that, b would see it, claim, and be placed first all the same."""
     image = build(ImageSpec(layers=(1 << 20,), compression="none", seed=17))
     config, layer = image.platforms[0].config.digest, image.platforms[0].layers[0].digest
     blobs: dict[Digest, bytes | None] = {digest: image.read_blob(digest) for digest in (config, layer)}
     network = MemoryNetwork()
     async with trio.open_nursery() as nursery:
-        mirrors = {}
+        mirrors, routers = {}, {}
         for name in ("a", "b"):
             router = network.join(name)
             claims, download = DelayedClaims(router, nursery, latency=0.05), Download(blobs)
@@ -629,6 +630,15 @@ async def test_a_node_led_in_a_pull_waits_for_the_leader_to_claim_a_layer_it_ask
             )
             network.index.set_address(name, address)
             mirrors[name] = (address, download)
+            routers[name] = router
+        placed = routers["a"].order_claim
+
+        async def slow_for_the_layer(key: str, timeout: float, since: float) -> ClaimOrder | None:
+            if key == str(layer):
+                await trio.sleep(0.3)
+            return await placed(key, timeout, since)
+
+        routers["a"].order_claim = slow_for_the_layer  # type: ignore[method-assign]
         answers: dict[tuple[str, Digest], tuple[int, float]] = {}
 
         async def get(name: str, digest: Digest) -> None:
