@@ -2,9 +2,10 @@
 
 Every node pulls one image (S = 1 GB in 4 layers) at the same moment (no jitter), U = 1 Gbit/s, B = 10 Gbit/s,
 containerd's defaults (4 MiB chunks, 3 concurrent downloads). For each N and each design (`layer` mode; and
-`inflight` with the mirror's options as they are: claims placed by the key's owner; as they were before the
-owner: a 100 ms settle, then every claim seen; and before the tree: a chain over the claim order, a 20 ms
-settle, 256 claimants looked at), prints the simulation's wall and CPU time (on a shared
+`inflight` with the mirror's options as they are: claims placed by the key's owner, nodes led in a pull
+deferring the first claims of its layers; as they were before that (`not led`); before the owner: a 100 ms
+settle, then every claim seen; and before the tree: a chain over the claim order, a 20 ms settle, 256 claimants
+looked at), prints the simulation's wall and CPU time (on a shared
 machine the two differ) and writes `DIR/scale.csv`, `DIR/README.md` and `DIR/time_to_bound.png` (slowest
 node / lower bound, and upstream bytes / S, against N). A node's pull ends when its last layer is unpacked
 (150 MB/s, one layer at a time, after the layer's commit: the lower bound has no unpacking); "last commit" is
@@ -56,6 +57,7 @@ DESIGNS = (
         MirrorConfig(claims=True, ordered=False, led=False, settle=0.02, claimants_seen=256, fanout=1, chain=0),
     ),
     Design("inflight, settle (before)", "inflight", MirrorConfig(claims=True, ordered=False, led=False)),
+    Design("inflight, not led (before)", "inflight", MirrorConfig(claims=True, led=False)),
     Design("inflight", "inflight", None),
 )
 
@@ -90,13 +92,20 @@ def simulate(design: Design, nodes: int, seed: int = 1) -> dict[str, Any]:
     }
 
 
-# None: the router benchmark's; the last, about what the 12-node netns storm on a loaded machine showed (claims
+# None: the router benchmark's; p50 0.25 s, about what the 12-node netns storm on a loaded machine showed (claims
 # visible after 0.2-0.3 s, p95 ~1 s: reports/sim-validate).
-STORM_DELAYS = (None, DelayModel(0.02, 0.05), DelayModel(0.05, 0.15), DelayModel(0.1, 0.4), DelayModel(0.25, 1.0))
+STORM_DELAYS = (
+    None,
+    DelayModel(0.02, 0.05),
+    DelayModel(0.05, 0.15),
+    DelayModel(0.1, 0.4),
+    DelayModel(0.25, 1.0),
+    DelayModel(0.5, 1.5),
+)
 STORM_SIZE = 128 << 20
 
 
-def storm(seeds: int = 5) -> pd.DataFrame:
+def storm(seeds: int = 20) -> pd.DataFrame:
     """The issue's netns storm on the simulator: 12 nodes pull 128 MiB in 4 layers at once, U = 50 Mbit/s,
     B = 400 Mbit/s; each design under announce -> visible delays as measured, and slower (a loaded
     machine), several seeded runs each. A claim to its owner and the answer each take one such delay; "late" are
