@@ -367,6 +367,19 @@ def test_one_node_from_upstream_takes_s_over_u() -> None:
     assert upstream == 40_000_600
 
 
+def test_containerd_asks_for_the_layers_once_the_config_is_committed() -> None:
+    """As 2.1.9's unpacker: the config is fetched before any layer (so a node knows whether it leads the pull
+    before it asks for a layer)."""
+    model = ClusterModel(2, 50e6, 400e6, 4 << 20, 3)
+    blobs = [Blob("sha256:config", 600, layer=False), Blob("sha256:a", 1 << 20, True), Blob("sha256:b", 1 << 20, True)]
+    events = SimCluster(model, "inflight", seed=1).run_phase(blobs, [[0, 1]], {}).events
+    for node in ("n0", "n1"):
+        mine = [e for e in events if e["node"] == node]
+        config_commit = next(e["time"] for e in mine if e["event"] == "commit" and e["digest"] == "sha256:config")
+        layer_ingests = [e["time"] for e in mine if e["event"] == "ingest" and e["digest"] != "sha256:config"]
+        assert len(layer_ingests) == 2 and min(layer_ingests) >= config_commit
+
+
 def test_nodes_without_a_mirror_take_n_s_over_u() -> None:
     times, upstream = simulate("upstream", 6)
     assert max(times) == pytest.approx(6 * 40_000_600 / payload_rate(50e6), rel=0.02)
