@@ -347,16 +347,15 @@ def per_run(report: Path, tables: dict[str, pd.DataFrame]) -> str:
         run_pulls = pulls[pulls["run"] == row.run].set_index("node")
         tail = run_pulls["end"] - commits.loc[row.run].reindex(run_pulls.index)
         layers = hops_table[(hops_table["run"] == row.run) & (hops_table["layer"] >= 0)]
-        roots = (
-            layers[layers["followed"] == ""].groupby("layer").size().reindex(sorted(set(layers["layer"])), fill_value=0)
-        )
+        first_claims = layers[layers["followed"] == ""]
+        roots = first_claims.groupby("layer").size().reindex(sorted(set(layers["layer"])), fill_value=0)
         stalls = int((incidents[incidents["run"] == row.run]["kind"] == "stalled").sum()) if len(incidents) else 0
         cpu = usage[usage["run"] == row.run].groupby("process")["cpu_seconds"].median()
         lines.append(
             f"{row.run} | {row.load_start:.1f}/{row.load_end:.1f} | {run_pulls['duration'].max():.1f} | "
             f"{run_pulls['duration'].max() / bounds.lower:.2f} | "
             f"{payload_bytes(row.upstream_bytes) / bounds.size:.2f} | "
-            f"{' '.join(str(n) for n in roots)} | {layers[layers['followed'] == '']['node'].nunique()} | {stalls} | "
+            f"{' '.join(str(n) for n in roots)} | {first_claims['node'].nunique()} | {stalls} | "
             f"{tail.median():.1f}/{tail.max():.1f} | "
             f"{cpu.get('spegel', math.nan):.1f} / {cpu.get('containerd', math.nan):.1f}"
         )

@@ -175,7 +175,6 @@ class MirrorBackend:
 
     async def _decide_and_open(self, request: BlobRequest, ticket: int | None) -> BlobReader:
         registry, digest, pull = request.registry, request.digest, request.repository
-        self.pulls.started(pull, time.time())
         holders = await self._lookup(str(digest))
         claims = self.claims
         hedge = self.peers.latency.hedge_delay()
