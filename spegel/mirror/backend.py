@@ -49,6 +49,12 @@ class InProgressSource(Protocol):
 
 
 class DownloadClaims(Protocol):
+    @property
+    def claims_accepted(self) -> bool:
+        """Whether this node claims its downloads (only a store that shows them can keep a claim's promise:
+        containerd in inflight mode). While not, the mirror decides as without claims."""
+        ...
+
     async def claim(self, digest: Digest, since: float) -> float | None:
         """This node's containerd is about to download `digest`, which no peer holds complete: announce the
         download in progress, ranked at `since` (wall-clock seconds; see `decide.PullStarts`). Returns the rank
@@ -164,7 +170,7 @@ class MirrorBackend:
     async def _from_peers(self, request: BlobRequest) -> BlobReader:
         """The blob from the peers that hold it (see `_open`), or NotFound when none can send it. With claims, a
         GET's 404 waits until the pull's earlier GETs are decided (`decide.MissOrder`)."""
-        pull, claims = request.repository, self.claims
+        pull, claims = request.repository, self._claims()
         ticket = self.misses.ask(pull) if claims is not None and not request.head else None
         try:
             return await self._decide_and_open(request, ticket)
@@ -176,7 +182,7 @@ class MirrorBackend:
     async def _decide_and_open(self, request: BlobRequest, ticket: int | None) -> BlobReader:
         registry, digest, pull = request.registry, request.digest, request.repository
         holders = await self._lookup(str(digest))
-        claims = self.claims
+        claims = self._claims()
         hedge = self.peers.latency.hedge_delay()
         decision = decide.after_lookup(holders, head=request.head, claims=claims is not None, hedge_delay=hedge)
         if isinstance(decision, decide.Claim):
@@ -265,6 +271,10 @@ class MirrorBackend:
         if not found:
             raise NotFound(f"no bytes of {digest} here")
         return found[0]
+
+    def _claims(self) -> DownloadClaims | None:
+        """The claims, when this node makes them now."""
+        return self.claims if self.claims is not None and self.claims.claims_accepted else None
 
     async def _deferred(self, key: str, pull: str, holders: list[Holder]) -> list[Holder]:
         """`holders`, looked up again every `decide.DEFER_POLL` while `decide.defer_claim` says this node's claim

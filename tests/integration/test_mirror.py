@@ -29,6 +29,7 @@ from spegel.routing.claims import ClaimBook
 from spegel.routing.memory import MemoryNetwork
 from spegel.store.base import NotFound
 from spegel.store.layout import OCILayoutStore, write_layout
+from spegel.tracker import Tracker
 
 REFERENCE = "example.com/team/app:v1"
 CHUNK = 256 << 10
@@ -472,6 +473,8 @@ class DelayedClaims:
     """The watcher's part (inflight mode) over a memory router: a claim is announced in progress with its
     rank, reaching the other routers `latency` seconds later, as an announcement crosses the network."""
 
+    claims_accepted = True
+
     def __init__(self, router: Router, nursery: trio.Nursery, latency: float) -> None:
         self.router, self.nursery, self.latency = router, nursery, latency
         self.claims: list[float] = []
@@ -659,6 +662,43 @@ async def test_a_node_led_in_a_pull_waits_for_the_leader_to_claim_a_layer_it_ask
         assert [answers[name, layer][0] for name in ("a", "b")] == [404, 200]
         assert answers["b", layer][1] - asked >= 0.3  # b waited for a's claim
         assert (mirrors["a"][1].opened, mirrors["b"][1].opened) == (2, 0)  # b had both from a's downloads
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_that_makes_no_claims_answers_a_miss_at_once_even_when_led_in_the_pull(tmp_path: Path) -> None:
+    """`--advertise layer`: the tracker accepts no claims. b follows a's download of the config, so it is led in
+    the pull; its request for a layer nobody holds must still get its 404 at once, without asking the claim's
+    owner or waiting for a first claim that no node of a cluster without claims ever makes."""
+    image = build(ImageSpec(layers=(1 << 20,), compression="none", seed=19))
+    config, layer = image.platforms[0].config.digest, image.platforms[0].layers[0].digest
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        routers = {name: network.join(name) for name in ("a", "b")}
+        download = Download({config: image.read_blob(config)})
+        layout_a = empty_layout(tmp_path / "a")
+        address_a, _ = await start_mirror(nursery, layout_a, routers["a"], MirrorOptions(), download)
+        network.index.set_address("a", address_a)
+        await routers["a"].advertise([str(config)], KeyState.IN_PROGRESS)
+        asked_owner: list[str] = []
+        placed = routers["b"].order_claim
+
+        async def counted(key: str, timeout: float, since: float) -> ClaimOrder | None:
+            asked_owner.append(key)
+            return await placed(key, timeout, since)
+
+        routers["b"].order_claim = counted  # type: ignore[method-assign]
+        tracker = Tracker(routers["b"])  # claims not accepted, as a watcher in layer mode leaves it
+        address_b, _ = await start_mirror(
+            nursery, empty_layout(tmp_path / "b"), routers["b"], MirrorOptions(), claims=tracker
+        )
+        async with httpx.AsyncClient(base_url=f"http://{address_b}") as client:
+            got = await client.get(f"/v2/team/app/blobs/{config}", params={"ns": "example.com"})
+            assert got.status_code == 200 and got.content == image.read_blob(config)  # from a: b is led
+            asked = trio.current_time()
+            missed = await client.get(f"/v2/team/app/blobs/{layer}", params={"ns": "example.com"})
+        assert missed.status_code == 404
+        assert trio.current_time() - asked < MirrorOptions().claim_timeout / 2
+        assert asked_owner == []
         nursery.cancel_scope.cancel()
 
 
