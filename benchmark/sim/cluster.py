@@ -64,6 +64,7 @@ class SimCluster:
             router,
             ClaimOwners(self.sim, names, delays, seed),
             model.timing,
+            self._host_cpu(model.timing),
         )
         claims = mode == "inflight"
         config = dataclasses.replace(model.mirror, claims=claims) if model.mirror else MirrorConfig(claims=claims)
@@ -87,6 +88,11 @@ class SimCluster:
             )
             for i in range(n)
         ]
+
+    def _host_cpu(self, timing: Timing) -> SharedLink | None:
+        if timing.host_cores is None:
+            return None
+        return SharedLink(self.sim, timing.host_cores, cap=1.0, overhead=timing.crowding)
 
     def _record(self, event: str, node: int, digest: str, time: float) -> None:
         self._events.append({"node": f"n{node}", "event": event, "digest": digest, "time": time})

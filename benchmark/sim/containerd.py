@@ -6,12 +6,18 @@
   `core/unpack/unpacker.go`).
 - Every blob is asked for with `Range: bytes=0-` from the first host (the node's mirror, when it has one):
   a 206 larger than a chunk makes containerd fetch chunk 0 on that request and every further chunk with its
-  own request (open-ended, read for one chunk and closed); the bytes go to disk in order, so the prefix on
-  disk grows a chunk at a time. A 200 is read as one stream. A 404 sends it to the next host (upstream)
-  at once, with a request that takes a slot anew: the 404's slot is released and the upstream request waits
-  at the back of the queue (`dockerFetcher.open` acquires a slot per host it tries and releases it on error).
-- After a blob is committed its layer is unpacked, one layer at a time in order; the pull ends when the
-  last layer is unpacked.
+  own request (open-ended, read for one chunk and closed), by up to `max_concurrent_downloads` workers per
+  blob that each wait for a slot per chunk; the bytes go to disk in order, 1 MiB at a time: the first chunk
+  not yet complete as it arrives, the later ones when their turn comes. A 200 is read as one stream. A 404
+  sends it to the next host (upstream) at once, with a request that takes a slot anew: the 404's slot is
+  released and the upstream request waits at the back of the queue (`dockerFetcher.open` acquires a slot per
+  host it tries and releases it on error).
+- A blob that comes through the node's mirror from a peer reaches containerd only once the mirror's copy
+  is whole and verified; containerd then reads it from the mirror and commits it (`Timing.fetch_cost` CPU
+  per byte). A blob from upstream is committed as its last byte arrives.
+- After a blob is committed its layer is unpacked, one layer at a time in order (`Timing.unpack_cost`, and
+  `snapshot_copy_cost` for the layers below it); the pull ends when the last layer is unpacked. This CPU
+  work runs on the host's shared cores when the nodes share one machine (`World.compute`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark.sim.mirror import MirrorNode, PeerAnswer
-from benchmark.sim.world import Download, World
+from benchmark.sim.world import Arriving, Download, World
 
 Record = Callable[[str, int, str, float], None]  # (event, node, digest, time): ingest started, commit
 
@@ -67,6 +73,7 @@ class Containerd:
         on_commit: Callable[[str], None],
     ) -> None:
         self.world, self.node, self.mirror, self.chunk = world, node, mirror, chunk
+        self.max_concurrent_downloads = max_concurrent_downloads
         self.slots = Slots(max_concurrent_downloads)
         self.record, self.on_commit = record, on_commit
 
@@ -80,8 +87,9 @@ class _Pull:
     def __init__(self, containerd: Containerd, blobs: list[Blob], on_done: Callable[[], None]) -> None:
         self.containerd, self.blobs, self.on_done = containerd, blobs, on_done
         self.committed: dict[str, float] = {}
-        self.unpacked_until = 0.0
         self.next_unpack = 0
+        self.unpacking = False
+        self.below = 0  # bytes of the layers unpacked so far (the next snapshot's parent)
         self.layers = [b for b in blobs if b.layer]
 
     def begin(self) -> None:
@@ -100,15 +108,24 @@ class _Pull:
         self._unpack()
 
     def _unpack(self) -> None:
+        """Unpack the next layer once it is committed and the one before it is unpacked; end the pull after
+        the last."""
+        if self.unpacking:
+            return
         world = self.containerd.world
-        while self.next_unpack < len(self.layers) and self.layers[self.next_unpack].digest in self.committed:
-            layer = self.layers[self.next_unpack]
-            start = max(self.unpacked_until, self.committed[layer.digest])
-            self.unpacked_until = start + layer.size / world.timing.unpack_rate
-            self.next_unpack += 1
-        if self.next_unpack == len(self.layers) and len(self.committed) == len(self.blobs):
+        if self.next_unpack < len(self.layers) and self.layers[self.next_unpack].digest in self.committed:
+            size, timing = self.layers[self.next_unpack].size, world.timing
+            self.unpacking = True
+            world.compute(size * timing.unpack_cost + self.below * timing.snapshot_copy_cost, self._unpacked)
+        elif self.next_unpack == len(self.layers) and len(self.committed) == len(self.blobs):
             self.next_unpack += 1  # done once
-            world.sim.at(max(world.sim.now, self.unpacked_until), self.on_done)
+            self.on_done()
+
+    def _unpacked(self) -> None:
+        self.unpacking = False
+        self.below += self.layers[self.next_unpack].size
+        self.next_unpack += 1
+        self._unpack()
 
 
 class _Fetch:
@@ -121,6 +138,10 @@ class _Fetch:
         self.chunks = max(1, math.ceil(blob.size / self.containerd.chunk)) if self.containerd.chunk else 1
         self.done: list[bool] = [False] * self.chunks
         self.front = 0
+        self.via_mirror = False  # the bytes come from a peer, through the mirror's verified copy
+        self.arriving: dict[int, Arriving] = {}  # the chunks' transfers in progress
+        self.taken = 0  # chunks a worker has taken
+        self.fetch_chunk: Callable[[int, Callable[[], None]], None] = lambda i, done: None
         self.download = Download(self.world, self.containerd.node, blob.digest, blob.size, self.world.sim.now)
 
     def begin(self) -> None:
@@ -140,52 +161,76 @@ class _Fetch:
             slots.release()
             slots.acquire(self._upstream_answer)
         elif answer.ranged:
+            self.via_mirror = True
             self._chunked(lambda i, done: self._from_mirror(answer, i, done))
         else:
+            self.via_mirror = True
             self._stream(answer)
 
     def _upstream_answer(self) -> None:
         self.world.sim.after(self.world.timing.rtt, lambda: self._chunked(self._from_upstream))
 
     def _chunked(self, fetch: Callable[[int, Callable[[], None]], None]) -> None:
-        """A 206: chunk 0 on the first request, every other chunk with a request of its own (a slot each)."""
-        fetch(0, lambda: self._chunk_done(0))
-        for i in range(1, self.chunks):
-            self.containerd.slots.acquire(lambda i=i: fetch(i, lambda: self._chunk_done(i)))
+        """A 206: `min(max_concurrent_downloads, chunks)` workers take the chunks in order. Chunk 0 is read from
+        the first answer (its slot held until then); every other chunk needs a request of its own, for which
+        the worker waits for a slot, one chunk at a time: the blobs of a pull take turns at the slots
+        (2.1.9's `dockerFetcher.open`)."""
+        self.fetch_chunk = fetch
+        for _ in range(min(self.containerd.max_concurrent_downloads, self.chunks)):
+            self._next_chunk()
+
+    def _next_chunk(self) -> None:
+        i = self.taken
+        if i >= self.chunks:
+            return
+        self.taken += 1
+        if i == 0:
+            self.fetch_chunk(0, lambda: self._chunk_done(0))
+        else:
+            self.containerd.slots.acquire(lambda: self.fetch_chunk(i, lambda: self._chunk_done(i)))
 
     def _span(self, i: int) -> tuple[int, int]:
         if self.chunks == 1:
             return 0, self.blob.size
         return i * self.containerd.chunk, min(self.blob.size, (i + 1) * self.containerd.chunk)
 
+    def _arriving(self, i: int, transfer: Arriving) -> None:
+        self.arriving[i] = transfer
+        if i == self.front:
+            self.download.feed(transfer)
+
     def _from_upstream(self, i: int, done: Callable[[], None]) -> None:
         start, end = self._span(i)
-        self.world.upstream.start(end - start, self.world.downlinks[self.containerd.node], done)
+        self._arriving(i, self.world.upstream.start(end - start, self.world.downlinks[self.containerd.node], done))
 
     def _from_mirror(self, first: PeerAnswer, i: int, done: Callable[[], None]) -> None:
         mirror = self.containerd.mirror
         assert mirror is not None
         start, end = self._span(i)
         if i == 0:
-            mirror.transfer(first, self.blob.digest, start, end, done)
+            self._arriving(i, mirror.transfer(first, self.blob.digest, start, end, done))
             return
 
         def answered(answer: PeerAnswer | None) -> None:
             if answer is None:  # containerd fails the pull after a 206; the sim refetches the chunk upstream
                 self._from_upstream(i, done)
             else:
-                mirror.transfer(answer, self.blob.digest, start, end, done)
+                self._arriving(i, mirror.transfer(answer, self.blob.digest, start, end, done))
 
         mirror.open(self.blob.digest, answered)
 
     def _chunk_done(self, i: int) -> None:
         self.containerd.slots.release()
         self.done[i] = True
+        self.arriving.pop(i, None)
         while self.front < self.chunks and self.done[self.front]:
             self.front += 1
+        self.download.feed(self.arriving.get(self.front))
         self.download.wrote(self._span(self.front - 1)[1] if self.front else 0)
         if self.front == self.chunks:
-            self._committed()
+            self._arrived()
+        else:
+            self._next_chunk()
 
     def _stream(self, answer: PeerAnswer) -> None:
         """A 200: the whole blob on this one request."""
@@ -194,15 +239,28 @@ class _Fetch:
 
         def done() -> None:
             self.download.unfollow()
-            self.containerd.slots.release()
-            self._committed()
+            self._arrived(self.containerd.slots.release)
 
         stream = mirror.transfer(answer, self.blob.digest, 0, self.blob.size, done)
         self.download.follow(stream, 0)
 
-    def _committed(self) -> None:
+    def _arrived(self, then: Callable[[], None] | None = None) -> None:
+        """Every byte is on this node: complete for the peers that read it. Through the mirror, containerd reads
+        the verified copy before it commits (its request, `then` released); from upstream it commits now."""
         self.download.complete = True
         self.download.wrote(self.blob.size)
+
+        def committed() -> None:
+            if then is not None:
+                then()
+            self._committed()
+
+        if self.via_mirror:
+            self.world.compute(self.blob.size * self.world.timing.fetch_cost, committed)
+        else:
+            committed()
+
+    def _committed(self) -> None:
         self.containerd.record("commit", self.containerd.node, self.blob.digest, self.world.sim.now)
         self.containerd.on_commit(self.blob.digest)
         self.pull.blob_committed(self.blob)

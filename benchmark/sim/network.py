@@ -10,6 +10,8 @@ The model (stated, not hidden):
   upstream connection (B >= U in every scenario here: a node's own link never slows one). Kept as a virtual
   clock (the bytes a connection of weight 1 has received so far), so a start or an end costs O(log n)
   however many connections share it.
+- The same class is the host's CPU when the nodes share one machine (capacity: its cores; a connection is a
+  job of CPU seconds, at most one core each).
 - Each node has an uplink and a downlink of capacity B (`NodeLink`). A transfer between peers gets
   min(B / (flows on the sender's uplink), B / (flows and upstream connections on the receiver's downlink)):
   an equal split per link without handing unused share on (max-min fairness would; the difference is
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Callable
 from typing import Protocol
@@ -53,12 +56,19 @@ class NodeLink:
 
 
 class UpstreamTransfer:
-    """`size` bytes from the upstream registry to one node; `on_done()` when all have arrived."""
+    """`size` bytes from the upstream registry to one node (or `size` CPU-seconds of one job on the host's
+    CPU: `into` is None); `on_done()` when all have arrived."""
 
     __slots__ = ("active", "finish", "into", "link", "on_done", "size", "started", "weight")
 
     def __init__(
-        self, link: SharedLink, size: float, finish: float, weight: float, into: NodeLink, on_done: Callable[[], None]
+        self,
+        link: SharedLink,
+        size: float,
+        finish: float,
+        weight: float,
+        into: NodeLink | None,
+        on_done: Callable[[], None],
     ) -> None:
         self.link, self.size, self.finish, self.weight = link, size, finish, weight
         self.into, self.on_done = into, on_done
@@ -70,10 +80,21 @@ class UpstreamTransfer:
 
 
 class SharedLink:
-    """The upstream registry's link: processor sharing over its connections (see the module docstring)."""
+    """The upstream registry's link, or the host's CPU: processor sharing over its connections (see the module
+    docstring), none of which gets more than `cap` per unit of weight (the CPU: one core per job). With more
+    connections than `capacity`, each also loses a share `overhead` per connection beyond it: processes that
+    outnumber the cores spend CPU on one another (switching, caches), measured by `benchmark.unpack_bench`."""
 
-    def __init__(self, sim: Simulation, capacity: float, spread: float = 0.0, seed: int = 0) -> None:
-        self.sim, self.capacity = sim, capacity
+    def __init__(
+        self,
+        sim: Simulation,
+        capacity: float,
+        spread: float = 0.0,
+        seed: int = 0,
+        cap: float = math.inf,
+        overhead: float = 0.0,
+    ) -> None:
+        self.sim, self.capacity, self.cap, self.overhead = sim, capacity, cap, overhead
         self.sent = 0.0  # bytes delivered by transfers that have ended
         self.connections = 0
         self.weights = 0.0  # of the open connections
@@ -87,17 +108,23 @@ class SharedLink:
         """Bytes a connection of weight 1 has received since the start."""
         if not self.connections:
             return self._virtual
-        return self._virtual + (self.sim.now - self._since) * self.capacity / self.weights
+        return self._virtual + (self.sim.now - self._since) * self._rate()
 
-    def start(self, size: float, into: NodeLink, on_done: Callable[[], None]) -> UpstreamTransfer:
+    def _rate(self) -> float:
+        """What a connection of weight 1 gets now."""
+        crowding = 1.0 + self.overhead * max(0.0, self.connections - self.capacity)
+        return min(self.cap, self.capacity / self.weights) / crowding
+
+    def start(self, size: float, into: NodeLink | None, on_done: Callable[[], None]) -> UpstreamTransfer:
         self._advance()
         weight = 1.0 + self._rng.uniform(-self._spread, self._spread)
         transfer = UpstreamTransfer(self, size, self._virtual + size / weight, weight, into, on_done)
         heapq.heappush(self._heap, (transfer.finish, next(self._order), transfer))
         self.connections += 1
         self.weights += weight
-        into.upstream += 1
-        into.changed()
+        if into is not None:
+            into.upstream += 1
+            into.changed()
         self._schedule()
         return transfer
 
@@ -120,8 +147,9 @@ class SharedLink:
         self.connections -= 1
         self.weights = self.weights - transfer.weight if self.connections else 0.0
         self.sent += delivered
-        transfer.into.upstream -= 1
-        transfer.into.changed()
+        if transfer.into is not None:
+            transfer.into.upstream -= 1
+            transfer.into.changed()
 
     def _schedule(self) -> None:
         heap = self._heap
@@ -132,7 +160,7 @@ class SharedLink:
             self._next = None
         if heap:
             left = max(0.0, heap[0][0] - self._virtual)
-            self._next = self.sim.at(self.sim.now + left * self.weights / self.capacity, self._complete)
+            self._next = self.sim.at(self.sim.now + left / self._rate(), self._complete)
 
     def _complete(self) -> None:
         self._next = None

@@ -4,7 +4,8 @@ REPORT_DIR...] --out DIR`.
 For every measured report (a netns run's `meta.json` + `data/`), the same scenario is simulated (same nodes,
 links, images, modes, repetitions; `proxy` and `spegel-go` are not simulated) and, per image and mode, the
 `create` phase's slowest node (median over repetitions) and upstream bytes (median, in image sizes) are set
-side by side. Announcements become visible after the router benchmark's delays, or, for runs of the design
+side by side. The simulated nodes share the measured machine's cores, as the netns nodes did
+(`world.netns_timing`). Announcements become visible after the router benchmark's delays, or, for runs of the design
 before the claims' owner that recorded which claims each node saw (`data/pairs.csv`), after delays fitted to
 that record. The simulated mirror
 decides as the measured one did: with its options as they are now for the reports given first, and for those
@@ -36,6 +37,7 @@ from benchmark.sim.cluster import SIMULATED_MODES
 from benchmark.sim.mirror import MirrorConfig
 from benchmark.sim.routing import DelayModel
 from benchmark.sim.run import model_of, run
+from benchmark.sim.world import netns_timing
 
 TOLERANCE = 0.10
 # Why the rows the simulator gets wrong by more than TOLERANCE are off, from the measured data (per-node ends,
@@ -156,7 +158,8 @@ def validate(current: list[Path], before: list[Path], out: Path) -> pd.DataFrame
         # claims seen by announcement: fitted for the chain, which ordered claims by them; the owner orders claims
         # now, and a claim's `since` is its node's pull start, so the ages in `pairs.csv` no longer time them
         fitted = delays_of(measured) if design == "before" else None
-        model = dataclasses.replace(model_of(scenario), delays=fitted)
+        timing = netns_timing(meta["machine"]["cpus"])  # every node on the measured machine's cores
+        model = dataclasses.replace(model_of(scenario), delays=fitted, timing=timing)
         now = out / "runs" / f"{measured.name}-now"
         run(scenario, now, Progress(len(plan(scenario))), model)
         report.build(now)

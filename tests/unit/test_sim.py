@@ -1,6 +1,7 @@
 """The cluster simulator's pure parts (benchmark/sim): event order, fluid sharing, router visibility, and
 whole simulated pulls against the arithmetic they must reproduce."""
 
+import dataclasses
 import math
 import random
 
@@ -10,7 +11,7 @@ import pytest
 
 from benchmark.__main__ import main
 from benchmark.bound import payload_rate
-from benchmark.sim.cluster import ClusterModel, SimCluster
+from benchmark.sim.cluster import ClusterModel, PhaseResult, SimCluster
 from benchmark.sim.containerd import Blob
 from benchmark.sim.events import Simulation
 from benchmark.sim.mirror import MirrorConfig
@@ -76,6 +77,26 @@ def test_a_stopped_upstream_transfer_counts_what_it_delivered() -> None:
     sim.run(until=3.0)
     assert link.stop(transfer) == pytest.approx(30.0)
     assert link.sent == pytest.approx(30.0)
+
+
+def test_the_host_cpu_gives_a_job_at_most_one_core_and_shares_the_rest() -> None:
+    sim, ends = Simulation(), {}
+    cores = SharedLink(sim, capacity=2.0, cap=1.0)
+    cores.start(1.0, None, lambda: ends.setdefault("alone", sim.now))
+    sim.run()
+    for name in "abc":  # three jobs on two cores: 2/3 of a core each
+        cores.start(1.0, None, lambda n=name: ends.setdefault(n, sim.now))
+    sim.run()
+    assert ends == {"alone": pytest.approx(1.0), **{n: pytest.approx(2.5) for n in "abc"}}
+
+
+def test_jobs_that_outnumber_the_cores_lose_a_share_each_to_the_crowding() -> None:
+    sim, ends = Simulation(), []
+    cores = SharedLink(sim, capacity=2.0, cap=1.0, overhead=0.25)
+    for _ in range(4):  # two beyond the cores: each gets 2/4 of a core / (1 + 0.25 * 2)
+        cores.start(1.0, None, lambda: ends.append(sim.now))
+    sim.run()
+    assert ends == pytest.approx([3.0] * 4)
 
 
 class Growing:
@@ -352,12 +373,19 @@ def test_claims_placed_by_their_owner_or_deferred_by_led_nodes_send_each_layer_u
     )  # a config (600 bytes) may go twice
 
 
-def simulate(mode: str, nodes: int, layer: int = 40_000_000, jitter: float = 0.0) -> tuple[list[float], float]:
-    """(per-node pull times, upstream payload bytes) of one create phase."""
-    model = ClusterModel(nodes, 50e6, 400e6, 4 << 20, 3, timing=Timing(unpack_rate=math.inf, start_spread=0.0))
+NO_CPU = Timing(fetch_cost=0.0, unpack_cost=0.0, start_spread=0.0, crowding=0.0)
+
+
+def run_create(model: ClusterModel, mode: str, layers: list[int], jitter: float = 0.0) -> PhaseResult:
     cluster = SimCluster(model, mode, seed=2)
-    blobs = [Blob("sha256:config", 600, layer=False), Blob("sha256:layer", layer, layer=True)]
-    result = cluster.run_phase(blobs, [list(range(nodes))], {n: jitter * n for n in range(nodes)})
+    blobs = [Blob("sha256:config", 600, layer=False)]
+    blobs += [Blob(f"sha256:layer{i}", size, layer=True) for i, size in enumerate(layers)]
+    return cluster.run_phase(blobs, [list(range(model.nodes))], {n: jitter * n for n in range(model.nodes)})
+
+
+def simulate(mode: str, nodes: int, layer: int = 40_000_000, jitter: float = 0.0) -> tuple[list[float], float]:
+    """(per-node pull times, upstream payload bytes) of one create phase, containerd's CPU work left out."""
+    result = run_create(ClusterModel(nodes, 50e6, 400e6, 4 << 20, 3, timing=NO_CPU), mode, [layer], jitter)
     return [p["duration"] for p in result.pulls], result.traffic["upstream_log_bytes"]
 
 
@@ -408,3 +436,37 @@ def test_a_sim_scenario_runs_through_the_benchmark_command_and_writes_the_report
     assert sent["upstream", "create"] == pytest.approx(100 * (8 << 20), rel=0.001)
     assert sent["inflight", "create"] < 10 * (8 << 20)
     assert "## Pull times" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_nodes_on_one_host_unpack_on_its_shared_cores() -> None:
+    """Six nodes pull from upstream on links that end together; each unpack is 1 CPU second. With their own
+    CPUs they all end 1 s after the last byte, on two shared cores 3 s after it."""
+    timing = dataclasses.replace(NO_CPU, unpack_cost=1 / 8_000_000)
+    ends = {}
+    for cores in (None, 2.0):
+        model = ClusterModel(6, 50e6, 400e6, 4 << 20, 3, timing=dataclasses.replace(timing, host_cores=cores))
+        model = dataclasses.replace(model, share_spread=0.0)
+        ends[cores] = max(p["end"] for p in run_create(model, "upstream", [8_000_000]).pulls)
+    assert ends[2.0] - ends[None] == pytest.approx(2.0, abs=0.05)
+
+
+def test_each_layers_snapshot_costs_a_copy_of_the_layers_below_it() -> None:
+    timing = dataclasses.replace(NO_CPU, snapshot_copy_cost=1 / 4_000_000)
+    model = ClusterModel(1, 50e6, 400e6, 4 << 20, 3, timing=timing)
+    pulls = {
+        cost: max(p["end"] for p in run_create(dataclasses.replace(model, timing=t), "upstream", [4_000_000] * 3).pulls)
+        for cost, t in ((0, NO_CPU), (1, timing))
+    }
+    assert pulls[1] - pulls[0] == pytest.approx(0 + 1 + 2, abs=0.01)  # seconds: 0, 4 and 8 MB copied
+
+
+def test_a_follower_commits_a_blob_only_after_reading_its_mirrors_whole_copy() -> None:
+    """The mirror gives containerd no byte of a peer's blob before its copy is whole, and containerd then reads
+    it (`fetch_cost` x size): the followers commit that much later, the first node (from upstream) does not."""
+    commits = {}
+    for cost in (0.0, 1 / 40_000_000):
+        model = ClusterModel(3, 50e6, 400e6, 4 << 20, 3, timing=dataclasses.replace(NO_CPU, fetch_cost=cost))
+        events = pd.DataFrame(run_create(model, "inflight", [40_000_000], jitter=0.05).events)
+        layer = events[(events["event"] == "commit") & (events["digest"] == "sha256:layer0")]
+        commits[cost] = layer.set_index("node")["time"].sort_index()
+    assert list(commits[1 / 40_000_000] - commits[0.0]) == pytest.approx([0.0, 1.0, 1.0], abs=1e-6)
