@@ -8,13 +8,14 @@
   a 206 larger than a chunk makes containerd fetch chunk 0 on that request and every further chunk with its
   own request (open-ended, read for one chunk and closed), by up to `max_concurrent_downloads` workers per
   blob that each wait for a slot per chunk; the bytes go to disk in order, 1 MiB at a time: the first chunk
-  not yet complete as it arrives, the later ones when their turn comes. A 200 is read as one stream. A 404
-  sends it to the next host (upstream) at once, with a request that takes a slot anew: the 404's slot is
-  released and the upstream request waits at the back of the queue (`dockerFetcher.open` acquires a slot per
-  host it tries and releases it on error).
-- A blob that comes through the node's mirror from a peer reaches containerd only once the mirror's copy
-  is whole and verified; containerd then reads it from the mirror and commits it (`Timing.fetch_cost` CPU
-  per byte). A blob from upstream is committed as its last byte arrives.
+  not yet complete as it arrives, the later ones when their turn comes. A 404 sends it to the next host
+  (upstream) at once, with a request that takes a slot anew: the 404's slot is released and the upstream
+  request waits at the back of the queue (`dockerFetcher.open` acquires a slot per host it tries and releases
+  it on error).
+- A blob from a peer: the node's mirror copies it whole from the holder (one stream) while containerd's first
+  request waits on it, holding its slot, and answers 206 once the copy is verified (`PeerBlob.verified`);
+  containerd then reads the copy in chunks as above, `Timing.fetch_cost` CPU per byte. The copy is what the
+  node's peers read from it meanwhile.
 - After a blob is committed its layer is unpacked, one layer at a time in order (`Timing.unpack_cost`, and
   `snapshot_copy_cost` for the layers below it); the pull ends when the last layer is unpacked. This CPU
   work runs on the host's shared cores when the nodes share one machine (`World.compute`).
@@ -138,7 +139,6 @@ class _Fetch:
         self.chunks = max(1, math.ceil(blob.size / self.containerd.chunk)) if self.containerd.chunk else 1
         self.done: list[bool] = [False] * self.chunks
         self.front = 0
-        self.via_mirror = False  # the bytes come from a peer, through the mirror's verified copy
         self.arriving: dict[int, Arriving] = {}  # the chunks' transfers in progress
         self.taken = 0  # chunks a worker has taken
         self.fetch_chunk: Callable[[int, Callable[[], None]], None] = lambda i, done: None
@@ -160,12 +160,8 @@ class _Fetch:
             slots = self.containerd.slots
             slots.release()
             slots.acquire(self._upstream_answer)
-        elif answer.ranged:
-            self.via_mirror = True
-            self._chunked(lambda i, done: self._from_mirror(answer, i, done))
         else:
-            self.via_mirror = True
-            self._stream(answer)
+            self._copy(answer)
 
     def _upstream_answer(self) -> None:
         self.world.sim.after(self.world.timing.rtt, lambda: self._chunked(self._from_upstream))
@@ -203,22 +199,6 @@ class _Fetch:
         start, end = self._span(i)
         self._arriving(i, self.world.upstream.start(end - start, self.world.downlinks[self.containerd.node], done))
 
-    def _from_mirror(self, first: PeerAnswer, i: int, done: Callable[[], None]) -> None:
-        mirror = self.containerd.mirror
-        assert mirror is not None
-        start, end = self._span(i)
-        if i == 0:
-            self._arriving(i, mirror.transfer(first, self.blob.digest, start, end, done))
-            return
-
-        def answered(answer: PeerAnswer | None) -> None:
-            if answer is None:  # containerd fails the pull after a 206; the sim refetches the chunk upstream
-                self._from_upstream(i, done)
-            else:
-                self._arriving(i, mirror.transfer(answer, self.blob.digest, start, end, done))
-
-        mirror.open(self.blob.digest, answered)
-
     def _chunk_done(self, i: int) -> None:
         self.containerd.slots.release()
         self.done[i] = True
@@ -232,33 +212,30 @@ class _Fetch:
         else:
             self._next_chunk()
 
-    def _stream(self, answer: PeerAnswer) -> None:
-        """A 200: the whole blob on this one request."""
+    def _copy(self, answer: PeerAnswer) -> None:
+        """The mirror copies the blob whole from the holder that answered (one stream; this request's slot held
+        meanwhile), peers may read the copy as it grows; once it is whole and verified, containerd's request gets
+        a 206 and containerd reads the blob from the copy in chunks (`_from_copy`)."""
         mirror = self.containerd.mirror
         assert mirror is not None
 
-        def done() -> None:
+        def copied() -> None:
             self.download.unfollow()
-            self._arrived(self.containerd.slots.release)
+            self.download.complete = True  # the copy: peers get it whole now
+            self._chunked(self._from_copy)
 
-        stream = mirror.transfer(answer, self.blob.digest, 0, self.blob.size, done)
+        stream = mirror.transfer(answer, self.blob.digest, 0, self.blob.size, copied)
         self.download.follow(stream, 0)
 
-    def _arrived(self, then: Callable[[], None] | None = None) -> None:
-        """Every byte is on this node: complete for the peers that read it. Through the mirror, containerd reads
-        the verified copy before it commits (its request, `then` released); from upstream it commits now."""
+    def _from_copy(self, i: int, done: Callable[[], None]) -> None:
+        start, end = self._span(i)
+        self.world.compute((end - start) * self.world.timing.fetch_cost, done)
+
+    def _arrived(self) -> None:
+        """Every byte is in containerd: it commits the blob."""
         self.download.complete = True
         self.download.wrote(self.blob.size)
-
-        def committed() -> None:
-            if then is not None:
-                then()
-            self._committed()
-
-        if self.via_mirror:
-            self.world.compute(self.blob.size * self.world.timing.fetch_cost, committed)
-        else:
-            committed()
+        self._committed()
 
     def _committed(self) -> None:
         self.containerd.record("commit", self.containerd.node, self.blob.digest, self.world.sim.now)

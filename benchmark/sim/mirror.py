@@ -48,10 +48,9 @@ class MirrorConfig:
 
 @dataclass(frozen=True)
 class PeerAnswer:
-    """A holder answered: `ranged` (206, complete) or a 200 stream of a download in progress."""
+    """A holder answered (complete, or a download in progress with bytes on disk): the mirror copies from it."""
 
     holder: int
-    ranged: bool
 
 
 class MirrorNode:
@@ -258,7 +257,7 @@ class _Attempts:
         source = world.downloads.get((node, self.digest))
         rtt = world.timing.rtt
         if source is not None and source.complete:
-            world.sim.after(rtt, lambda: self._answered(node, True))
+            world.sim.after(rtt, lambda: self._answered(node))
             return
         wait = self.mirror.config.inflight_wait if source is not None else 1.0  # IngestSource.appear_wait
         state = {"open": True}
@@ -266,7 +265,7 @@ class _Attempts:
         def bytes_there() -> None:
             if state["open"]:
                 state["open"] = False
-                world.sim.after(rtt, lambda: self._answered(node, source is not None and source.complete))
+                world.sim.after(rtt, lambda: self._answered(node))
 
         def gave_up() -> None:
             if state["open"]:
@@ -278,13 +277,13 @@ class _Attempts:
         if state["open"]:
             world.sim.after(wait + rtt, gave_up)
 
-    def _answered(self, node: int, ranged: bool) -> None:
+    def _answered(self, node: int) -> None:
         self.running -= 1
         if self.finished:
             return
         self.finished = True
         self.mirror.latency.observe(self.mirror.world.sim.now - self.opened_at)
-        self.answer(PeerAnswer(node, ranged))
+        self.answer(PeerAnswer(node))
 
     def _failed(self) -> None:
         self.running -= 1

@@ -7,9 +7,11 @@ deferring the first claims of its layers; as they were before that (`not led`); 
 settle, then every claim seen; and before the tree: a chain over the claim order, a 20 ms settle, 256 claimants
 looked at), prints the simulation's wall and CPU time (on a shared
 machine the two differ) and writes `DIR/scale.csv`, `DIR/README.md` and `DIR/time_to_bound.png` (slowest
-node / lower bound, and upstream bytes / S, against N). A node's pull ends when its last layer is unpacked
-(150 MB/s, one layer at a time, after the layer's commit: the lower bound has no unpacking); "last commit" is
-when its last blob was on disk.
+node / lower bound, and upstream bytes / S, against N). Each node has its own cores and the overlayfs
+snapshotter (`world.Timing`'s defaults); a follower's containerd takes a layer from its mirror once the
+mirror's copy is whole, and a node's pull ends when its last layer is unpacked, one layer at a time (containerd's
+CPU per byte as `benchmark.unpack_bench` measured it on this machine: the lower bound has neither);
+"last commit" is when its last blob was on disk.
 `--combine DIR...` writes one report from several runs' `scale.csv`.
 """
 

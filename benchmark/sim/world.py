@@ -55,12 +55,13 @@ class Arriving(Protocol):
 
 
 class Download:
-    """A blob a node's containerd is fetching (its ingest): the bytes on disk are always a prefix of the blob.
+    """A blob a node is fetching: containerd's ingest (from upstream) or its mirror's copy (from a peer). The
+    bytes on disk are always a prefix of the blob.
 
-    Fed either by chunks (parallel ranged fetch: the chunks before the first incomplete one are on disk, and
-    of that one, `front`, what has arrived, in 1 MiB writes; containerd keeps the later chunks in memory
-    until their turn) or by one stream (`follow`: the prefix grows as the stream delivers). A
-    `network.Source` for the transfers that read it: they are told of every step and every change of the
+    Fed either by chunks (containerd's ranged fetch: the chunks before the first incomplete one are on disk,
+    and of that one, `front`, what has arrived, in 1 MiB writes; containerd keeps the later chunks in memory
+    until their turn) or by one stream (`follow`: the mirror's copy, the prefix grows as the stream delivers).
+    A `network.Source` for the transfers that read it: they are told of every step and every change of the
     stream's rate, and while a front chunk arrives, every `poll` seconds in which it wrote."""
 
     def __init__(self, world: World, node: int, digest: str, size: int, started: float) -> None:
