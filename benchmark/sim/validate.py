@@ -43,58 +43,35 @@ TOLERANCE = 0.10
 # Why the rows the simulator gets wrong by more than TOLERANCE are off, from the measured data (per-node ends,
 # access logs) and the model's stated simplifications.
 EXPLAINED = {
-    ("suite", "10MB-1", "inflight"): "Measured, the followers finished 0.1-0.4 s after the first node; simulated, "
-    "0.7 s after. A 10 MB layer is 3 chunks, all fetched at once: in the model nothing of it is on disk until "
-    "its first chunk is complete (the bytes go to disk in order, a chunk at a time), so the followers fetch "
-    "nearly all of it after the first node finishes. The measured ends say containerd writes the first chunk "
-    "as it arrives. The 32-100 MB rows agree within 5 % with the same model: the first chunk is a smaller share.",
-    ("suite", "1MB-1", "image"): "Nodes start up to 1 s apart; a node that starts after an earlier one has the "
-    "image (and has announced it) fetches it from that peer. How soon an image is announced after its pull "
-    "(the simulator assumes 50 ms; the runs did not measure it apart) decides how many nodes find it.",
-    ("suite", "1MB-1", "layer"): "At 1 MB a pull's fixed costs dominate (the bound is 0.17 s). The upstream "
-    "bytes agree (3.0 x S both); the time does not: measured, the slowest `layer` pull took 0.80 s, above "
-    "upstream only in the same run (0.57 s), so the mirror's lookups and a peer's answer cost more there than "
-    "the simulator's `Timing` estimates (0.48 s simulated).",
-    ("suite", "10MB-1", "layer"): "The start-order effect (nodes start up to 1 s apart; a node that starts after "
-    "an earlier one committed the layer, 1.7 s at U, and announced it fetches it from that peer): measured "
-    "3.6 x S (median of 2), simulated 5.0 x S, where no node found a committed layer in time; the slowest node "
-    "follows (7.1 s against 8.1 s). One node more or less finding the layer moves the figure by 1 x S.",
-    ("suite", "1MB-1", "upstream"): "The slowest pull is 0.53 s against a 0.17 s bound: fixed costs (manifest "
-    "resolution, request round trips, containerd's own work) dominate, and the simulator's are estimates "
-    "(`Timing`), 55 ms too high here.",
+    ("suite", "1MB-1", "inflight"): "At 1 MB a pull is its fixed costs (the bound is 0.17 s): the slowest node took "
+    "0.64 and 0.49 s in the two repetitions, 0.54 and 0.44 s simulated. Resolving the manifest, the claim's "
+    "placement by its owner (a round trip over libp2p), the mirrors' answers and containerd's own steps are fixed "
+    "`Timing` estimates in the simulator. The measured row itself moves by more than the gap: 0.52 s in the "
+    "previous run (a23410a), and 1.99-4.02 x the bound over the last 7 runs of the suite.",
+    ("suite", "1MB-1", "layer"): "The time agrees (-8 %); the upstream bytes were 3.0 and 2.0 x S in the two "
+    "repetitions, 3.0 and 3.0 simulated. In `layer` mode a node that starts after another one has committed and "
+    "announced the layer (0.2-0.4 s into a 1 MB pull) takes it from that peer. The nodes start up to 0.9 s apart, "
+    "so whether one or two of them find it turns on a tenth of a second of fixed costs, and moves the figure by "
+    "1 x S.",
 }
-CPU_BOUND = (
-    "A CPU-bound run: 8-12 nodes (containerd, mirror, libp2p each) on 2 shared cores. Its `hops.csv` shows the "
-    "claims of one layer spread over 1.3 s (median, 8 nodes; 2.5 s with 12) and its `pairs.csv` announcements "
-    "visible after 0.2-0.3 s (fitted median; p95 ~1 s). The simulator models neither CPU nor scheduling: its "
-    "claims of a layer fall within 15 ms, so with the fitted delays nearly every node misses every earlier "
-    "claim and goes upstream (simulated 7-13 x S against 2.1-3.4 x S measured). The router benchmark's "
-    "delays (7-19 ms) would make the chain work (1.02 x the bound simulated): what these runs measured is the "
-    "machine, as the measured delays show, not the design alone."
+BEFORE_OWNER = (
+    "A run of the design before the claims' owner (every claim announced to every node, a 20 ms settle, a chain "
+    "over the claims seen), which issue 11's step 1 measured and which no longer exists. Its `pairs.csv` shows "
+    "announcements visible after 0.2-0.3 s (fitted median; p95 ~1 s) and the claims of one layer spread over "
+    "1.3-2.5 s: 8-12 mirrors with libp2p on 2 shared cores. The simulator runs no libp2p, so its claims of a layer "
+    "fall within 15 ms, and with the fitted delays nearly every node misses every earlier claim and goes upstream "
+    "(7-12 x S against 2.0-3.3 x S measured). The same scenarios measured with the design as it is "
+    "(`scale-8-led`, `scale-12-led16`, `scale-16-led`) are the rows the simulator is validated on."
 )
-EXPLAINED[("suite", "1MB-1", "inflight")] = (
-    "At 1 MB a pull's fixed costs dominate (the bound is 0.17 s): each first claim waits for its owner's answer "
-    "and the 100 ms window, and the measured mirrors' requests, claims and answers cost more than the "
-    "simulator's `Timing` estimates (0.56 s measured, 0.41 s simulated; 0.64 s upstream only measured)."
-)
-STORM_END = (
-    "The same 2-core machine with the current mirror: one node was the first claimant of every layer and every "
-    "layer went upstream once (1.01-1.02 x S measured, 1.00 simulated), but the storm's end is CPU-bound. After "
-    "the first node's last layer lands, 11 followers' containerds take their last layers from their mirrors, "
-    "commit and unpack them at once on 2 cores (containerd at 1.3-2 cores; 2.4-4.3 s median from a node's last "
-    "commit to the end of its pull, `claims.txt`); the simulator gives each node its own CPU, unpacking at "
-    "150 MB/s, so its followers finish within a second of the first node."
-)
-EXPLAINED.update({(name, "64MiB-4", "inflight"): STORM_END for name in ("scale-12-led", "scale-12-led16")})
 EXPLAINED.update(
     {
-        (name, image, "inflight"): CPU_BOUND
+        (name, image, "inflight"): BEFORE_OWNER
         for name, image in (("scale-8", "128MiB-4"), ("scale-12", "64MiB-4"), ("scale-12-stall", "64MiB-4"))
     }
 )
 REBUILD = (
-    "reports/default reports/storm reports/suite reports/scale-12-led reports/scale-12-led16 "
-    "--before reports/scale-8 reports/scale-12 reports/scale-12-stall"
+    "reports/default reports/storm reports/suite reports/scale-8-led reports/scale-12-led reports/scale-12-led16 "
+    "reports/scale-12-final reports/scale-16-led --before reports/scale-8 reports/scale-12 reports/scale-12-stall"
 )
 AS_MEASURED = MirrorConfig(claims=True, ordered=False, led=False, settle=0.02, claimants_seen=256, fanout=1, chain=0)
 
@@ -217,8 +194,10 @@ def _markdown(table: pd.DataFrame) -> str:
     lines = [
         "# Simulator validation\n",
         'The scenario of each measured netns report, simulated (`backend = "sim"`, same nodes, links, images, '
-        "modes, repetitions), beside what was measured. `create`, medians over repetitions: the slowest node's "
-        f"pull time and the upstream bytes in image sizes. Goal: within {TOLERANCE:.0%}. "
+        "modes, repetitions, on the measured machine's cores: containerd's CPU work per byte as "
+        "`benchmark.unpack_bench` measured it, shared by all nodes), beside what was measured. `create`, medians "
+        "over repetitions: the slowest node's pull time and the upstream bytes in image sizes. "
+        f"Goal: within {TOLERANCE:.0%}. "
         f"{inside} of {len(table)} rows are within it on both figures. `design`: the mirror the report measured, "
         "and simulated: `now`, as it is; `before`, the chain before the claims' owner. The last two columns: the "
         "same scenario simulated with the mirror's options as they are now (see `reports/sim-scale/`).\n",

@@ -18,6 +18,7 @@ from benchmark.sim.mirror import MirrorConfig
 from benchmark.sim.network import NodeLink, PeerTransfer, SharedLink
 from benchmark.sim.routing import ClaimOwners, DelayModel, Router, after_owner, uniforms
 from benchmark.sim.world import Timing
+from benchmark.unpack_bench import fit_crowding
 from spegel.mirror import decide
 from spegel.routing import claims
 from spegel.routing.base import Holder, KeyState
@@ -471,3 +472,8 @@ def test_a_follower_commits_a_blob_only_after_reading_its_mirrors_whole_copy() -
         layer = events[(events["event"] == "commit") & (events["digest"] == "sha256:layer0")]
         commits[cost] = layer.set_index("node")["time"].sort_index()
     assert list(commits[1 / 40_000_000] - commits[0.0]) == pytest.approx([0.0, 1.0, 1.0], abs=1e-3)
+
+
+def test_the_crowding_fit_is_the_loss_per_process_beyond_the_cores() -> None:
+    assert fit_crowding({1: 1.0, 4: 1.4, 8: 2.2}, cores=2) == pytest.approx(0.2)
+    assert fit_crowding({1: 1.0, 2: 1.3}, cores=2) == 0.0  # none beyond the cores: nothing to fit
