@@ -42,7 +42,18 @@ from benchmark.sim.world import netns_timing
 TOLERANCE = 0.10
 # Why the rows the simulator gets wrong by more than TOLERANCE are off, from the measured data (per-node ends,
 # access logs) and the model's stated simplifications.
+SMALL = (
+    "4 MiB in 2 layers to 2 nodes, U = 100 Mbit/s: the bound is 0.35 s and the measured pulls vary by a third "
+    "between the 3 repetitions (`inflight` slowest 0.70, 0.96, 0.74 s; upstream only 1.07, 0.94, 1.10 s). "
+    "Upstream only, the simulator gives 0.72 s, the link's time for 2 x 4 MiB; the 0.2-0.4 s more that was "
+    "measured is not in its model. Part of it is on the link: the upstream sent 2.17 x S, not 2 x S, because "
+    "containerd's open-ended 1 MiB chunk requests, closed after one chunk, leave bytes in flight. The rest is "
+    "per-request work of a pull of about ten requests (resolve, manifest, config, 1 MiB chunks), beside a "
+    "lone pull of a 4 KiB image on loopback, which takes 0.05 s. From 10 MB on, every row is within 5 %."
+)
 EXPLAINED = {
+    ("ci", "4MiB-2", "inflight"): SMALL,
+    ("ci", "4MiB-2", "upstream"): SMALL,
     ("suite", "1MB-1", "inflight"): "At 1 MB a pull is its fixed costs (the bound is 0.17 s): the slowest node took "
     "0.64 and 0.49 s in the two repetitions, 0.54 and 0.44 s simulated. Resolving the manifest, the claim's "
     "placement by its owner (a round trip over libp2p), the mirrors' answers and containerd's own steps are fixed "
@@ -70,8 +81,9 @@ EXPLAINED.update(
     }
 )
 REBUILD = (
-    "reports/default reports/storm reports/suite reports/scale-8-led reports/scale-12-led reports/scale-12-led16 "
-    "reports/scale-12-final reports/scale-16-led --before reports/scale-8 reports/scale-12 reports/scale-12-stall"
+    "reports/ci reports/default reports/storm reports/suite reports/suite-10mb-led reports/scale-8-led "
+    "reports/scale-12-led reports/scale-12-led16 reports/scale-12-final reports/scale-16-led "
+    "--before reports/scale-8 reports/scale-12 reports/scale-12-stall"
 )
 AS_MEASURED = MirrorConfig(claims=True, ordered=False, led=False, settle=0.02, claimants_seen=256, fanout=1, chain=0)
 
