@@ -98,6 +98,12 @@ def _ephemeral_low(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int:
         return 32768
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of live process `pid` so far, from /proc (OSError once it is gone)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": utime is 11
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_address(host: str = "127.0.0.1") -> str:
     """`HOST:PORT` with a free port (IPv6 hosts bracketed)."""
     port = free_port(host)
@@ -277,6 +283,11 @@ class Containerd(Daemon):
     def ctr_command(self, *args: str, namespace: str = "k8s.io") -> list[str]:
         """argv of a `ctr` call against this instance."""
         return [self.ctr_binary, "--address", str(self.socket), "--namespace", namespace, *args]
+
+    async def pull(self, reference: str, timeout: float = 120) -> str:
+        """Pull `reference` as the kubelet does (CRI PullImage); returns the image id."""
+        async with ContainerdClient(str(self.socket)) as client:
+            return await client.pull_image(reference, timeout=timeout)
 
     def ctr(self, *args: str, namespace: str = "k8s.io", timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run `ctr` against this instance; raises `DaemonError` with its output when it fails."""
@@ -560,8 +571,7 @@ class LoopbackNode:
     router_addr: str
 
     async def pull(self, reference: str, timeout: float = 120) -> str:
-        async with ContainerdClient(str(self.containerd.socket)) as client:
-            return await client.pull_image(reference, timeout=timeout)
+        return await self.containerd.pull(reference, timeout)
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample of the mirror's /metrics (0 when absent)."""

@@ -24,7 +24,6 @@ import trio
 
 from benchmark.daemons import Containerd, Registry
 from benchmark.images import ImageSpec, build, push
-from spegel.store.containerd.client import ContainerdClient
 
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
@@ -98,8 +97,7 @@ async def run(mode: str, chunk: int, pause: float, size: int) -> None:
                 await trio.sleep(wait)
                 started = time.monotonic()
                 try:
-                    async with ContainerdClient(str(containerd.socket)) as ctr:
-                        await ctr.pull_image(f"{up.address}/exp/app:v1", timeout=60)
+                    await containerd.pull(f"{up.address}/exp/app:v1", timeout=60)
                     outcome = "succeeded"
                 except Exception as exc:  # the outcome is what is measured
                     outcome = f"failed: {str(exc)[-160:]}"

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from benchmark.daemons import Registry, start_loopback_node
+from benchmark.daemons import Registry, cpu_seconds, start_loopback_node
 from benchmark.images import ImageSpec, build, push
 
 
@@ -90,12 +90,6 @@ def fresh_write_cost(directory: str, size: int = 256 << 20) -> float:
 
 def _copy_cpu(copying: list[float], pid: int, before: float) -> None:
     copying.append(cpu_seconds(pid) - before)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

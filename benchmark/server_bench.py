@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.daemons import Daemon, Spegel, free_address, http_answers
+from benchmark.daemons import Daemon, Spegel, cpu_seconds, free_address, http_answers
 from spegel.store import files
 from spegel.store.layout import write_layout
 
@@ -192,12 +192,9 @@ class Usage:
 
 def process_usage(pids: list[int]) -> Usage:
     """CPU seconds (user + system) and the sum of peak RSS of live processes, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
     cpu, rss = 0.0, 0
     for pid in pids:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        cpu += cpu_seconds(pid)
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 rss += int(line.split()[1]) * 1024

@@ -34,28 +34,19 @@ from pathlib import Path
 import httpx
 import trio
 
-from benchmark.cluster.base import process_usage
-from benchmark.daemons import Containerd, Registry
+from benchmark.daemons import Containerd, Registry, cpu_seconds
 from benchmark.images import ImageSpec, SyntheticImage, build, push
-from spegel.store.containerd.client import ContainerdClient
 
 CHUNK = 2 << 20  # as scenarios/scale-12.toml
 SETTLE = 0.5  # seconds of a containerd's work counted after its last answer (the unpack's and GC's last steps)
 
 
-def cpu_seconds(containerd: Containerd) -> float:
-    usage = process_usage(containerd.pid, "bench", "containerd")
-    if usage is None:
-        raise RuntimeError("containerd exited")
-    return usage.cpu_seconds
-
-
 async def cpu_of(containerds: list[Containerd], step: Callable[[], Awaitable[object]]) -> float:
     """The containerds' CPU seconds over `step()`, with the `SETTLE` after it."""
-    before = sum(cpu_seconds(c) for c in containerds)
+    before = sum(cpu_seconds(c.pid) for c in containerds)
     await step()
     await trio.sleep(SETTLE)
-    return sum(cpu_seconds(c) for c in containerds) - before
+    return sum(cpu_seconds(c.pid) for c in containerds) - before
 
 
 def serve_from(containerd: Containerd, registry: Registry) -> None:
@@ -72,11 +63,6 @@ async def pushed(registry: Registry, images: dict[str, SyntheticImage]) -> dict[
     return {repository: f"{registry.address}/{repository}:v1" for repository in images}
 
 
-async def pull(containerd: Containerd, reference: str) -> None:
-    async with ContainerdClient(str(containerd.socket)) as cri:
-        await cri.pull_image(reference)
-
-
 async def costs(base: Path, registry: Registry, mib: int, layers: int, seed: int) -> dict[str, float]:
     """One round of fetch, one-layer pull and `layers`-layer pull, of fresh images, on a fresh containerd."""
     size = mib << 20
@@ -90,8 +76,8 @@ async def costs(base: Path, registry: Registry, mib: int, layers: int, seed: int
         serve_from(containerd, registry)
         argv = ("content", "fetch", "--plain-http", "--hosts-dir", str(containerd.hosts_dir), refs["bench/fetched"])
         fetch = await cpu_of([containerd], lambda: trio.to_thread.run_sync(lambda: containerd.ctr(*argv)))
-        one = await cpu_of([containerd], lambda: pull(containerd, refs["bench/single"]))
-        many = await cpu_of([containerd], lambda: pull(containerd, refs["bench/split"]))
+        one = await cpu_of([containerd], lambda: containerd.pull(refs["bench/single"]))
+        many = await cpu_of([containerd], lambda: containerd.pull(refs["bench/split"]))
     copied = size // layers * sum(range(layers))
     return {
         "fetch_cost": fetch / images["bench/fetched"].layer_bytes,
@@ -119,7 +105,7 @@ async def crowd(base: Path, registry: Registry, count: int, mib: int, layers: in
         async def all_pull() -> None:
             async with trio.open_nursery() as nursery:
                 for containerd, reference in zip(containerds, refs, strict=True):
-                    nursery.start_soon(pull, containerd, reference)
+                    nursery.start_soon(containerd.pull, reference)
 
         cpu = await cpu_of(containerds, all_pull)
         wall = time.monotonic() - started - SETTLE

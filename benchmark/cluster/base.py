@@ -11,7 +11,6 @@ Shared by both backends: `run` (one command, bounded, failure as `ClusterError`)
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from benchmark.daemons import Containerd, Spegel
+from benchmark.daemons import Containerd, Spegel, cpu_seconds
 
 COMMAND_TIMEOUT = 30.0
 
@@ -69,12 +68,10 @@ class Cluster(Protocol):
 def process_usage(pid: int, node: str, process: str) -> ProcessUsage | None:
     """CPU time and peak RSS (VmHWM) of a live process from /proc; None when it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        cpu = cpu_seconds(pid)
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is fields[0], utime/stime are 11, 12
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     peak = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
     return ProcessUsage(node, process, cpu, peak)
 
