@@ -6,7 +6,8 @@ Prints, in one run: MB/s of a full GET of a large layer served by node A from it
 A's mirror, verifies its digest and serves it), both with one stream and with 8 parallel 8 MiB ranges; the
 SHA-256 rate of one core measured in the same run; the CPU seconds per GB of B's mirror on the proxy path
 against issue 16's goals (via peer >= 0.8 x min(direct, SHA-256); CPU <= SHA-256 s/GB + 0.3); and the time
-node B takes to answer a miss (p50/p99 over bounded requests for digests nobody has). Every proxied round
+node B takes to answer a miss (p50/p99 over bounded requests for digests nobody has, in a pull of their own:
+a manifest request first, as containerd asks). Every proxied round
 uses a layer B has not copied before (B keeps its last verified copies and would serve them locally).
 
 Run: `.venv/bin/python -m benchmark.mirror_bench [--layer-mib 256] [--repeat 3] [--misses 200]`
@@ -150,6 +151,8 @@ def main() -> None:
                     print(f"  copy then send, at best: {serial:.0f} MB/s; via peer is {proxied / serial:.2f} x that")
             misses = []
             with httpx.Client(base_url=b.mirror.url, params=params) as client:
+                # B followed A in the pull above; the misses are the next image's pull, which begins at a manifest
+                client.head("/v2/bench/mirror/manifests/v2")
                 for i in range(args.misses):
                     digest = "sha256:" + hashlib.sha256(f"nobody-{i}".encode()).hexdigest()
                     started = time.perf_counter()

@@ -106,7 +106,7 @@ class MirrorBackend:
     async def manifest(self, request: ManifestRequest) -> ManifestContent:
         reference = request.reference
         if not request.mirrored:
-            self.pulls.started(reference.repository, time.time())
+            self.pulls.started(reference.repository, time.time(), manifest=True)
         try:
             content = await read_manifest(self.store, reference)
             self._count(reference.registry, "local")

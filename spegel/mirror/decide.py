@@ -190,8 +190,9 @@ class LatencyTracker:
 
 class PullStarts:
     """When this node's containerd began pulling each repository: the time of its first request for the
-    repository, kept while requests for it keep coming and forgotten `idle` seconds after the last one (the next
-    pull starts anew). At most `max_entries` repositories are kept (the least recently asked for go first).
+    repository, kept while requests for it keep coming and forgotten `idle` seconds after the last one or at the
+    next image's first manifest request (the next pull starts anew, `started`). At most `max_entries` repositories
+    are kept (the least recently asked for go first).
 
     Claims are ranked by it (the `since` of `claim_order`; the claim owner's first window): every claim of one pull
     carries the same time, so the owners of an image's layers, each ordering the claims that reach it together,
@@ -206,12 +207,16 @@ class PullStarts:
         self.idle, self.max_entries = idle, max_entries
         self._pulls: OrderedDict[str, _Pull] = OrderedDict()  # by repository, least recently asked for first
 
-    def started(self, repository: str, now: float) -> float:
-        """Note a request for `repository` at `now`; returns when its pull began."""
+    def started(self, repository: str, now: float, *, manifest: bool = False) -> float:
+        """Note a request for `repository` at `now` (for a `manifest`, or else a blob); returns when its pull
+        began. A request begins a new pull after `idle` seconds without one, and so does a manifest asked for
+        after the pull's blobs: containerd fetches an image's manifests before any of its blobs, so that is the
+        next image's pull (a node led in one pull is not led in the next, see `defer_claim`)."""
         pull = self._pulls.pop(repository, None)
-        if pull is None or now - pull.last > self.idle:
+        if pull is None or now - pull.last > self.idle or (manifest and pull.blobs):
             pull = _Pull(start=now, last=now)
         pull.last = max(pull.last, now)
+        pull.blobs = pull.blobs or not manifest
         self._pulls[repository] = pull
         while len(self._pulls) > self.max_entries:
             self._pulls.popitem(last=False)
@@ -246,6 +251,7 @@ class _Pull:
     last: float  # the latest request's time
     firsts: int = 0  # blobs of this pull this node is the first claimant of
     behind: int = 0  # blobs of this pull it gets from peers
+    blobs: bool = False  # whether a blob of this pull was asked for
 
 
 class MissOrder:

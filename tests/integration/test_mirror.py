@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterable
@@ -662,6 +663,38 @@ async def test_a_node_led_in_a_pull_waits_for_the_leader_to_claim_a_layer_it_ask
         assert [answers[name, layer][0] for name in ("a", "b")] == [404, 200]
         assert answers["b", layer][1] - asked >= 0.3  # b waited for a's claim
         assert (mirrors["a"][1].opened, mirrors["b"][1].opened) == (2, 0)  # b had both from a's downloads
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_node_led_in_one_pull_is_not_led_in_the_next_image_s_pull(tmp_path: Path) -> None:
+    """b follows a for the config, so a leads that pull. b's containerd then pulls another image of the same
+    repository: a manifest request, then a blob nobody holds. No node leads that pull, so the 404 comes at once;
+    b still led, it would wait the whole claim timeout for a first claim that no node makes."""
+    image = build(ImageSpec(layers=(1 << 20,), compression="none", seed=23))
+    config = image.platforms[0].config.digest
+    nobody = Digest.parse("sha256:" + hashlib.sha256(b"an image only b pulls").hexdigest())
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        addresses = {}
+        for name in ("a", "b"):
+            router = network.join(name)
+            claims, download = DelayedClaims(router, nursery, latency=0.05), Download({config: image.read_blob(config)})
+            addresses[name], _ = await start_mirror(
+                nursery, empty_layout(tmp_path / name), router, MirrorOptions(), download, claims
+            )
+            network.index.set_address(name, addresses[name])
+        params = {"ns": "example.com"}
+        async with httpx.AsyncClient(base_url=f"http://{addresses['a']}", params=params) as client:
+            assert (await client.get(f"/v2/team/app/blobs/{config}")).status_code == 404  # a downloads it upstream
+        await trio.sleep(0.1)  # a's claim reaches b
+        async with httpx.AsyncClient(base_url=f"http://{addresses['b']}", params=params) as client:
+            got = await client.get(f"/v2/team/app/blobs/{config}")
+            assert got.status_code == 200 and got.content == image.read_blob(config)  # from a: b is led
+            assert (await client.head("/v2/team/app/manifests/v2")).status_code == 404  # the next image's pull
+            asked = trio.current_time()
+            missed = await client.get(f"/v2/team/app/blobs/{nobody}")
+        assert missed.status_code == 404
+        assert trio.current_time() - asked < MirrorOptions().claim_timeout / 2
         nursery.cancel_scope.cancel()
 
 

@@ -233,6 +233,18 @@ def test_a_node_is_led_in_a_pull_once_a_blob_comes_from_peers_and_it_is_first_fo
     assert not pulls.led("team/app")
 
 
+def test_a_manifest_asked_for_after_the_pull_s_blobs_begins_the_next_pull() -> None:
+    pulls = decide.PullStarts(idle=60.0)
+    pulls.started("team/app", 100.0, manifest=True)  # resolving the tag
+    assert pulls.started("team/app", 100.1, manifest=True) == 100.0  # the platform's manifest: the same pull
+    pulls.started("team/app", 100.2)  # the config
+    pulls.decided("team/app", first=False)  # from a peer: led
+    assert pulls.started("team/app", 101.0) == 100.0 and pulls.led("team/app")  # a layer: still the same pull
+    assert pulls.started("team/app", 105.0, manifest=True) == 105.0  # the next image: a pull of its own
+    assert not pulls.led("team/app")  # led by no one yet
+    assert pulls.started("team/app", 105.1) == 105.0
+
+
 def test_a_leader_is_the_config_s_first_claimant() -> None:
     pulls = decide.PullStarts()
     pulls.started("team/app", 5.0)
