@@ -104,6 +104,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss(pid: int) -> int:
+    """Peak RSS in bytes (VmHWM) of live process `pid`, from /proc; 0 when not listed (OSError once it is gone)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+
+
 def free_address(host: str = "127.0.0.1") -> str:
     """`HOST:PORT` with a free port (IPv6 hosts bracketed)."""
     port = free_port(host)

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.daemons import Daemon, Spegel, cpu_seconds, free_address, http_answers
+from benchmark.daemons import Daemon, Spegel, cpu_seconds, free_address, http_answers, peak_rss
 from spegel.store import files
 from spegel.store.layout import write_layout
 
@@ -192,13 +192,7 @@ class Usage:
 
 def process_usage(pids: list[int]) -> Usage:
     """CPU seconds (user + system) and the sum of peak RSS of live processes, from /proc."""
-    cpu, rss = 0.0, 0
-    for pid in pids:
-        cpu += cpu_seconds(pid)
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                rss += int(line.split()[1]) * 1024
-    return Usage(cpu, rss)
+    return Usage(sum(cpu_seconds(pid) for pid in pids), sum(peak_rss(pid) for pid in pids))
 
 
 def nginx_pids(master: int) -> list[int]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from benchmark.daemons import Containerd, Spegel, cpu_seconds
+from benchmark.daemons import Containerd, Spegel, cpu_seconds, peak_rss
 
 COMMAND_TIMEOUT = 30.0
 
@@ -68,12 +68,9 @@ class Cluster(Protocol):
 def process_usage(pid: int, node: str, process: str) -> ProcessUsage | None:
     """CPU time and peak RSS (VmHWM) of a live process from /proc; None when it is gone."""
     try:
-        cpu = cpu_seconds(pid)
-        status = Path(f"/proc/{pid}/status").read_text()
+        return ProcessUsage(node, process, cpu_seconds(pid), peak_rss(pid))
     except OSError:
         return None
-    peak = next((int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-    return ProcessUsage(node, process, cpu, peak)
 
 
 def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT, *, stdin: str | None = None, hint: str = "") -> str:
